@@ -1,0 +1,274 @@
+//! Subject and stream names.
+//!
+//! Every name carries an optional deployment prefix so that several
+//! deployments (staging, a second team) can share one NATS cluster: with
+//! prefix `acme`, `llm.requests` becomes `acme.llm.requests` and the stream
+//! `LLM_REQUESTS` becomes `ACME_LLM_REQUESTS`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::Tier;
+
+/// The streams Triage owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// `llm.requests`: what clients publish (work queue).
+    Requests,
+    /// `llm.tier1`: routed to the small model (work queue).
+    Tier1,
+    /// `llm.tier2`: routed to the large model (work queue).
+    Tier2,
+    /// `llm.usage`: one event per finished generation attempt.
+    Usage,
+    /// `llm.dead`: what could not be processed, with the reason in headers.
+    Dead,
+    /// `llm.results.<id>`: completions kept for batch jobs, one per id.
+    Results,
+}
+
+impl StreamKind {
+    /// All streams, in provisioning order.
+    pub const ALL: [StreamKind; 6] = [
+        StreamKind::Requests,
+        StreamKind::Tier1,
+        StreamKind::Tier2,
+        StreamKind::Usage,
+        StreamKind::Dead,
+        StreamKind::Results,
+    ];
+
+    fn base_subject(self) -> &'static str {
+        match self {
+            StreamKind::Requests => "llm.requests",
+            StreamKind::Tier1 => "llm.tier1",
+            StreamKind::Tier2 => "llm.tier2",
+            StreamKind::Usage => "llm.usage",
+            StreamKind::Dead => "llm.dead",
+            StreamKind::Results => "llm.results",
+        }
+    }
+
+    fn base_stream(self) -> &'static str {
+        match self {
+            StreamKind::Requests => "LLM_REQUESTS",
+            StreamKind::Tier1 => "LLM_TIER1",
+            StreamKind::Tier2 => "LLM_TIER2",
+            StreamKind::Usage => "LLM_USAGE",
+            StreamKind::Dead => "LLM_DEAD",
+            StreamKind::Results => "LLM_RESULTS",
+        }
+    }
+
+    /// Work-queue streams delete a message once it is acked: each request is
+    /// handled by exactly one consumer. The others keep history by limits.
+    pub fn is_work_queue(self) -> bool {
+        matches!(
+            self,
+            StreamKind::Requests | StreamKind::Tier1 | StreamKind::Tier2
+        )
+    }
+}
+
+/// A deployment's names: subjects, streams, consumers and buckets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    prefix: Option<String>,
+}
+
+/// A prefix that would make invalid or overlapping subject names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid subject prefix {prefix:?}: use letters, digits, '-' and '_' in dot-separated tokens"
+)]
+pub struct InvalidPrefix {
+    /// The rejected prefix.
+    pub prefix: String,
+}
+
+impl Namespace {
+    /// A namespace with the given prefix; an empty prefix means none.
+    pub fn new(prefix: impl Into<String>) -> Result<Self, InvalidPrefix> {
+        let prefix = prefix.into();
+        let prefix = prefix.trim().trim_end_matches('.').to_string();
+        if prefix.is_empty() {
+            return Ok(Self { prefix: None });
+        }
+        let valid = prefix.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+        if !valid {
+            return Err(InvalidPrefix { prefix });
+        }
+        Ok(Self {
+            prefix: Some(prefix),
+        })
+    }
+
+    /// The prefix, if any.
+    pub fn prefix(&self) -> Option<&str> {
+        self.prefix.as_deref()
+    }
+
+    fn qualify(&self, base: &str) -> String {
+        match &self.prefix {
+            Some(p) => format!("{p}.{base}"),
+            None => base.to_string(),
+        }
+    }
+
+    fn qualify_name(&self, base: &str) -> String {
+        match &self.prefix {
+            Some(p) => {
+                let p: String = p
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() {
+                            c.to_ascii_uppercase()
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                format!("{p}_{base}")
+            }
+            None => base.to_string(),
+        }
+    }
+
+    /// The subject of a stream (for `Results`, the wildcard it captures).
+    pub fn stream_subject(&self, kind: StreamKind) -> String {
+        match kind {
+            StreamKind::Results => format!("{}.>", self.qualify(kind.base_subject())),
+            _ => self.qualify(kind.base_subject()),
+        }
+    }
+
+    /// The JetStream stream name.
+    pub fn stream_name(&self, kind: StreamKind) -> String {
+        self.qualify_name(kind.base_stream())
+    }
+
+    /// `llm.requests`.
+    pub fn requests(&self) -> String {
+        self.stream_subject(StreamKind::Requests)
+    }
+
+    /// `llm.tier1` or `llm.tier2`.
+    pub fn tier(&self, tier: Tier) -> String {
+        self.stream_subject(Self::tier_stream(tier))
+    }
+
+    /// The stream that holds a tier's queue.
+    pub fn tier_stream(tier: Tier) -> StreamKind {
+        match tier {
+            Tier::Small => StreamKind::Tier1,
+            Tier::Large => StreamKind::Tier2,
+        }
+    }
+
+    /// `llm.usage`.
+    pub fn usage(&self) -> String {
+        self.stream_subject(StreamKind::Usage)
+    }
+
+    /// `llm.dead`.
+    pub fn dead(&self) -> String {
+        self.stream_subject(StreamKind::Dead)
+    }
+
+    /// `llm.results.<id>`: where a kept result for request `id` is stored.
+    /// Ids are hex-encoded when they hold characters a subject token cannot.
+    pub fn result(&self, request_id: &str) -> String {
+        format!(
+            "{}.{}",
+            self.qualify(StreamKind::Results.base_subject()),
+            subject_token(request_id)
+        )
+    }
+
+    /// A durable consumer's name, prefixed like the streams.
+    pub fn consumer(&self, base: &str) -> String {
+        self.qualify_name(base)
+    }
+
+    /// The key-value bucket of finished request ids.
+    pub fn finished_bucket(&self) -> String {
+        self.qualify_name("TRIAGE_FINISHED")
+    }
+
+    /// Whether `subject` is one of this deployment's internal subjects (or a
+    /// JetStream API subject), which no client may choose as a reply subject.
+    pub fn is_internal(&self, subject: &str) -> bool {
+        let llm = self.qualify("llm");
+        subject == llm
+            || subject.starts_with(&format!("{llm}."))
+            || subject.starts_with("$JS.")
+            || subject.starts_with("$KV.")
+            || subject.starts_with("$SYS.")
+    }
+}
+
+/// Makes an id usable as one subject token: kept as is when it is plain
+/// (`[A-Za-z0-9_-]`), otherwise hex-encoded with an `x` marker.
+pub fn subject_token(id: &str) -> String {
+    if !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        id.to_string()
+    } else {
+        let mut s = String::with_capacity(1 + id.len() * 2);
+        s.push('x');
+        for b in id.bytes() {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_match_the_design() {
+        let ns = Namespace::default();
+        assert_eq!(ns.requests(), "llm.requests");
+        assert_eq!(ns.tier(Tier::Small), "llm.tier1");
+        assert_eq!(ns.tier(Tier::Large), "llm.tier2");
+        assert_eq!(ns.usage(), "llm.usage");
+        assert_eq!(ns.dead(), "llm.dead");
+        assert_eq!(ns.stream_subject(StreamKind::Results), "llm.results.>");
+        assert_eq!(ns.stream_name(StreamKind::Requests), "LLM_REQUESTS");
+    }
+
+    #[test]
+    fn prefix_qualifies_subjects_streams_and_consumers() {
+        let ns = Namespace::new("acme-prod").unwrap();
+        assert_eq!(ns.requests(), "acme-prod.llm.requests");
+        assert_eq!(ns.stream_name(StreamKind::Tier2), "ACME_PROD_LLM_TIER2");
+        assert_eq!(ns.consumer("router"), "ACME_PROD_router");
+        assert!(ns.is_internal("acme-prod.llm.tier2"));
+        assert!(!ns.is_internal("llm.tier2"));
+    }
+
+    #[test]
+    fn bad_prefixes_are_rejected() {
+        for p in ["a b", "a..b", "a.*", ">"] {
+            assert!(Namespace::new(p).is_err(), "{p} should be rejected");
+        }
+        assert_eq!(Namespace::new("").unwrap(), Namespace::default());
+    }
+
+    #[test]
+    fn result_subjects_are_single_tokens() {
+        let ns = Namespace::default();
+        assert_eq!(ns.result("req-1"), "llm.results.req-1");
+        assert_eq!(ns.result("a.b"), "llm.results.x612e62");
+    }
+}
