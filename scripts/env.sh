@@ -82,7 +82,7 @@ print_summary() {
     printf '\n%s%s%s\n' "$_bold" "$1" "$_reset"
     for line in "${TRIAGE_STEPS[@]}"; do
         IFS='|' read -r status name secs detail <<<"$line"
-        printf '  %-8s %-34s %7ss  %s\n' "$status" "$name" "$secs" "$detail"
+        printf '  %-8s %-44s %6ss  %s\n' "$status" "$name" "$secs" "$detail"
     done
 }
 

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Starts, stops and lists the processes of the local stack, one component at
+# a time, with pid and log files under $TRIAGE_RUN ($TRIAGE_CACHE/run).
+# NATS and Postgres are system services that scripts/setup.sh starts.
+#
+#   scripts/local-stack.sh start  COMPONENT...   start (if not running) and wait until healthy
+#   scripts/local-stack.sh stop   [COMPONENT...] SIGTERM, then SIGKILL after 20 s (default: all running)
+#   scripts/local-stack.sh status [COMPONENT...]
+#   scripts/local-stack.sh log    COMPONENT      the component's log file path
+#
+# To add a component (router, workers, ledger, ...): add a case to
+# `component` below that sets CMD (the command line) and HEALTH (an HTTP URL
+# that answers 200 when ready, or empty when the process being alive is enough).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+COMPONENTS=(llama-tier1 llama-tier2)
+
+bin() { printf '%s/debug/%s' "$CARGO_TARGET_DIR" "$1"; }
+
+# component NAME: sets CMD and HEALTH for NAME.
+component() {
+    case $1 in
+    llama-tier1 | llama-tier2)
+        local n=${1#llama-tier} port model alias
+        if [[ $n == 1 ]]; then
+            port=$TRIAGE_TIER1_PORT model=$TRIAGE_TIER1_MODEL alias=$TRIAGE_TIER1_ALIAS
+        else
+            port=$TRIAGE_TIER2_PORT model=$TRIAGE_TIER2_MODEL alias=$TRIAGE_TIER2_ALIAS
+        fi
+        [[ -x $TRIAGE_LLAMA_SERVER ]] || fail "$TRIAGE_LLAMA_SERVER is missing: run scripts/setup.sh"
+        [[ -f $model ]] || fail "model $model is missing: run scripts/setup.sh"
+        CMD=("$TRIAGE_LLAMA_SERVER" -m "$model" --host 127.0.0.1 --port "$port"
+            -t "$TRIAGE_LLAMA_THREADS" -c "$TRIAGE_LLAMA_CONTEXT" --alias "$alias" --metrics)
+        HEALTH=http://127.0.0.1:$port/health
+        ;;
+    *) fail "unknown component '$1' (known: ${COMPONENTS[*]})" ;;
+    esac
+}
+
+fail() {
+    printf 'local-stack: %s\n' "$*" >&2
+    exit 1
+}
+
+pidfile() { printf '%s/%s.pid' "$TRIAGE_RUN" "$1"; }
+logfile() { printf '%s/%s.log' "$TRIAGE_RUN" "$1"; }
+
+# start_time PID: the process's start time in clock ticks since boot; with
+# the pid it identifies a process even after its pid is reused.
+start_time() { [[ -r /proc/$1/stat ]] && sed -E 's/^.*\) //' "/proc/$1/stat" | cut -d' ' -f20; }
+
+# running_pid NAME: the pid of NAME if it is alive and still the process we
+# started, else nothing.
+running_pid() {
+    local f pid started
+    f=$(pidfile "$1")
+    [[ -f $f ]] || return 1
+    read -r pid started <"$f" || return 1
+    [[ -n $pid && $(start_time "$pid") == "$started" ]] || return 1
+    printf '%s' "$pid"
+}
+
+healthy() { curl -fs -o /dev/null --max-time 2 "$1"; }
+
+start() {
+    local name=$1 pid log deadline
+    component "$name"
+    if pid=$(running_pid "$name"); then
+        echo "$name: already running (pid $pid)"
+        return 0
+    fi
+    if [[ -n $HEALTH ]] && healthy "$HEALTH"; then
+        fail "$name: something not started by this script already answers at $HEALTH (stop it or change the port)"
+    fi
+    mkdir -p "$TRIAGE_RUN"
+    log=$(logfile "$name")
+    # setsid: its own process group, so a Ctrl-C in this terminal does not
+    # reach it and `stop` is what ends it.
+    setsid "${CMD[@]}" >"$log" 2>&1 </dev/null &
+    pid=$!
+    printf '%s %s\n' "$pid" "$(start_time "$pid")" >"$(pidfile "$name")"
+    echo "$name: started pid $pid, log $log"
+    [[ -z $HEALTH ]] && return 0
+    deadline=$(($(date +%s) + ${TRIAGE_START_TIMEOUT:-180}))
+    until healthy "$HEALTH"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$log" >&2
+            rm -f "$(pidfile "$name")"
+            fail "$name exited during start-up; log: $log"
+        fi
+        (($(date +%s) < deadline)) || fail "$name not healthy at $HEALTH after ${TRIAGE_START_TIMEOUT:-180} s; log: $log"
+        sleep 0.5
+    done
+    echo "$name: healthy at $HEALTH"
+}
+
+stop() {
+    local name=$1 pid i
+    if ! pid=$(running_pid "$name"); then
+        rm -f "$(pidfile "$name")"
+        return 0
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 40; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "$name: still running 20 s after SIGTERM; sending SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$(pidfile "$name")"
+    echo "$name: stopped (pid $pid)"
+}
+
+status() {
+    local name=$1 pid
+    if pid=$(running_pid "$name"); then
+        printf '%-16s running  pid %-8s log %s\n' "$name" "$pid" "$(logfile "$name")"
+    else
+        printf '%-16s stopped\n' "$name"
+    fi
+}
+
+action=${1:-}
+shift || true
+names=("$@")
+case $action in
+start)
+    ((${#names[@]})) || fail "start which component? (${COMPONENTS[*]})"
+    for n in "${names[@]}"; do start "$n"; done
+    ;;
+stop)
+    ((${#names[@]})) || names=("${COMPONENTS[@]}")
+    for n in "${names[@]}"; do stop "$n"; done
+    ;;
+status)
+    ((${#names[@]})) || names=("${COMPONENTS[@]}")
+    for n in "${names[@]}"; do status "$n"; done
+    ;;
+log)
+    ((${#names[@]} == 1)) || fail "log takes one component"
+    logfile "${names[0]}"
+    echo
+    ;;
+*)
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    [[ -z $action || $action == -h || $action == --help ]] || exit 2
+    ;;
+esac

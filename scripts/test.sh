@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The README's test command (and CI's, via .ci/run): set up, then run every
+# test suite — the Rust workspace (cargo-nextest when installed, else cargo
+# test; doc tests with cargo test) and the Python client's tests. Runs all
+# suites even when one fails, prints a summary, exits non-zero on any failure.
+#
+#   scripts/test.sh [extra arguments for cargo nextest run / cargo test]
+#   TRIAGE_TEST_SKIP_SETUP=1   skip scripts/setup.sh
+set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$TRIAGE_ROOT"
+total_start=$(_now_ms)
+
+if [[ ${TRIAGE_TEST_SKIP_SETUP:-0} != 1 ]]; then
+    scripts/setup.sh || { echo "test: set-up failed, no tests run" >&2; exit 1; }
+fi
+
+failed=()
+# suite NAME COMMAND...: runs one suite, records its outcome and time.
+suite() {
+    local name=$1 rc
+    shift
+    step "$name"
+    printf '    $ %s\n' "$*"
+    "$@"
+    rc=$?
+    if ((rc == 0)); then
+        done_ "passed"
+    else
+        TRIAGE_STEPS+=("FAILED|$_step_name|$(_step_secs)|exit code $rc")
+        printf '    %sFAILED%s (exit code %s)\n' "$_red" "$_reset" "$rc"
+        failed+=("$name")
+    fi
+}
+
+if cargo nextest --version >/dev/null 2>&1; then
+    suite "Rust tests (nextest)" cargo nextest run --workspace --no-fail-fast "$@"
+    suite "Rust doc tests" cargo test --workspace --doc
+else
+    suite "Rust tests" cargo test --workspace --no-fail-fast "$@"
+fi
+suite "Python client tests" "$TRIAGE_VENV/bin/python" -m unittest discover -s clients/python/tests -t clients/python -v
+
+print_summary "Test summary ($(awk -v ms=$(($(_now_ms) - total_start)) 'BEGIN { printf "%.0f", ms / 1000 }') s in all)"
+if ((${#failed[@]})); then
+    printf '%sFAILED%s: %s\n' "$_red" "$_reset" "${failed[*]}"
+    exit 1
+fi
+printf '%sall test suites passed%s\n' "$_green" "$_reset"
