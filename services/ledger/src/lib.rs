@@ -1,1 +1,23 @@
-//! placeholder
+//! Triage's cost ledger.
+//!
+//! Every generation attempt ends with a usage event on `llm.usage`; the
+//! ledger writer books each exactly once in Postgres, priced at the tier's
+//! price in force when the attempt finished, in exact decimal arithmetic.
+//! Rollups maintained in the same transaction keep reports and the cost
+//! exporter's queries cheap at any ledger size.
+//!
+//! - [`price`]: prices, the price book and cost arithmetic (pure);
+//! - [`entry`]: from a usage event to a ledger row, validation (pure);
+//! - [`store`]: migrations, prices and batch booking in Postgres;
+//! - [`report`]: the cost report (query, table/CSV/JSON rendering);
+//! - [`snapshot`]: the figures the cost exporter publishes.
+
+pub mod entry;
+pub mod price;
+pub mod report;
+pub mod snapshot;
+pub mod store;
+
+pub use entry::{LedgerEntry, Rejection};
+pub use price::{Cost, Price, PriceBook};
+pub use store::{Booked, Store, StoreError};
