@@ -1,1 +1,40 @@
-//! placeholder
+//! Triage's complexity scoring: decides how likely a request needs the large
+//! model (tier 2).
+//!
+//! The pipeline, each step its own module:
+//! 1. [`prompt_text`] picks the text that matters (last user message, then
+//!    the system message) and [`truncation`] keeps its first N model tokens;
+//! 2. [`rules`] force tier 2 on fenced code, code-like syntax, math notation
+//!    and configured keywords;
+//! 3. [`embedding`] runs all-MiniLM-L6-v2 in candle (mean pooling, L2
+//!    normalisation) and [`head`] turns the vector into P(needs tier 2);
+//! 4. [`blend`] mixes that with an optional LLM self-rating and compares
+//!    with the threshold;
+//! 5. [`calibration`] measures a score against labelled data (ROC AUC,
+//!    APGR, CPT, threshold sweep) and picks thresholds;
+//! 6. [`static_embedding`] is a cheap first stage (MiniLM token vectors
+//!    averaged without the transformer); [`cache`] remembers scores of
+//!    repeated texts.
+//!
+//! Everything here is synchronous and free of network I/O: the router
+//! service wires it to NATS, and the offline commands to files.
+
+pub mod blend;
+pub mod cache;
+pub mod calibration;
+pub mod dataset;
+pub mod embedding;
+pub mod head;
+pub mod model_files;
+pub mod prompt_text;
+pub mod rules;
+pub mod static_embedding;
+pub mod truncation;
+
+pub use blend::{Blend, BlendWeights, Decision};
+pub use cache::ScoreCache;
+pub use embedding::{EmbedError, MiniLm, EMBEDDING_DIM};
+pub use head::LogisticHead;
+pub use model_files::ModelFiles;
+pub use rules::{RuleConfig, RuleMatch, RuleSet};
+pub use truncation::{TokenizedText, Truncator};

@@ -1,0 +1,1 @@
+//! Placeholder: the static first stage lands in a later commit.
