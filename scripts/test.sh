@@ -39,7 +39,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     suite "Rust tests" cargo test --workspace --no-fail-fast "$@"
 fi
-suite "Python client tests" "$TRIAGE_VENV/bin/python" -m unittest discover -s clients/python/tests -t clients/python -v
+suite "Python client tests" "$TRIAGE_VENV/bin/python" -m unittest discover -s clients/python/tests -v
 
 print_summary "Test summary ($(awk -v ms=$(($(_now_ms) - total_start)) 'BEGIN { printf "%.0f", ms / 1000 }') s in all)"
 if ((${#failed[@]})); then
