@@ -1,1 +1,12 @@
-//! placeholder
+//! What every Triage service runs on: typed configuration loaded from file
+//! and environment and printed with secrets masked ([`config`]), structured
+//! logs with OpenTelemetry trace context ([`telemetry`]), the Prometheus
+//! endpoint ([`metrics`]) and graceful shutdown on SIGTERM ([`shutdown`]).
+
+pub mod config;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{load, masked, ConfigError};
+pub use shutdown::shutdown_token;

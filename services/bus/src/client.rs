@@ -1,0 +1,238 @@
+//! The Rust client API: submit a request, read its chunks, then a
+//! completion or an error. Tests, replay and the demo all use it.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use triage_protocol::{
+    decode, encode, headers, Completion, DecodeError, Encoding, ErrorReply, Namespace, Reply,
+    Request,
+};
+
+use crate::envelope::header;
+
+/// Why an answer could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Publishing the request failed (NATS down, stream missing).
+    #[error("could not submit request {id}: {detail}")]
+    Submit {
+        /// The request id.
+        id: String,
+        /// The cause.
+        detail: String,
+    },
+    /// No final message within the timeout.
+    #[error("no answer to request {id} within {timeout:?}")]
+    Timeout {
+        /// The request id.
+        id: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// A reply could not be decoded.
+    #[error("undecodable reply to request {id}: {source}")]
+    Decode {
+        /// The request id.
+        id: String,
+        /// The cause.
+        source: DecodeError,
+    },
+    /// Triage answered with an error.
+    #[error("request {}: {} ({})", .0.id, .0.message, .0.code)]
+    Reply(ErrorReply),
+    /// The subscription ended before a final message.
+    #[error("reply subscription for {0} closed before a final message")]
+    Closed(String),
+}
+
+/// A handle on Triage for clients.
+#[derive(Clone)]
+pub struct TriageClient {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    ns: Namespace,
+    encoding: Encoding,
+}
+
+impl TriageClient {
+    /// A client on an existing connection, speaking MessagePack.
+    pub fn new(client: async_nats::Client, ns: Namespace) -> Self {
+        let js = jetstream::new(client.clone());
+        Self {
+            client,
+            js,
+            ns,
+            encoding: Encoding::MsgPack,
+        }
+    }
+
+    /// Uses `encoding` for requests (answers come back in the same).
+    pub fn with_encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
+    /// The namespace requests are published in.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// Publishes `request` on `llm.requests` (waiting for JetStream's ack:
+    /// once this returns, the request is durable) and returns the stream of
+    /// its replies. `timeout` bounds the whole answer.
+    pub async fn submit(
+        &self,
+        mut request: Request,
+        timeout: Duration,
+    ) -> Result<ReplyStream, ClientError> {
+        request.ensure_id();
+        if request.submitted_at_ms.is_none() {
+            request.submitted_at_ms = Some(triage_protocol::now_ms());
+        }
+        let id = request.id.clone();
+        let inbox = self.client.new_inbox();
+        let subscriber =
+            self.client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| ClientError::Submit {
+                    id: id.clone(),
+                    detail: e.to_string(),
+                })?;
+        request.reply_to = Some(inbox.clone());
+        let mut h = crate::envelope::outgoing(self.encoding, Some(&id));
+        h.insert(headers::REPLY_TO, inbox.as_str());
+        let submit_err = |e: &dyn std::fmt::Display| ClientError::Submit {
+            id: id.clone(),
+            detail: e.to_string(),
+        };
+        self.js
+            .publish_with_headers(
+                self.ns.requests(),
+                h,
+                encode(self.encoding, &request).into(),
+            )
+            .await
+            .map_err(|e| submit_err(&e))?
+            .await
+            .map_err(|e| submit_err(&e))?;
+        Ok(ReplyStream {
+            id,
+            subscriber,
+            deadline: tokio::time::Instant::now() + timeout,
+            timeout,
+            finished: false,
+        })
+    }
+
+    /// Submits and waits for the whole answer.
+    pub async fn ask(&self, request: Request, timeout: Duration) -> Result<Answer, ClientError> {
+        self.submit(request, timeout).await?.collect().await
+    }
+}
+
+/// The replies to one request, in order.
+pub struct ReplyStream {
+    id: String,
+    subscriber: async_nats::Subscriber,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    finished: bool,
+}
+
+impl ReplyStream {
+    /// The request id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The next reply; `None` after the final one.
+    pub async fn next(&mut self) -> Option<Result<Reply, ClientError>> {
+        if self.finished {
+            return None;
+        }
+        let message = match tokio::time::timeout_at(self.deadline, self.subscriber.next()).await {
+            Err(_) => {
+                self.finished = true;
+                return Some(Err(ClientError::Timeout {
+                    id: self.id.clone(),
+                    timeout: self.timeout,
+                }));
+            }
+            Ok(None) => {
+                self.finished = true;
+                return Some(Err(ClientError::Closed(self.id.clone())));
+            }
+            Ok(Some(m)) => m,
+        };
+        let encoding = Encoding::from_content_type(
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| header(h, headers::CONTENT_TYPE)),
+        );
+        let reply =
+            decode::<Reply>(encoding, &message.payload).map_err(|source| ClientError::Decode {
+                id: self.id.clone(),
+                source,
+            });
+        if reply.as_ref().map_or(true, Reply::is_final) {
+            self.finished = true;
+        }
+        Some(reply)
+    }
+
+    /// Reads to the end, assembling the text. A chunk of a later attempt
+    /// discards the text of earlier ones, as the protocol says.
+    pub async fn collect(mut self) -> Result<Answer, ClientError> {
+        let mut answer = Answer::default();
+        let mut attempt = 0;
+        while let Some(reply) = self.next().await {
+            match reply? {
+                Reply::Chunk(c) => {
+                    if c.attempt > attempt {
+                        attempt = c.attempt;
+                        answer.text.clear();
+                        answer.restarts += u32::from(answer.chunks > 0);
+                        answer.chunks = 0;
+                    }
+                    if c.attempt == attempt {
+                        answer.text.push_str(&c.delta);
+                        answer.chunks += 1;
+                        if answer.first_chunk_at.is_none() {
+                            answer.first_chunk_at = Some(tokio::time::Instant::now());
+                        }
+                    }
+                }
+                Reply::Completion(c) => {
+                    if let Some(text) = &c.text {
+                        if answer.chunks == 0 || c.attempt != attempt {
+                            answer.text = text.clone();
+                        }
+                    }
+                    answer.completion = Some(c);
+                    return Ok(answer);
+                }
+                Reply::Error(e) => return Err(ClientError::Reply(e)),
+            }
+        }
+        Err(ClientError::Closed(self.id.clone()))
+    }
+}
+
+/// A whole answer.
+#[derive(Debug, Default, Clone)]
+pub struct Answer {
+    /// The generated text of the final attempt.
+    pub text: String,
+    /// Chunks received in the final attempt.
+    pub chunks: u32,
+    /// How many times the stream restarted with a new attempt.
+    pub restarts: u32,
+    /// When the first chunk arrived.
+    pub first_chunk_at: Option<tokio::time::Instant>,
+    /// The completion message.
+    pub completion: Option<Completion>,
+}

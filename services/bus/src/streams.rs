@@ -1,0 +1,169 @@
+//! Creating Triage's streams, idempotently.
+//!
+//! Every service calls [`provision`] at start: a missing stream is created,
+//! one whose limits differ from the configuration is updated, and one that
+//! already matches is left alone, so any number of replicas may start at
+//! once. Only features of NATS 2.9 are used.
+
+use async_nats::jetstream::{self, stream};
+use triage_protocol::{Namespace, StreamKind};
+
+use crate::{BusError, StreamLimits, StreamsConfig};
+
+/// The stream configuration Triage wants for `kind`.
+pub fn desired_config(ns: &Namespace, kind: StreamKind, cfg: &StreamsConfig) -> stream::Config {
+    let limits: &StreamLimits = match kind {
+        StreamKind::Requests => &cfg.requests,
+        StreamKind::Tier1 | StreamKind::Tier2 => &cfg.tiers,
+        StreamKind::Usage => &cfg.usage,
+        StreamKind::Dead => &cfg.dead,
+        StreamKind::Results => &cfg.results,
+    };
+    stream::Config {
+        name: ns.stream_name(kind),
+        subjects: vec![ns.stream_subject(kind)],
+        retention: if kind.is_work_queue() {
+            stream::RetentionPolicy::WorkQueue
+        } else {
+            stream::RetentionPolicy::Limits
+        },
+        max_age: limits.max_age,
+        max_bytes: limits.max_bytes,
+        // A kept result is looked up by id: only the latest per id matters.
+        max_messages_per_subject: if kind == StreamKind::Results { 1 } else { -1 },
+        num_replicas: cfg.replicas,
+        duplicate_window: cfg.duplicate_window,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        ..Default::default()
+    }
+}
+
+/// What [`provision`] did to one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioned {
+    /// It did not exist.
+    Created,
+    /// Its limits differed and were updated.
+    Updated,
+    /// It already matched.
+    Unchanged,
+}
+
+/// Creates or updates every stream and the finished-ids bucket. Safe to call
+/// concurrently from many replicas.
+pub async fn provision(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    cfg: &StreamsConfig,
+) -> Result<Vec<(String, Provisioned)>, BusError> {
+    let mut report = Vec::new();
+    for kind in StreamKind::ALL {
+        let want = desired_config(ns, kind, cfg);
+        let outcome = ensure_stream(js, want.clone()).await?;
+        report.push((want.name, outcome));
+    }
+    finished_bucket(js, ns, cfg).await?;
+    Ok(report)
+}
+
+/// Creates `want` if missing, updates it if its managed fields differ.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+) -> Result<Provisioned, BusError> {
+    let name = want.name.clone();
+    match js.get_stream(&name).await {
+        Ok(mut existing) => {
+            let info = existing
+                .info()
+                .await
+                .map_err(|e| BusError::js(format!("stream info {name}"), e))?;
+            let have = &info.config;
+            if have.retention != want.retention {
+                return Err(BusError::JetStream {
+                    op: format!("update stream {name}"),
+                    detail: format!(
+                        "it exists with retention {:?} but Triage needs {:?}; NATS cannot change retention, \
+                         so delete the stream (after draining it) and restart",
+                        have.retention, want.retention
+                    ),
+                });
+            }
+            if same_managed_fields(have, &want) {
+                return Ok(Provisioned::Unchanged);
+            }
+            js.update_stream(want)
+                .await
+                .map_err(|e| BusError::js(format!("update stream {name}"), e))?;
+            Ok(Provisioned::Updated)
+        }
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref err)
+                if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            match js.create_stream(want.clone()).await {
+                Ok(_) => Ok(Provisioned::Created),
+                // Another replica created it between our look-up and create.
+                Err(create_err) => match js.get_stream(&name).await {
+                    Ok(_) => Ok(Provisioned::Unchanged),
+                    Err(_) => Err(BusError::js(format!("create stream {name}"), create_err)),
+                },
+            }
+        }
+        Err(e) => Err(BusError::js(format!("look up stream {name}"), e)),
+    }
+}
+
+fn same_managed_fields(have: &stream::Config, want: &stream::Config) -> bool {
+    have.subjects == want.subjects
+        && have.max_age == want.max_age
+        && have.max_bytes == want.max_bytes
+        && have.max_messages_per_subject == want.max_messages_per_subject
+        && have.num_replicas.max(1) == want.num_replicas.max(1)
+        && have.duplicate_window == want.duplicate_window
+}
+
+/// The key-value bucket of finished request ids (NATS 2.9 has KV), which
+/// lets a worker ack a redelivered request it already answered.
+pub async fn finished_bucket(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    cfg: &StreamsConfig,
+) -> Result<jetstream::kv::Store, BusError> {
+    let bucket = ns.finished_bucket();
+    if let Ok(store) = js.get_key_value(&bucket).await {
+        return Ok(store);
+    }
+    // The bucket's stream is created directly: async-nats's
+    // `create_key_value` first queries account info in a shape NATS 2.9
+    // does not send. This is the same stream config a KV bucket gets.
+    let created = js
+        .create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("Triage: ids of requests whose final answer was sent".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: cfg.finished_ttl,
+            max_bytes: 64 << 20,
+            num_replicas: cfg.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await;
+    let created = match created {
+        Ok(_) => js.get_key_value(&bucket).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match created {
+        Ok(store) => Ok(store),
+        // Another replica may have created it concurrently.
+        Err(create_err) => js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|_| BusError::js(format!("create bucket {bucket}"), create_err)),
+    }
+}

@@ -1,0 +1,171 @@
+//! Configuration: one typed struct per service, from defaults, then a TOML
+//! file, then environment variables (`PREFIX_FIELD`, nested with `__`, e.g.
+//! `TRIAGE_WORKER_NATS__URL`).
+
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Configuration that cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named does not exist.
+    #[error("configuration file {0} does not exist")]
+    MissingFile(String),
+    /// A value is missing or ill-typed (figment names the key and source).
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Loads `T` from its defaults, the optional TOML `file` and environment
+/// variables starting with `env_prefix` (e.g. `TRIAGE_ROUTER_`).
+pub fn load<T>(file: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::MissingFile(path.display().to_string()));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment = figment.merge(Env::prefixed(env_prefix).split("__"));
+    figment
+        .extract()
+        .map_err(|e| ConfigError::Invalid(e.to_string()))
+}
+
+const SECRET_KEYS: [&str; 6] = ["password", "secret", "token", "api_key", "apikey", "creds"];
+
+/// The configuration as pretty JSON with secrets masked: values of keys
+/// that name a secret, and passwords embedded in URLs.
+pub fn masked<T: Serialize>(config: &T) -> String {
+    let mut value = serde_json::to_value(config).unwrap_or(serde_json::Value::Null);
+    mask_value(&mut value, false);
+    serde_json::to_string_pretty(&value).unwrap_or_default()
+}
+
+fn mask_value(value: &mut serde_json::Value, secret: bool) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                mask_value(v, secret || SECRET_KEYS.iter().any(|s| k.contains(s)));
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| mask_value(v, secret)),
+        serde_json::Value::String(s) if secret && !s.is_empty() => *s = "***".into(),
+        serde_json::Value::String(s) => *s = mask_url_password(s),
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@host` → `scheme://user:***@host`; other text
+/// unchanged.
+pub fn mask_url_password(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else {
+        return text.to_string();
+    };
+    let rest = &text[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &text[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default)]
+    struct Inner {
+        url: String,
+        password: Option<String>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default)]
+    struct Sample {
+        name: String,
+        port: u16,
+        inner: Inner,
+        api_key: Option<String>,
+    }
+
+    impl Default for Sample {
+        fn default() -> Self {
+            Self {
+                name: "svc".into(),
+                port: 9000,
+                inner: Inner::default(),
+                api_key: None,
+            }
+        }
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "port = 9100\n[inner]\nurl = \"postgres://u:pw@h/db\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TESTSVC_NAME", "from-env");
+            jail.set_env("TESTSVC_INNER__PASSWORD", "hunter2");
+            let c: Sample = load(Some(&path), "TESTSVC_").unwrap();
+            assert_eq!(c.name, "from-env");
+            assert_eq!(c.port, 9100);
+            assert_eq!(c.inner.password.as_deref(), Some("hunter2"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_file_and_bad_values_are_specific_errors() {
+        assert!(matches!(
+            load::<Sample>(Some(Path::new("/nonexistent/x.toml")), "X_"),
+            Err(ConfigError::MissingFile(_))
+        ));
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TESTBAD_PORT", "not-a-port");
+            let err = load::<Sample>(None, "TESTBAD_").unwrap_err().to_string();
+            assert!(err.contains("port"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_are_masked_when_printed() {
+        let c = Sample {
+            inner: Inner {
+                url: "postgres://u:pw@h/db".into(),
+                password: Some("hunter2".into()),
+            },
+            api_key: Some("sk-123".into()),
+            ..Sample::default()
+        };
+        let shown = masked(&c);
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("sk-123") && !shown.contains(":pw@"),
+            "{shown}"
+        );
+        assert!(shown.contains("postgres://u:***@h/db"), "{shown}");
+    }
+}
