@@ -84,6 +84,10 @@ pub struct Cli {
     #[arg(long, env = "TRIAGE_SIM_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
 
+    /// Require `Authorization: Bearer <KEY>` on /v1/* like vLLM's --api-key [default: none].
+    #[arg(long, env = "TRIAGE_SIM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
     /// Fault: fraction of requests answered with --error-status [default: 0].
     #[arg(long, env = "TRIAGE_SIM_ERROR_RATE")]
     pub error_rate: Option<f64>,
@@ -155,6 +159,7 @@ impl Cli {
             logprob_min => "logprob_min",
             logprob_max => "logprob_max",
             shutdown_grace_ms => "shutdown_grace_ms",
+            api_key => "api_key",
             error_rate => "faults.error_rate",
             error_status => "faults.error_status",
             hang_rate => "faults.hang_rate",

@@ -46,6 +46,9 @@ pub struct SimConfig {
     pub logprob_max: f64,
     /// After SIGTERM, how long in-flight requests may take to finish before the process exits.
     pub shutdown_grace_ms: u64,
+    /// vLLM's `--api-key`: when set, `/v1/*` requests need `Authorization: Bearer <key>`
+    /// (else 401 `{"error":"Unauthorized"}`). Masked when printed.
+    pub api_key: Option<String>,
     /// Fault injection (replaceable at run time).
     pub faults: FaultConfig,
 }
@@ -68,6 +71,7 @@ impl Default for SimConfig {
             logprob_min: -2.5,
             logprob_max: -0.05,
             shutdown_grace_ms: 10_000,
+            api_key: None,
             faults: FaultConfig::default(),
         }
     }
@@ -87,6 +91,14 @@ impl SimConfig {
             output_tokens_min: output_tokens,
             output_tokens_max: output_tokens,
             ..Self::default()
+        }
+    }
+
+    /// A copy safe to print: the API key replaced by `***`.
+    pub fn masked(&self) -> Self {
+        Self {
+            api_key: self.api_key.as_ref().map(|_| "***".to_owned()),
+            ..self.clone()
         }
     }
 

@@ -13,7 +13,7 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use triage_vllm_sim::{spawn, FaultConfig, SimConfig};
 //! let sim = spawn(SimConfig::instant("tier1-sim", 8)).await?;
-//! let url = sim.url(); // http://127.0.0.1:<free port>
+//! let url = sim.url().to_owned(); // http://127.0.0.1:<free port>
 //! sim.set_faults(FaultConfig::always_error(503))?; // now every request fails
 //! sim.set_faults(FaultConfig::none())?;            // healthy again
 //! sim.shutdown(std::time::Duration::from_secs(5)).await;

@@ -16,9 +16,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let config = cli.load()?;
-    // No secrets in this configuration, so it is printed whole.
     tracing::info!(
-        config = %serde_json::to_string(&config).context("printing configuration")?,
+        config = %serde_json::to_string(&config.masked()).context("printing configuration")?,
         "triage-vllm-sim (a vLLM SIMULATOR, not vLLM) starting"
     );
     let grace = Duration::from_millis(config.shutdown_grace_ms);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -135,6 +135,25 @@ fn error_response(status: u16, message: &str) -> Response {
     (code, Json(error_body(status, message))).into_response()
 }
 
+/// vLLM's `--api-key` check; `None` when allowed, else its 401 answer.
+fn unauthorized(sim: &Simulator, headers: &HeaderMap) -> Option<Response> {
+    let key = sim.config.api_key.as_deref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(key) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "Unauthorized"})),
+        )
+            .into_response(),
+    )
+}
+
 async fn health(State(sim): State<Arc<Simulator>>) -> StatusCode {
     if sim.faults.unhealthy() {
         StatusCode::SERVICE_UNAVAILABLE
@@ -143,7 +162,10 @@ async fn health(State(sim): State<Arc<Simulator>>) -> StatusCode {
     }
 }
 
-async fn models(State(sim): State<Arc<Simulator>>) -> Json<serde_json::Value> {
+async fn models(State(sim): State<Arc<Simulator>>, headers: HeaderMap) -> Response {
+    if let Some(denied) = unauthorized(&sim, &headers) {
+        return denied;
+    }
     let model = &sim.config.model;
     Json(json!({
         "object": "list",
@@ -158,6 +180,7 @@ async fn models(State(sim): State<Arc<Simulator>>) -> Json<serde_json::Value> {
             "permission": [],
         }],
     }))
+    .into_response()
 }
 
 async fn metrics(State(sim): State<Arc<Simulator>>) -> Response {
@@ -208,7 +231,14 @@ struct Plan {
     received_at: Instant,
 }
 
-async fn chat_completions(State(sim): State<Arc<Simulator>>, body: Bytes) -> Response {
+async fn chat_completions(
+    State(sim): State<Arc<Simulator>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(denied) = unauthorized(&sim, &headers) {
+        return denied;
+    }
     let received_at = Instant::now();
     let request_no = sim.counters.received.fetch_add(1, Ordering::Relaxed);
     let (fault, faults) = sim.faults.decide(request_no);
