@@ -9,6 +9,8 @@ use clap::Parser;
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 
+use triage_runtime::telemetry::LogFormat;
+
 use crate::config::{ConfigError, SimConfig};
 
 /// triage-vllm-sim: a SIMULATOR of vLLM's OpenAI-compatible server (it is not vLLM and runs
@@ -21,6 +23,10 @@ use crate::config::{ConfigError, SimConfig};
 #[derive(Debug, Clone, Default, Parser)]
 #[command(name = "triage-vllm-sim", version, about, long_about)]
 pub struct Cli {
+    /// Log format: `text` for people, `json` for log pipelines (level via RUST_LOG).
+    #[arg(long, env = "TRIAGE_SIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// TOML file with any SimConfig fields (e.g. `model = "x"`, `[faults] error_rate = 0.1`).
     /// Flags and environment variables override it.
     #[arg(long, env = "TRIAGE_SIM_CONFIG")]

@@ -47,7 +47,7 @@ pub struct SimConfig {
     /// After SIGTERM, how long in-flight requests may take to finish before the process exits.
     pub shutdown_grace_ms: u64,
     /// vLLM's `--api-key`: when set, `/v1/*` requests need `Authorization: Bearer <key>`
-    /// (else 401 `{"error":"Unauthorized"}`). Masked when printed.
+    /// (else 401 `{"error":"Unauthorized"}`). Masked when printed at start.
     pub api_key: Option<String>,
     /// Fault injection (replaceable at run time).
     pub faults: FaultConfig,
@@ -91,14 +91,6 @@ impl SimConfig {
             output_tokens_min: output_tokens,
             output_tokens_max: output_tokens,
             ..Self::default()
-        }
-    }
-
-    /// A copy safe to print: the API key replaced by `***`.
-    pub fn masked(&self) -> Self {
-        Self {
-            api_key: self.api_key.as_ref().map(|_| "***".to_owned()),
-            ..self.clone()
         }
     }
 
