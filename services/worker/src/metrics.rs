@@ -1,0 +1,274 @@
+//! The worker's Prometheus metrics, labelled by tier (and backend where one
+//! is involved). Names start with `triage_worker_`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// `tier`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    /// 1 or 2.
+    pub tier: u8,
+}
+
+/// `tier`, `backend`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// 1 or 2.
+    pub tier: u8,
+    /// The backend's label (`host:port` or its configured name).
+    pub backend: String,
+}
+
+/// `tier`, `backend`, `kind` (prompt/completion tokens; retry cause).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendKindLabels {
+    /// 1 or 2.
+    pub tier: u8,
+    /// The backend's label.
+    pub backend: String,
+    /// What is counted.
+    pub kind: String,
+}
+
+/// `tier`, `reason` (escalations).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierReasonLabels {
+    /// 1 or 2.
+    pub tier: u8,
+    /// Why.
+    pub reason: String,
+}
+
+/// `tier`, `code` (error replies).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierCodeLabels {
+    /// 1 or 2.
+    pub tier: u8,
+    /// The error code.
+    pub code: String,
+}
+
+/// `tier`, `outcome` (requests).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierOutcomeLabels {
+    /// 1 or 2.
+    pub tier: u8,
+    /// How handling ended.
+    pub outcome: String,
+}
+
+/// `tier`, `kind` (published messages).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierKindLabels {
+    /// 1 or 2.
+    pub tier: u8,
+    /// What was published.
+    pub kind: String,
+}
+
+/// Every metric of one worker.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    tier: u8,
+    /// Time to first token, seconds, from the start of the attempt.
+    pub ttft: Family<BackendLabels, Histogram>,
+    /// Whole generation time of successful attempts, seconds.
+    pub generation: Family<BackendLabels, Histogram>,
+    /// Tokens by kind (`prompt`, `completion`).
+    pub tokens: Family<BackendKindLabels, Counter>,
+    /// Generations running now, per backend.
+    pub backend_in_flight: Family<BackendLabels, Gauge>,
+    /// Requests being handled now by this replica.
+    pub in_flight: Family<TierLabels, Gauge>,
+    /// Retries by cause (the backend error kind).
+    pub retries: Family<BackendKindLabels, Counter>,
+    /// Streams restarted as a new attempt after text reached the client.
+    pub restarts: Family<BackendLabels, Counter>,
+    /// Escalations to tier 2 by reason.
+    pub escalations: Family<TierReasonLabels, Counter>,
+    /// Error replies by code.
+    pub errors: Family<TierCodeLabels, Counter>,
+    /// Requests finished, by outcome (`completed`, `error`, `escalated`,
+    /// `duplicate`, `handed_back`).
+    pub requests: Family<TierOutcomeLabels, Counter>,
+    /// Malformed SSE lines skipped.
+    pub malformed: Family<BackendLabels, Counter>,
+    /// 1 when the backend takes requests (breaker closed), else 0.
+    pub backend_healthy: Family<BackendLabels, Gauge>,
+    /// Pre-warm requests sent.
+    pub prewarms: Family<BackendLabels, Counter>,
+    /// Messages published, by kind (`chunk`, `final`, `result`, `usage`,
+    /// `dead`, `escalation`): the NATS cost of an answer.
+    pub published: Family<TierKindLabels, Counter>,
+    /// The consumer's pending messages (not yet delivered): the queue depth
+    /// to scale on.
+    pub consumer_pending: Family<TierLabels, Gauge>,
+    /// The consumer's delivered-but-unacked messages.
+    pub consumer_ack_pending: Family<TierLabels, Gauge>,
+}
+
+impl WorkerMetrics {
+    /// Creates the metrics for `tier` and registers them.
+    pub fn register(tier: u8, registry: &mut Registry) -> Self {
+        let latency = || Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        let m = Self {
+            tier,
+            ttft: Family::new_with_constructor(latency),
+            generation: Family::new_with_constructor(latency),
+            tokens: Family::default(),
+            backend_in_flight: Family::default(),
+            in_flight: Family::default(),
+            retries: Family::default(),
+            restarts: Family::default(),
+            escalations: Family::default(),
+            errors: Family::default(),
+            requests: Family::default(),
+            malformed: Family::default(),
+            backend_healthy: Family::default(),
+            prewarms: Family::default(),
+            published: Family::default(),
+            consumer_pending: Family::default(),
+            consumer_ack_pending: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("triage_worker");
+        r.register(
+            "ttft_seconds",
+            "Time to first token from the start of the attempt",
+            m.ttft.clone(),
+        );
+        r.register(
+            "generation_seconds",
+            "Generation time of answered attempts",
+            m.generation.clone(),
+        );
+        r.register("tokens", "Tokens by kind", m.tokens.clone());
+        r.register(
+            "backend_in_flight",
+            "Generations running per backend",
+            m.backend_in_flight.clone(),
+        );
+        r.register(
+            "in_flight",
+            "Requests being handled by this replica",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "retries",
+            "Retried backend calls by cause",
+            m.retries.clone(),
+        );
+        r.register(
+            "restarts",
+            "Streams restarted as a new attempt after text was sent",
+            m.restarts.clone(),
+        );
+        r.register(
+            "escalations",
+            "Requests escalated to tier 2 by reason",
+            m.escalations.clone(),
+        );
+        r.register("errors", "Error replies by code", m.errors.clone());
+        r.register(
+            "requests",
+            "Requests handled by outcome",
+            m.requests.clone(),
+        );
+        r.register(
+            "malformed_chunks",
+            "Malformed SSE lines skipped",
+            m.malformed.clone(),
+        );
+        r.register(
+            "backend_healthy",
+            "1 when the backend takes requests (breaker closed)",
+            m.backend_healthy.clone(),
+        );
+        r.register("prewarms", "Pre-warm requests sent", m.prewarms.clone());
+        r.register(
+            "published_messages",
+            "NATS messages published by kind",
+            m.published.clone(),
+        );
+        r.register(
+            "consumer_pending",
+            "Messages waiting in the tier's queue (not yet delivered)",
+            m.consumer_pending.clone(),
+        );
+        r.register(
+            "consumer_ack_pending",
+            "Messages delivered to the tier's workers and not yet acked",
+            m.consumer_ack_pending.clone(),
+        );
+        m
+    }
+
+    /// Labels for `backend`.
+    pub fn backend(&self, backend: &str) -> BackendLabels {
+        BackendLabels {
+            tier: self.tier,
+            backend: backend.to_string(),
+        }
+    }
+
+    /// Labels for `backend` and `kind`.
+    pub fn backend_kind(&self, backend: &str, kind: &str) -> BackendKindLabels {
+        BackendKindLabels {
+            tier: self.tier,
+            backend: backend.to_string(),
+            kind: kind.to_string(),
+        }
+    }
+
+    /// Labels for this tier.
+    pub fn tier(&self) -> TierLabels {
+        TierLabels { tier: self.tier }
+    }
+
+    /// Labels for this tier and `reason`.
+    pub fn reason(&self, reason: &str) -> TierReasonLabels {
+        TierReasonLabels {
+            tier: self.tier,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Counts a published message of `kind`.
+    pub fn published(&self, kind: &str) {
+        self.published
+            .get_or_create(&TierKindLabels {
+                tier: self.tier,
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a request outcome.
+    pub fn outcome(&self, outcome: &str) {
+        self.requests
+            .get_or_create(&TierOutcomeLabels {
+                tier: self.tier,
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts an error reply.
+    pub fn error(&self, code: triage_protocol::ErrorCode) {
+        self.errors
+            .get_or_create(&TierCodeLabels {
+                tier: self.tier,
+                code: code.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts an escalation.
+    pub fn escalation(&self, reason: &str) {
+        self.escalations.get_or_create(&self.reason(reason)).inc();
+    }
+}
