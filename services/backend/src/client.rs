@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use tokio::time::{timeout, timeout_at, Instant};
 
@@ -288,7 +288,11 @@ impl StreamState {
                             self.parser.push(&bytes, &mut items);
                             let done = self.absorb(&mut items);
                             self.items = items;
-                            if !done {
+                            if done {
+                                // If the end of the body is already here, reading it lets the
+                                // connection go back to the pool; never wait for it.
+                                let _ = body.next().now_or_never();
+                            } else {
                                 self.phase = Phase::Receiving {
                                     body,
                                     first_byte_deadline: None,
