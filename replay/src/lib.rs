@@ -1,0 +1,17 @@
+//! Replay: drives labelled or recorded traffic through Triage and reports
+//! tier split, routing accuracy, latency and cost against an all-tier-2
+//! baseline.
+//!
+//! Pure parts ([`dataset`], [`schedule`], [`stats`], [`report`], [`html`])
+//! are tested on fixed inputs; [`drive`], [`cost`] and [`record`] talk to
+//! NATS and Postgres.
+
+pub mod cost;
+pub mod dataset;
+pub mod drive;
+pub mod html;
+pub mod outcome;
+pub mod record;
+pub mod report;
+pub mod schedule;
+pub mod stats;
