@@ -4,7 +4,7 @@
 # test; doc tests with cargo test) and the Python client's tests. Runs all
 # suites even when one fails, prints a summary, exits non-zero on any failure.
 #
-#   scripts/test.sh [extra arguments for cargo nextest run / cargo test]
+#   scripts/test.sh [PACKAGE SELECTION]   e.g. -p triage-protocol (default: --workspace)
 #   TRIAGE_TEST_SKIP_SETUP=1   skip scripts/setup.sh
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -33,11 +33,14 @@ suite() {
     fi
 }
 
+# Arguments select packages instead of the whole workspace (e.g. -p triage-protocol).
+scope=("$@")
+((${#scope[@]})) || scope=(--workspace)
 if cargo nextest --version >/dev/null 2>&1; then
-    suite "Rust tests (nextest)" cargo nextest run --workspace --no-fail-fast "$@"
-    suite "Rust doc tests" cargo test --workspace --doc
+    suite "Rust tests (nextest)" cargo nextest run --no-fail-fast "${scope[@]}"
+    suite "Rust doc tests" cargo test --doc "${scope[@]}"
 else
-    suite "Rust tests" cargo test --workspace --no-fail-fast "$@"
+    suite "Rust tests" cargo test --no-fail-fast "${scope[@]}"
 fi
 suite "Python client tests" "$TRIAGE_VENV/bin/python" -m unittest discover -s clients/python/tests -v
 
