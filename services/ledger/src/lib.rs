@@ -6,17 +6,21 @@
 //! Rollups maintained in the same transaction keep reports and the cost
 //! exporter's queries cheap at any ledger size.
 //!
-//! - [`price`]: prices, the price book and cost arithmetic (pure);
-//! - [`entry`]: from a usage event to a ledger row, validation (pure);
-//! - [`store`]: migrations, prices and batch booking in Postgres;
-//! - [`report`]: the cost report (query, table/CSV/JSON rendering);
-//! - [`snapshot`]: the figures the cost exporter publishes.
+//! - [`price`] — prices, the price book and cost arithmetic (pure);
+//! - [`entry`] — from a usage event to a ledger row, validation (pure);
+//! - [`store`] — migrations, prices and batch booking in Postgres;
+//! - [`report`] — the cost report (query, table/CSV/JSON rendering);
+//! - [`snapshot`] — the figures the cost exporter publishes;
+//! - [`writer`] — the durable consumer that books `llm.usage`;
+//! - [`config`] — the service's configuration.
 
+pub mod config;
 pub mod entry;
 pub mod price;
 pub mod report;
 pub mod snapshot;
 pub mod store;
+pub mod writer;
 
 pub use entry::{LedgerEntry, Rejection};
 pub use price::{Cost, Price, PriceBook};

@@ -27,11 +27,10 @@ pub struct Price {
     /// One model of the tier, or `None` for every model of the tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// USD per 1K prompt tokens.
-    #[serde(with = "rust_decimal::serde::str")]
+    /// USD per 1K prompt tokens (a string or number in configuration;
+    /// written as a string so it stays exact).
     pub input_per_1k: Decimal,
     /// USD per 1K completion tokens.
-    #[serde(with = "rust_decimal::serde::str")]
     pub output_per_1k: Decimal,
     /// When the price starts to apply (inclusive).
     pub effective_from: DateTime<Utc>,

@@ -218,13 +218,17 @@ fn price_from_row(row: &sqlx::postgres::PgRow) -> Result<Price, StoreError> {
 
 impl Store {
     /// Connects a pool of at most `max_connections` to `url`. Connections
-    /// are made lazily, so this succeeds while Postgres is down; the first
-    /// query reports the problem.
-    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    /// are made lazily, so this succeeds while Postgres is down; a query
+    /// fails after `acquire_timeout` without a connection.
+    pub fn connect_lazy(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(acquire_timeout)
             .connect_lazy_with(options.application_name("triage-ledger"));
         Ok(Self { pool })
     }

@@ -399,3 +399,201 @@ impl Drop for PrivatePostgres {
         };
     }
 }
+
+/// NATS for one test: its own subject prefix, streams provisioned.
+pub struct TestNats {
+    pub ns: triage_protocol::Namespace,
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    marker: String,
+}
+
+pub fn nats_url() -> String {
+    std::env::var("TRIAGE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+impl TestNats {
+    pub async fn create() -> TestNats {
+        let prefix = format!("t{}", random_suffix());
+        let ns = triage_protocol::Namespace::new(&prefix).unwrap();
+        let client = async_nats::connect(nats_url())
+            .await
+            .expect("connect to NATS (is nats-server running?)");
+        let js = async_nats::jetstream::new(client.clone());
+        // Only the two streams the ledger touches, and small: JetStream
+        // reserves max_bytes up front and the server is shared.
+        let mut streams = triage_bus::StreamsConfig::default();
+        for l in [&mut streams.usage, &mut streams.dead] {
+            l.max_bytes = 64 << 20;
+            l.max_age = Duration::from_secs(3600);
+        }
+        for kind in [
+            triage_protocol::StreamKind::Usage,
+            triage_protocol::StreamKind::Dead,
+        ] {
+            triage_bus::streams::ensure_stream(
+                &js,
+                triage_bus::streams::desired_config(&ns, kind, &streams),
+            )
+            .await
+            .expect("provision streams");
+        }
+        TestNats {
+            ns,
+            client,
+            js,
+            marker: prefix.to_ascii_uppercase(),
+        }
+    }
+
+    /// Publishes a usage event as the workers do (msgpack, with its msg id).
+    pub async fn publish_event(&self, e: &UsageEvent) {
+        self.publish_event_as(e, triage_protocol::Encoding::MsgPack, Some(&e.msg_id()))
+            .await;
+    }
+
+    pub async fn publish_event_as(
+        &self,
+        e: &UsageEvent,
+        enc: triage_protocol::Encoding,
+        msg_id: Option<&str>,
+    ) {
+        let payload = triage_protocol::encode(enc, e);
+        self.publish_raw(&payload, Some(enc.content_type()), msg_id)
+            .await;
+    }
+
+    pub async fn publish_raw(
+        &self,
+        payload: &[u8],
+        content_type: Option<&str>,
+        msg_id: Option<&str>,
+    ) {
+        let mut h = async_nats::HeaderMap::new();
+        if let Some(ct) = content_type {
+            h.insert(triage_protocol::headers::CONTENT_TYPE, ct);
+        }
+        if let Some(id) = msg_id {
+            h.insert(triage_protocol::headers::MSG_ID, id);
+        }
+        self.js
+            .publish_with_headers(self.ns.usage(), h, payload.to_vec().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("publish ack");
+    }
+
+    /// Publishes many events without waiting for each ack in turn.
+    pub async fn publish_many(&self, events: &[UsageEvent]) {
+        for chunk in events.chunks(2000) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert(
+                    triage_protocol::headers::CONTENT_TYPE,
+                    triage_protocol::headers::MSGPACK_MIME,
+                );
+                h.insert(triage_protocol::headers::MSG_ID, e.msg_id().as_str());
+                let payload = triage_protocol::encode(triage_protocol::Encoding::MsgPack, e);
+                acks.push(
+                    self.js
+                        .publish_with_headers(self.ns.usage(), h, payload.into())
+                        .await
+                        .expect("publish"),
+                );
+            }
+            for a in acks {
+                a.await.expect("publish ack");
+            }
+        }
+    }
+
+    pub async fn stream_messages(&self, kind: triage_protocol::StreamKind) -> u64 {
+        let mut s = self.js.get_stream(self.ns.stream_name(kind)).await.unwrap();
+        s.info().await.unwrap().state.messages
+    }
+
+    /// Every message on llm.dead.
+    pub async fn dead_letters(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        let mut stream = self
+            .js
+            .get_stream(self.ns.stream_name(triage_protocol::StreamKind::Dead))
+            .await
+            .unwrap();
+        let last = stream.info().await.unwrap().state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// Deletes this test's streams.
+    pub async fn cleanup(self) {
+        use futures::StreamExt;
+        let names: Vec<String> = self
+            .js
+            .stream_names()
+            .filter_map(|n| async { n.ok() })
+            .collect()
+            .await;
+        for n in names.into_iter().filter(|n| n.contains(&self.marker)) {
+            let _ = self.js.delete_stream(&n).await;
+        }
+    }
+}
+
+/// Writer settings for tests: quick batches and quick retries.
+pub fn test_writer_config() -> triage_ledger::writer::WriterConfig {
+    triage_ledger::writer::WriterConfig {
+        batch_wait: Duration::from_millis(10),
+        retry_initial: Duration::from_millis(50),
+        retry_max: Duration::from_millis(500),
+        pending_poll: Duration::from_millis(200),
+        ..Default::default()
+    }
+}
+
+/// Runs a writer in the background until the returned token is cancelled.
+pub fn spawn_writer(
+    store: &Store,
+    nats: &TestNats,
+    config: triage_ledger::writer::WriterConfig,
+) -> (
+    tokio_util::sync::CancellationToken,
+    triage_ledger::writer::WriterMetrics,
+    tokio::task::JoinHandle<Result<(), triage_ledger::writer::WriterError>>,
+) {
+    let token = tokio_util::sync::CancellationToken::new();
+    let metrics = triage_ledger::writer::WriterMetrics::default();
+    let writer = triage_ledger::writer::Writer::new(
+        store.clone(),
+        nats.client.clone(),
+        nats.ns.clone(),
+        config,
+        metrics.clone(),
+    );
+    let handle = tokio::spawn(writer.run(token.clone()));
+    (token, metrics, handle)
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

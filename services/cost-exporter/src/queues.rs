@@ -1,0 +1,95 @@
+//! Queue health from JetStream: how many messages each Triage stream holds
+//! and how far behind each consumer is. For the work-queue streams
+//! (`llm.requests`, `llm.tier1`, `llm.tier2`) the message count is the
+//! queue depth: messages leave them when acked.
+
+use async_nats::jetstream;
+use futures::TryStreamExt;
+use triage_protocol::{Namespace, StreamKind};
+
+/// One stream's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStat {
+    /// The stream's name (with the deployment prefix).
+    pub stream: String,
+    /// The stream's subject, e.g. `llm.tier1` (with the prefix).
+    pub subject: String,
+    /// Whether it is a work queue (its message count is a queue depth).
+    pub work_queue: bool,
+    /// Messages held.
+    pub messages: u64,
+    /// Bytes held.
+    pub bytes: u64,
+}
+
+/// One consumer's backlog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerStat {
+    /// The stream it reads.
+    pub stream: String,
+    /// The consumer's name.
+    pub consumer: String,
+    /// Messages not yet delivered to it.
+    pub pending: u64,
+    /// Delivered, not yet acked.
+    pub ack_pending: u64,
+    /// Delivered more than once and not yet acked.
+    pub redelivered: u64,
+}
+
+/// Every Triage stream and consumer of one deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Streams that exist.
+    pub streams: Vec<StreamStat>,
+    /// Their durable consumers.
+    pub consumers: Vec<ConsumerStat>,
+}
+
+/// Reads the stats of the namespace's streams; a stream that does not
+/// exist (yet) is left out.
+pub async fn read(js: &jetstream::Context, ns: &Namespace) -> Result<QueueStats, String> {
+    let mut stats = QueueStats::default();
+    for kind in StreamKind::ALL {
+        let name = ns.stream_name(kind);
+        let mut stream = match js.get_stream(&name).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                        if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(format!("stream {name}: {e}")),
+        };
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| format!("stream {name} info: {e}"))?;
+        stats.streams.push(StreamStat {
+            stream: name.clone(),
+            subject: ns.stream_subject(kind),
+            work_queue: kind.is_work_queue(),
+            messages: info.state.messages,
+            bytes: info.state.bytes,
+        });
+        let consumers: Vec<jetstream::consumer::Info> = stream
+            .consumers()
+            .try_collect()
+            .await
+            .map_err(|e| format!("consumers of {name}: {e}"))?;
+        for c in consumers {
+            stats.consumers.push(ConsumerStat {
+                stream: name.clone(),
+                consumer: c.name,
+                pending: c.num_pending,
+                ack_pending: c.num_ack_pending as u64,
+                redelivered: c.num_redelivered as u64,
+            });
+        }
+    }
+    Ok(stats)
+}
