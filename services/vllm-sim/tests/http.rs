@@ -540,3 +540,33 @@ async fn graceful_shutdown_lets_streams_finish() {
     assert!(!broken && text.ends_with("data: [DONE]\n\n"));
     assert!(reqwest::get(format!("{url}/health")).await.is_err());
 }
+
+#[tokio::test]
+async fn streamed_n_choices_interleave_and_each_finish() {
+    let sim = spawn(config(4)).await.unwrap();
+    let mut body = chat_body("two", 10, true);
+    body["n"] = json!(2);
+    let (text, broken) = read_all(post(&sim, &body).await).await;
+    assert!(!broken);
+    let chunks: Vec<Value> = frames(&text)
+        .iter()
+        .filter(|f| *f != "[DONE]")
+        .map(|f| serde_json::from_str(f).unwrap())
+        .collect();
+    let mut finished = Vec::new();
+    let mut roles = Vec::new();
+    for c in &chunks {
+        for choice in c["choices"].as_array().unwrap() {
+            if choice["delta"]["role"] == "assistant" {
+                roles.push(choice["index"].as_u64().unwrap());
+            }
+            if !choice["finish_reason"].is_null() {
+                finished.push(choice["index"].as_u64().unwrap());
+            }
+        }
+    }
+    assert_eq!(roles, [0, 1]);
+    finished.sort();
+    assert_eq!(finished, [0, 1]);
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 8);
+}
