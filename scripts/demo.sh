@@ -9,6 +9,7 @@
 #     --keep        leave the servers running (stop: scripts/local-stack.sh stop)
 #     --no-setup    skip scripts/setup.sh (when it has just run)
 set -euo pipefail
+# shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 keep=0 setup=1 max_tokens=64

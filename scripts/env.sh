@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts in this directory: the environment every script
 # agrees on (cache layout, service URLs, ports) and the step/progress output.
 # Every value can be overridden from the environment.

@@ -12,6 +12,7 @@
 # `component` below that sets CMD (the command line) and HEALTH (an HTTP URL
 # that answers 200 when ready, or empty when the process being alive is enough).
 set -euo pipefail
+# shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 COMPONENTS=(llama-tier1 llama-tier2)

