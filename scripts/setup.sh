@@ -47,19 +47,24 @@ mkdir -p "$TRIAGE_CACHE" "$TRIAGE_MODELS" "$TRIAGE_RUN" "$TRIAGE_CACHE/bin" "$TR
 # ---------------------------------------------------------------------------
 step "system packages"
 missing=()
+have_all() { # have_all COMMAND...: every one is on PATH
+    local c
+    for c; do command -v "$c" >/dev/null || return 1; done
+}
 need_pkg() { # need_pkg PACKAGE TEST-COMMAND...
     local pkg=$1
     shift
     "$@" >/dev/null 2>&1 || missing+=("$pkg")
 }
 is_local_host "$nats_host" && need_pkg nats-server test -x /usr/sbin/nats-server
-is_local_host "$db_host" && need_pkg postgresql command -v pg_ctlcluster
-need_pkg postgresql-client command -v psql
-need_pkg prometheus command -v promtool # promtool checks the ledger's alert rules
+is_local_host "$db_host" && need_pkg postgresql have_all pg_ctlcluster
+need_pkg postgresql-client have_all psql pg_isready
+need_pkg prometheus have_all promtool # promtool checks the ledger's alert rules
 need_pkg python3-venv "${TRIAGE_PYTHON:-python3}" -c 'import venv, ensurepip'
-need_pkg build-essential command -v c++ make # llama.cpp, and C parts of Rust crates
-need_pkg pkg-config command -v pkg-config
+need_pkg build-essential have_all cc c++ make # llama.cpp, and C parts of Rust crates
+need_pkg pkg-config have_all pkg-config
 need_pkg ca-certificates test -e /etc/ssl/certs/ca-certificates.crt
+need_pkg curl have_all curl # health checks of the local stack
 command -v cargo >/dev/null || die "cargo not found. Install Rust $(sed -nE 's/^rust-version = "(.*)"/\1/p' "$TRIAGE_ROOT/Cargo.toml") or newer with rustup (https://rustup.rs), then run this again."
 if ((${#missing[@]} == 0)); then
     skip "all present"
