@@ -117,12 +117,11 @@ is_local_host() { [[ $1 == 127.0.0.1 || $1 == localhost || $1 == ::1 ]]; }
 # mask_url URL: the URL with any password replaced by ***, for printing.
 mask_url() { printf '%s' "$1" | sed -E 's#(://[^/:@]*:)[^@/]*@#\1***@#'; }
 
-# nats_info HOST PORT: prints the server's INFO line; fails if nothing answers.
+# nats_info HOST PORT: prints the server's INFO line; fails if nothing
+# answers within 5 s (an unroutable host must not hang the set-up).
 nats_info() {
     local line
-    { exec 3<>"/dev/tcp/$1/$2"; } 2>/dev/null || return 1
-    read -r -t 3 line <&3 || { exec 3>&-; return 1; }
-    exec 3>&-
+    line=$(timeout 5 bash -c 'exec 3<>"/dev/tcp/$1/$2" && IFS= read -r -t 3 line <&3 && printf "%s" "$line"' _ "$1" "$2" 2>/dev/null) || return 1
     [[ $line == INFO* ]] || return 1
     printf '%s\n' "$line"
 }

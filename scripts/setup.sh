@@ -84,31 +84,35 @@ if info=$(nats_info "$nats_host" "$nats_port"); then
     skip "already answering at $nats_host:$nats_port ($(sed -E 's/.*"version":"([^"]*)".*/nats-server \1/' <<<"$info"))"
 elif is_local_host "$nats_host"; then
     ((EUID == 0)) || die "NATS is not running at $nats_host:$nats_port and starting it needs root"
-    mkdir -p /var/lib/nats-server
-    start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
-        -a 127.0.0.1 -p "$nats_port" -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+    store=${TRIAGE_NATS_STORE:-/var/lib/nats-server}
+    nats_log=${TRIAGE_NATS_LOG:-/var/log/nats-server.log}
+    mkdir -p "$store"
+    # The pid file is per port, so "already running" means this server.
+    start-stop-daemon --start --oknodo --background --make-pidfile --pidfile "/run/triage-nats-$nats_port.pid" \
+        --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p "$nats_port" -js -sd "$store" -l "$nats_log"
     wait_for "NATS" 30 nats_info "$nats_host" "$nats_port" ||
-        die "nats-server did not answer within 30 s; see /var/log/nats-server.log"
-    done_ "started nats-server -js on 127.0.0.1:$nats_port (log /var/log/nats-server.log)"
+        die "nats-server did not answer within 30 s; see $nats_log"
+    done_ "started nats-server -js on 127.0.0.1:$nats_port (store $store, log $nats_log)"
 else
     die "NATS at $(mask_url "$TRIAGE_NATS_URL") does not answer (it is not local, so it is not started here)"
 fi
 
 # ---------------------------------------------------------------------------
 step "PostgreSQL"
-pg_cluster_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1; }
+# The local cluster serving $db_port ("15 main" on a fresh Debian), from pg_lsclusters.
+pg_cluster() { pg_lsclusters -h 2>/dev/null | awk -v port="$db_port" '$3 == port { print $1, $2; exit }'; }
 started=''
 if pg_isready -q -h "$db_host" -p "$db_port"; then
     note "already answering at $db_host:$db_port"
 elif is_local_host "$db_host"; then
     ((EUID == 0)) || die "Postgres is not running at $db_host:$db_port and starting it needs root"
-    ver=$(pg_cluster_version)
-    [[ -n $ver ]] || die "no PostgreSQL cluster under /etc/postgresql (create one with: pg_createcluster 15 main)"
-    pg_ctlcluster --skip-systemctl-redirect "$ver" main start ||
-        die "pg_ctlcluster $ver main start failed; see /var/log/postgresql/postgresql-$ver-main.log"
+    read -r pg_ver pg_name <<<"$(pg_cluster)" || true
+    [[ -n ${pg_name:-} ]] || die "no local PostgreSQL cluster on port $db_port (pg_lsclusters lists them; create one with: pg_createcluster -p $db_port 15 main)"
+    pg_log=/var/log/postgresql/postgresql-$pg_ver-$pg_name.log
+    pg_ctlcluster --skip-systemctl-redirect "$pg_ver" "$pg_name" start || die "pg_ctlcluster $pg_ver $pg_name start failed; see $pg_log"
     wait_for "Postgres" 30 pg_isready -q -h "$db_host" -p "$db_port" ||
-        die "Postgres did not answer within 30 s; see /var/log/postgresql/postgresql-$ver-main.log"
-    started="started cluster $ver/main; "
+        die "Postgres did not answer within 30 s; see $pg_log"
+    started="started cluster $pg_ver/$pg_name; "
 else
     die "Postgres at $(mask_url "$TRIAGE_DATABASE_URL") does not answer (it is not local, so it is not started here)"
 fi
@@ -117,11 +121,12 @@ if ! err=$(psql_admin -c 'select 1' 2>&1 >/dev/null); then
     # A fresh Debian cluster asks for passwords on TCP. The local development
     # set-up trusts loopback connections instead, like the CI machine does.
     if is_local_host "$db_host" && ((EUID == 0)) && [[ $err == *authentication* || $err == *password* ]]; then
-        ver=$(pg_cluster_version)
-        hba=/etc/postgresql/$ver/main/pg_hba.conf
+        read -r pg_ver pg_name <<<"$(pg_cluster)" || true
+        hba=/etc/postgresql/${pg_ver:-?}/${pg_name:-?}/pg_hba.conf
+        [[ -f $hba ]] || die "cannot connect to $(mask_url "$db_admin_url"): $err"
         note "enabling trust for loopback TCP connections in $hba (local development only)"
         sed -i '1i # Added by triage scripts/setup.sh: local development trusts loopback TCP.\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
-        pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
+        pg_ctlcluster --skip-systemctl-redirect "$pg_ver" "$pg_name" reload
         sleep 1
         err=$(psql_admin -c 'select 1' 2>&1 >/dev/null) || die "cannot connect to $(mask_url "$db_admin_url"): $err"
         started+="loopback trust enabled; "
