@@ -3,7 +3,8 @@
 # machine has no Docker. Build with: docker build -t triage .)
 
 # --- build -------------------------------------------------------------------
-FROM rust:1.85-bookworm AS build
+# Any stable toolchain at or above the workspace rust-version.
+FROM rust:1-bookworm AS build
 WORKDIR /src
 # Dependencies first, so source edits do not refetch crates.
 COPY Cargo.toml Cargo.lock ./

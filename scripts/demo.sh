@@ -17,7 +17,7 @@ while (($#)); do
     case $1 in
     --keep) keep=1 ;;
     --no-setup) setup=0 ;;
-    --max-tokens) max_tokens=$2; shift ;;
+    --max-tokens) max_tokens=${2:?--max-tokens needs a number}; shift ;;
     -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
