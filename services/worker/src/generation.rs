@@ -161,7 +161,12 @@ impl Job<'_> {
         let prompt_tokens = shared.counter.count_chat(&request.chat_messages());
         let mut budget = RetryBudget::new(&shared.config.retry);
         let mut avoid = None;
-        let mut last_error = String::from("no healthy backend");
+        let mut last_error: Option<String> = None;
+        let last = |e: &Option<String>| {
+            e.as_ref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
+        };
         let mut last_attempt = self.first_attempt.saturating_sub(1);
 
         let exhausted = loop {
@@ -169,14 +174,18 @@ impl Job<'_> {
                 return Outcome::Failed {
                     code: ErrorCode::DeadlineExceeded,
                     message: format!(
-                        "the deadline passed after {} backend call(s); last error: {last_error}",
-                        budget.calls()
+                        "the deadline passed after {} backend call(s){}",
+                        budget.calls(),
+                        last(&last_error)
                     ),
                     dead_letter: false,
                 };
             }
             let Some(lease) = shared.pool.choose(avoid) else {
-                break "every backend is out of service (circuit breakers open)".to_string();
+                break format!(
+                    "every backend is out of service (circuit breakers open){}",
+                    last(&last_error)
+                );
             };
             let backend = lease.backend().clone();
             let max_tokens =
@@ -359,7 +368,7 @@ impl Job<'_> {
                             if reached_client {
                                 m.restarts.get_or_create(&m.backend(&label)).inc();
                             }
-                            last_error = format!("{label}: {error}");
+                            last_error = Some(format!("{label}: {error}"));
                             match budget.after_failure(reached_client) {
                                 Next::RetryAfter(wait) => {
                                     tracing::warn!(
@@ -376,7 +385,7 @@ impl Job<'_> {
                                 }
                                 Next::GiveUp(why) => {
                                     tracing::warn!(backend = %label, attempt, %error, "{}", why.describe());
-                                    break format!("{}; last error: {last_error}", why.describe());
+                                    break format!("{}{}", why.describe(), last(&last_error));
                                 }
                             }
                         }
