@@ -31,9 +31,9 @@ pub enum Outcome {
     /// still have to be published (in that order), then the id recorded.
     Answered {
         /// The final reply.
-        completion: Completion,
+        completion: Box<Completion>,
         /// Usage of the answering attempt.
-        usage: UsageEvent,
+        usage: Box<UsageEvent>,
     },
     /// Final failure: an error reply, maybe a dead letter.
     Failed {
@@ -70,6 +70,15 @@ pub struct Job<'a> {
     pub received_at: Instant,
     /// Fired when the shutdown grace period is over.
     pub cancel: &'a CancellationToken,
+}
+
+/// What a usage event says about one attempt.
+struct Booking<'a> {
+    attempt: u32,
+    model: &'a str,
+    usage: Usage,
+    started_at: Instant,
+    first_token: Option<Instant>,
 }
 
 /// How one backend call ended.
@@ -119,15 +128,18 @@ impl Job<'_> {
 
     fn usage_event(
         &self,
-        attempt: u32,
-        model: &str,
-        usage: Usage,
+        b: Booking<'_>,
         status: UsageStatus,
         extra_reason: Option<&str>,
-        started_at: Instant,
-        first_token: Option<Instant>,
         error_code: Option<ErrorCode>,
     ) -> UsageEvent {
+        let Booking {
+            attempt,
+            model,
+            usage,
+            started_at,
+            first_token,
+        } = b;
         let mut reasons = self.routed.routing.reasons.clone();
         reasons.extend(extra_reason.map(str::to_string));
         UsageEvent {
@@ -237,13 +249,15 @@ impl Job<'_> {
                         .get_or_create(&m.backend(&label))
                         .observe(started_at.elapsed().as_secs_f64());
                     let event = self.usage_event(
-                        attempt,
-                        &model,
-                        usage,
+                        Booking {
+                            attempt,
+                            model: &model,
+                            usage,
+                            started_at,
+                            first_token,
+                        },
                         UsageStatus::Ok,
                         None,
-                        started_at,
-                        first_token,
                         None,
                     );
                     let keep_text = !self.streams_to_client() || self.outbox.keep_result;
@@ -263,8 +277,8 @@ impl Job<'_> {
                         routing: Some(self.routed.routing.clone()),
                     };
                     return Outcome::Answered {
-                        completion,
-                        usage: event,
+                        completion: Box::new(completion),
+                        usage: Box::new(event),
                     };
                 }
                 AttemptEnd::LowConfidence {
@@ -280,13 +294,15 @@ impl Job<'_> {
                         "low confidence at the start: escalating to tier 2"
                     );
                     let event = self.usage_event(
-                        attempt,
-                        &model,
-                        usage,
+                        Booking {
+                            attempt,
+                            model: &model,
+                            usage,
+                            started_at,
+                            first_token,
+                        },
                         UsageStatus::Cancelled,
                         Some(ESCALATED_LOW_CONFIDENCE),
-                        started_at,
-                        first_token,
                         None,
                     );
                     if let Err(e) = self.outbox.usage(&event).await {
@@ -306,13 +322,15 @@ impl Job<'_> {
                 } => {
                     if started {
                         let event = self.usage_event(
-                            attempt,
-                            &model,
-                            usage,
+                            Booking {
+                                attempt,
+                                model: &model,
+                                usage,
+                                started_at,
+                                first_token,
+                            },
                             UsageStatus::Cancelled,
                             None,
-                            started_at,
-                            first_token,
                             None,
                         );
                         if let Err(e) = self.outbox.usage(&event).await {
@@ -336,13 +354,15 @@ impl Job<'_> {
                             FailureClass::Rejected { code, .. } => *code,
                         };
                         let event = self.usage_event(
-                            attempt,
-                            &model,
-                            usage,
+                            Booking {
+                                attempt,
+                                model: &model,
+                                usage,
+                                started_at,
+                                first_token,
+                            },
                             UsageStatus::Error,
                             None,
-                            started_at,
-                            first_token,
                             Some(code),
                         );
                         if let Err(e) = self.outbox.usage(&event).await {

@@ -265,7 +265,7 @@ async fn handle_inner(
     match job.generate().await {
         Outcome::Answered { completion, usage } => {
             let attempt = completion.attempt;
-            outbox.finish(&Reply::Completion(completion)).await?;
+            outbox.finish(&Reply::Completion(*completion)).await?;
             outbox.usage(&usage).await?;
             record_finished(
                 shared,

@@ -1,0 +1,344 @@
+//! Crash safety and delivery: a worker process killed mid-stream, maximum
+//! deliveries, back-pressure, graceful shutdown (in-process and SIGTERM to
+//! the binary) and a resumed batch job.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use triage_bus::consumer;
+use triage_protocol::{headers, ErrorCode, Namespace, StreamKind, Tier, UsageStatus};
+use triage_vllm_sim::SimHandle;
+use triage_worker::batch::{self, BatchOptions, SubmitTo};
+
+/// The environment that configures a child `triage-worker` like
+/// [`World::config`] does in-process.
+fn child_env(world: &World, backends: &[&SimHandle]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("NATS__URL", nats_url()),
+        ("NATS__PREFIX", world.prefix.clone()),
+        (
+            "BACKEND_URLS",
+            backends
+                .iter()
+                .map(|b| b.url().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ("CONSUMER__ACK_WAIT", "2s".into()),
+        ("CONSUMER__FETCH_EXPIRES", "200ms".into()),
+        ("COALESCE__INTERVAL", "5ms".into()),
+        ("PREWARM__IDLE_AFTER", "0s".into()),
+        ("HEALTH__INTERVAL", "200ms".into()),
+        ("SHUTDOWN_GRACE", "5s".into()),
+        ("METRICS_ADDR", "127.0.0.1:0".into()),
+        ("NATS__STREAMS__FINISHED_TTL", "1h".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("TRIAGE_WORKER_{k}"), v))
+    .collect();
+    for kind in ["REQUESTS", "TIERS", "USAGE", "DEAD", "RESULTS"] {
+        env.push((
+            format!("TRIAGE_WORKER_NATS__STREAMS__{kind}__MAX_BYTES"),
+            (8u64 << 20).to_string(),
+        ));
+        env.push((
+            format!("TRIAGE_WORKER_NATS__STREAMS__{kind}__MAX_AGE"),
+            "1h".into(),
+        ));
+    }
+    env.push(("RUST_LOG".into(), "warn".into()));
+    env
+}
+
+fn spawn_child(world: &World, backends: &[&SimHandle], args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_triage-worker"))
+        .args(args)
+        .envs(child_env(world, backends))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the triage-worker binary runs")
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_stream_is_replaced_by_another_with_a_higher_attempt() {
+    let world = World::new().await;
+    let backend = sim("m", 100, 20).await; // two seconds of generation
+    let reference = sim("m", 100, 0).await;
+    let mut first = spawn_child(&world, &[&backend], &["run", "--tier", "1"]);
+
+    let mut replies = world.submit(Tier::Small, prompt("survive a crash")).await;
+    let chunk = replies.first_chunk(LONG).await;
+    assert_eq!(chunk.attempt, 1);
+    first.kill().await.unwrap(); // SIGKILL: no goodbye, no nak
+    first.wait().await.unwrap();
+
+    let mut second = spawn_child(&world, &[&backend], &["run", "--tier", "1"]);
+    let rest = replies.collect(LONG).await;
+    let (expected, usage) = direct_text(&reference, "survive a crash", Some(64)).await;
+    let mut attempts = vec![1];
+    attempts.extend(rest.attempts());
+    attempts.dedup();
+    assert_eq!(
+        attempts,
+        [1, 17],
+        "redelivery 2 numbers its attempts from 17"
+    );
+    assert_eq!(rest.text(), expected, "the new attempt is whole");
+    let c = rest.completion();
+    assert_eq!(c.attempt, 17);
+    assert_eq!(c.usage.completion_tokens, usage.completion_tokens);
+
+    // Nothing doubled: one answer booked, nothing left queued, no second final.
+    let events = world.usage_of(&replies.id).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].attempt, events[0].status), (17, UsageStatus::Ok));
+    assert_eq!(world.tier_messages(Tier::Small).await, 0);
+    assert!(replies.extra(Duration::from_millis(300)).await.is_empty());
+
+    // SIGTERM: the binary drains and exits cleanly.
+    let pid = second.id().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(LONG, second.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn a_request_delivered_too_often_goes_to_llm_dead_and_the_client_is_told() {
+    let world = World::new().await;
+    let backend = sim("m", 5, 0).await;
+    let mut config = world.config(&[&backend]);
+    config.consumer.max_deliveries = 2;
+
+    // Two deliveries that "die" (handed back unanswered) before any worker
+    // that survives sees it.
+    let mut replies = world.submit(Tier::Small, prompt("cursed")).await;
+    let durable = consumer::durable(
+        &world.js,
+        &world.ns,
+        Namespace::tier_stream(Tier::Small),
+        &config.consumer.durable_name(Tier::Small),
+        &config.consumer.settings(),
+    )
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let mut batch = durable
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .unwrap();
+        let m = futures::StreamExt::next(&mut batch).await.unwrap().unwrap();
+        consumer::nak(&m, None).await.unwrap();
+    }
+
+    let worker = world.start(config, Tier::Small).await;
+    let e = replies.collect(LONG).await;
+    assert_eq!(e.error().code, ErrorCode::MaxDeliveriesExceeded);
+    let dead = world.stream_messages(StreamKind::Dead).await;
+    assert_eq!(dead.len(), 1);
+    let h = &dead[0].headers;
+    assert_eq!(
+        h.get(headers::DEAD_CODE).unwrap().as_str(),
+        "max_deliveries_exceeded"
+    );
+    assert_eq!(h.get(headers::DEAD_DELIVERIES).unwrap().as_str(), "3");
+    assert_eq!(backend.stats().requests_received, 0);
+    assert_eq!(world.tier_messages(Tier::Small).await, 0);
+    worker.stop().await;
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn more_requests_than_capacity_wait_in_jetstream_and_all_complete() {
+    let world = World::new().await;
+    let backend = sim("m", 20, 10).await; // about 200 ms each
+    let mut config = world.config(&[&backend]);
+    config.consumer.max_in_flight = 2;
+    let worker = world.start(config, Tier::Small).await;
+
+    let mut pending = Vec::new();
+    for i in 0..8 {
+        pending.push(
+            world
+                .submit(Tier::Small, prompt(&format!("queued {i}")))
+                .await,
+        );
+    }
+    let (mut max_running, mut saw_queued, mut max_ack_pending) = (0, false, 0);
+    let collect = async {
+        let mut done = Vec::new();
+        for mut r in pending {
+            done.push(r.collect(LONG).await);
+        }
+        done
+    };
+    tokio::pin!(collect);
+    let results = loop {
+        tokio::select! {
+            done = &mut collect => break done,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                max_running = max_running.max(backend.stats().running);
+                let (pending, ack_pending) = world.queue_depth(Tier::Small).await;
+                saw_queued |= pending > 0;
+                max_ack_pending = max_ack_pending.max(ack_pending);
+            }
+        }
+    };
+    assert_eq!(results.len(), 8);
+    for r in &results {
+        r.completion();
+    }
+    assert!(max_running <= 2, "{max_running} generations at once");
+    assert!(max_ack_pending <= 2, "{max_ack_pending} delivered at once");
+    assert!(saw_queued, "the rest waited in JetStream");
+    worker.stop().await;
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_work_within_the_grace_period() {
+    let world = World::new().await;
+    let backend = sim("m", 40, 10).await;
+    let worker = world.start(world.config(&[&backend]), Tier::Small).await;
+    let mut replies = world.submit(Tier::Small, prompt("finish me")).await;
+    replies.first_chunk(LONG).await;
+    let stop = tokio::spawn(worker.stop());
+    let rest = replies.collect(LONG).await;
+    assert_eq!(rest.completion().attempt, 1);
+    let summary = stop.await.unwrap();
+    assert_eq!((summary.acked, summary.nakked), (1, 0));
+    assert_eq!(world.tier_messages(Tier::Small).await, 0);
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn shutdown_hands_back_what_outlives_the_grace_period() {
+    let world = World::new().await;
+    let backend = sim("m", 100, 20).await;
+    let reference = sim("m", 100, 0).await;
+    let mut config = world.config(&[&backend]);
+    config.shutdown_grace = Duration::from_millis(200);
+    let worker = world.start(config.clone(), Tier::Small).await;
+    let mut replies = world.submit(Tier::Small, prompt("hand me back")).await;
+    replies.first_chunk(LONG).await;
+    let summary = worker.stop().await;
+    assert_eq!((summary.acked, summary.nakked), (0, 1));
+    // The cancelled attempt's tokens are booked as cancelled.
+    let events = world.usage_of(&replies.id).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].attempt, events[0].status),
+        (1, UsageStatus::Cancelled)
+    );
+
+    // Another replica picks it up at once (nak, not the ack wait).
+    config.shutdown_grace = Duration::from_secs(5);
+    let next = world.start(config, Tier::Small).await;
+    let rest = replies.collect(LONG).await;
+    let (expected, _) = direct_text(&reference, "hand me back", Some(64)).await;
+    assert_eq!(rest.completion().attempt, 17);
+    assert_eq!(rest.text(), expected);
+    next.stop().await;
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn an_interrupted_batch_resumes_without_losing_or_repeating_requests() {
+    let world = World::new().await;
+    let backend = sim("m", 20, 5).await; // about 100 ms each
+    let mut config = world.config(&[&backend]);
+    config.consumer.max_in_flight = 1;
+    let worker = world.start(config, Tier::Small).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let output = dir.path().join("out.jsonl");
+    let ids: Vec<String> = (0..8).map(|i| format!("job-{i}")).collect();
+    let lines: String = ids
+        .iter()
+        .map(|id| {
+            format!("{{\"id\":\"{id}\",\"prompt\":\"summarise item {id}\",\"max_tokens\":32}}\n")
+        })
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let options = BatchOptions {
+        input: input.clone(),
+        output: output.clone(),
+        submit_to: SubmitTo::Tier1,
+        window: 8,
+        timeout: Duration::from_millis(250),
+        poll_interval: Duration::from_millis(100),
+        encoding: triage_protocol::Encoding::MsgPack,
+        progress: false,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+
+    // First run: interrupted by its timeout with results still missing.
+    let first = batch::run(&world.client, &world.ns, &options, &shutdown)
+        .await
+        .unwrap();
+    assert_eq!(first.submitted, 8);
+    assert!(!first.missing.is_empty(), "{first:?}");
+    let written_first = first.completed;
+    // ...and a write torn by the interruption.
+    let mut torn = std::fs::read_to_string(&output).unwrap();
+    torn.push_str("{\"type\":\"completion\",\"id\":\"job-");
+    std::fs::write(&output, torn).unwrap();
+
+    // Second run, through the binary: resumes.
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_triage-worker"))
+        .args([
+            "batch",
+            "--subject",
+            "tier1",
+            "--no-progress",
+            "--poll-interval",
+            "100ms",
+        ])
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .envs(child_env(&world, &[&backend]))
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+
+    let text = std::fs::read_to_string(&output).unwrap();
+    let mut seen = HashSet::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["type"], "completion", "{line}");
+        assert!(!v["text"].as_str().unwrap().is_empty());
+        assert!(
+            seen.insert(v["id"].as_str().unwrap().to_string()),
+            "duplicate {line}"
+        );
+    }
+    assert_eq!(seen, ids.iter().cloned().collect::<HashSet<_>>());
+    assert!(written_first < 8, "{written_first}");
+    // Each request was generated exactly once across both runs.
+    assert_eq!(backend.stats().requests_received, 8);
+    assert_eq!(world.usage_events().await.len(), 8);
+    worker.stop().await;
+    world.teardown().await;
+}
