@@ -6,8 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::StreamExt;
 use triage_protocol::{
-    decode, encode, headers, Completion, DecodeError, Encoding, ErrorReply, Namespace, Reply,
-    Request,
+    encode, headers, Completion, DecodeError, Encoding, ErrorReply, Namespace, Reply, Request,
 };
 
 use crate::envelope::header;
@@ -174,7 +173,7 @@ impl ReplyStream {
                 .and_then(|h| header(h, headers::CONTENT_TYPE)),
         );
         let reply =
-            decode::<Reply>(encoding, &message.payload).map_err(|source| ClientError::Decode {
+            Reply::decode(encoding, &message.payload).map_err(|source| ClientError::Decode {
                 id: self.id.clone(),
                 source,
             });

@@ -382,6 +382,32 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// Decodes a reply, naming the offending field on error. (Decoding the
+    /// tagged enum directly would lose the field path: serde buffers
+    /// internally tagged enums before choosing the variant.)
+    pub fn decode(encoding: crate::Encoding, bytes: &[u8]) -> Result<Reply, crate::DecodeError> {
+        #[derive(Deserialize)]
+        struct Tag {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+        }
+        let tag: Tag = crate::decode(encoding, bytes)?;
+        match tag.kind.as_deref() {
+            Some("chunk") => crate::decode(encoding, bytes).map(Reply::Chunk),
+            Some("completion") => crate::decode(encoding, bytes).map(Reply::Completion),
+            Some("error") => crate::decode(encoding, bytes).map(Reply::Error),
+            Some(other) => Err(crate::DecodeError::InvalidField {
+                field: "type".into(),
+                reason: format!(
+                    "unknown variant `{other}`, expected one of `chunk`, `completion`, `error`"
+                ),
+            }),
+            None => Err(crate::DecodeError::MissingField {
+                field: "type".into(),
+            }),
+        }
+    }
+
     /// Whether this ends the answer.
     pub fn is_final(&self) -> bool {
         !matches!(self, Reply::Chunk(_))

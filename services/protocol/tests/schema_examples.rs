@@ -355,7 +355,7 @@ fn decode_as(message: &str, encoding: Encoding, bytes: &[u8]) -> Result<(), Deco
     match message {
         "request" => decode::<Request>(encoding, bytes).map(drop),
         "routed_request" => decode::<RoutedRequest>(encoding, bytes).map(drop),
-        "reply" => decode::<Reply>(encoding, bytes).map(drop),
+        "reply" => Reply::decode(encoding, bytes).map(drop),
         "usage_event" => decode::<UsageEvent>(encoding, bytes).map(drop),
         other => panic!("unknown message type {other}"),
     }
