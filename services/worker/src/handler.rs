@@ -90,7 +90,14 @@ pub async fn handle(
             }
         },
         Ok(Step::Nak) | Err(_) => {
-            if let Err(e) = consumer::nak(&message, None).await {
+            // Handed back on shutdown: at once, for another replica. After a
+            // NATS failure: a little later, so a persistent fault does not
+            // spin through the deliveries.
+            let delay = result.is_err().then_some(std::time::Duration::from_secs(1));
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "publishing failed; handed back for a retry");
+            }
+            if let Err(e) = consumer::nak(&message, delay).await {
                 tracing::warn!(error = %e, "nak failed; the message returns after the ack wait");
             }
             shared.metrics.outcome("handed_back");
@@ -181,10 +188,19 @@ async fn handle_inner(
         &service,
     );
 
-    // Answered before (a crash between the final answer and the ack)?
-    match shared.finished.get(&request.id).await {
+    // Answered before (a crash between the final answer and the ack), or
+    // escalated before (a crash between the escalation and the ack)?
+    let escalated = async {
+        if shared.tier == triage_protocol::Tier::Small {
+            shared.finished.escalated(&request.id).await
+        } else {
+            Ok(None)
+        }
+    };
+    let (finished, escalated) = tokio::join!(shared.finished.get(&request.id), escalated);
+    match finished.and_then(|f| escalated.map(|e| f.or(e))) {
         Ok(Some(note)) => {
-            tracing::info!(%note, "already answered: acked without generating again");
+            tracing::info!(%note, "already answered or escalated: acked without generating again");
             return Ok(Step::Ack("duplicate"));
         }
         Ok(None) => {}
@@ -288,6 +304,13 @@ async fn handle_inner(
             attempt_base,
         } => {
             outbox.escalate(env, &routed, reason, attempt_base).await?;
+            if let Err(e) = shared
+                .finished
+                .mark_escalated(&request.id, &format!("escalated {reason}"))
+                .await
+            {
+                tracing::warn!(error = %e, "escalation record not written");
+            }
             Ok(Step::Ack("escalated"))
         }
         Outcome::HandBack => Ok(Step::Nak),

@@ -233,6 +233,29 @@ impl FinishedIds {
             .map_err(|e| js_err("finished-ids get", e))
     }
 
+    fn escalated_key(id: &str) -> String {
+        format!("escalated.{}", Self::key(id))
+    }
+
+    /// What was recorded when tier 1 escalated `id`, if it did.
+    pub async fn escalated(&self, id: &str) -> Result<Option<String>, BusError> {
+        self.store
+            .get(Self::escalated_key(id))
+            .await
+            .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .map_err(|e| js_err("finished-ids get", e))
+    }
+
+    /// Records that tier 1 handed `id` to tier 2 (a tier-1 redelivery is
+    /// then acked instead of answered a second time).
+    pub async fn mark_escalated(&self, id: &str, note: &str) -> Result<(), BusError> {
+        self.store
+            .put(Self::escalated_key(id), note.to_string().into())
+            .await
+            .map(drop)
+            .map_err(|e| js_err("finished-ids put", e))
+    }
+
     /// Records `id` as finished with a short note (outcome and attempt).
     pub async fn put(&self, id: &str, note: &str) -> Result<(), BusError> {
         self.store

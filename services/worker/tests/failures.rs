@@ -453,3 +453,35 @@ async fn idle_backends_are_prewarmed() {
     worker.stop().await;
     world.teardown().await;
 }
+
+#[tokio::test]
+async fn a_redelivered_escalated_request_is_not_answered_twice() {
+    let world = World::new().await;
+    let small = sim("small", 5, 0).await;
+    small.set_faults(FaultConfig::always_error(503)).unwrap();
+    let t1 = world.start(world.config(&[&small]), Tier::Small).await;
+    let request = triage_protocol::Request {
+        id: "escalate-once".into(),
+        ..prompt("twice?")
+    };
+    let _first = world.submit(Tier::Small, request.clone()).await;
+    // Escalated and acked (the record is written before the ack).
+    while world.tier_messages(Tier::Large).await == 0 || world.tier_messages(Tier::Small).await > 0
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls = small.stats().requests_received;
+    // The same message again, as after a crash between escalation and ack.
+    let _second = world.submit(Tier::Small, request).await;
+    while world.tier_messages(Tier::Small).await > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        small.stats().requests_received,
+        calls,
+        "not generated again"
+    );
+    assert_eq!(world.tier_messages(Tier::Large).await, 1, "escalated once");
+    t1.stop().await;
+    world.teardown().await;
+}
