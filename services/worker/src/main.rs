@@ -105,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
     triage_runtime::telemetry::init("triage-worker", config.log_format);
     match cli.command {
         Command::Config => {
-            println!("{}", triage_runtime::masked(&config));
+            use std::io::Write;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout(), "{}", triage_runtime::masked(&config));
+            config.validate()?;
             Ok(())
         }
         Command::Run { tier } => run(config, tier).await,
