@@ -96,6 +96,7 @@ async fn a_worker_killed_mid_stream_is_replaced_by_another_with_a_higher_attempt
     assert_eq!(c.usage.completion_tokens, usage.completion_tokens);
 
     // Nothing doubled: one answer booked, nothing left queued, no second final.
+    world.settled().await;
     let events = world.usage_of(&replies.id).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!((events[0].attempt, events[0].status), (17, UsageStatus::Ok));
@@ -160,7 +161,7 @@ async fn a_request_delivered_too_often_goes_to_llm_dead_and_the_client_is_told()
     );
     assert_eq!(h.get(headers::DEAD_DELIVERIES).unwrap().as_str(), "3");
     assert_eq!(backend.stats().requests_received, 0);
-    assert_eq!(world.tier_messages(Tier::Small).await, 0);
+    world.settled().await;
     worker.stop().await;
     world.teardown().await;
 }
@@ -224,7 +225,7 @@ async fn shutdown_finishes_in_flight_work_within_the_grace_period() {
     assert_eq!(rest.completion().attempt, 1);
     let summary = stop.await.unwrap();
     assert_eq!((summary.acked, summary.nakked), (1, 0));
-    assert_eq!(world.tier_messages(Tier::Small).await, 0);
+    world.settled().await;
     world.teardown().await;
 }
 
@@ -338,6 +339,7 @@ async fn an_interrupted_batch_resumes_without_losing_or_repeating_requests() {
     assert!(written_first < 8, "{written_first}");
     // Each request was generated exactly once across both runs.
     assert_eq!(backend.stats().requests_received, 8);
+    world.settled().await;
     assert_eq!(world.usage_events().await.len(), 8);
     worker.stop().await;
     world.teardown().await;

@@ -43,6 +43,7 @@ async fn connection_errors_429_and_5xx_are_retried_with_new_attempts() {
     );
     assert_eq!(backend.stats().requests_received, 4);
     // Calls refused before generating cost nothing: only the answer is booked.
+    world.settled().await;
     let usage = world.usage_of(&replies.id).await;
     assert_eq!(usage.len(), 1);
     assert_eq!((usage[0].attempt, usage[0].status), (4, UsageStatus::Ok));
@@ -136,6 +137,7 @@ async fn a_stream_broken_after_chunks_restarts_as_a_new_attempt() {
     );
     assert_eq!(got.completion().attempt, 2);
     // The broken attempt's tokens are booked too (estimated), then the answer.
+    world.settled().await;
     let events = world.usage_of(&replies.id).await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[0].status, UsageStatus::Error);
@@ -215,6 +217,7 @@ async fn tier1_exhausted_escalates_to_tier2_and_tier2_exhausted_is_dead_lettered
         ),
         Some(1.0)
     );
+    world.settled().await;
     let usage = world.usage_of(&replies.id).await;
     assert_eq!(usage.len(), 1);
     assert_eq!(usage[0].tier, Tier::Large);
@@ -249,8 +252,7 @@ async fn tier1_exhausted_escalates_to_tier2_and_tier2_exhausted_is_dead_lettered
         .unwrap()
         .as_str()
         .contains("500"));
-    assert_eq!(world.tier_messages(Tier::Small).await, 0);
-    assert_eq!(world.tier_messages(Tier::Large).await, 0);
+    world.settled().await;
 
     t1.stop().await;
     t2.stop().await;
@@ -384,6 +386,7 @@ async fn low_confidence_starts_escalate_before_anything_reaches_the_client() {
         "escalated_low_confidence"
     );
     // Both attempts are booked: tier 1's cancelled start and tier 2's answer.
+    world.settled().await;
     let usage = world.usage_of(&replies.id).await;
     assert_eq!(usage.len(), 2);
     assert_eq!(

@@ -249,6 +249,21 @@ impl World {
         (info.num_pending, info.num_ack_pending)
     }
 
+    /// Waits until both tier queues are empty: every request acked, which
+    /// a worker does last (after the final reply, the kept result, the usage
+    /// event and the finished record).
+    pub async fn settled(&self) {
+        let deadline = tokio::time::Instant::now() + LONG;
+        while self.tier_messages(Tier::Small).await > 0 || self.tier_messages(Tier::Large).await > 0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "requests still unacked after {LONG:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Messages still in a tier's work queue (acked ones are deleted).
     pub async fn tier_messages(&self, tier: Tier) -> u64 {
         let mut stream = self
