@@ -110,6 +110,37 @@ async fn first_byte_timeouts_are_retried() {
 }
 
 #[tokio::test]
+async fn silence_between_chunks_is_a_timeout_and_restarts_elsewhere() {
+    let world = World::new().await;
+    let stalling = sim("m", 5, 2_000).await; // first token at once, then 2 s gaps
+    let fine = sim("m", 5, 0).await;
+    let reference = sim("m", 5, 0).await;
+    let mut config = world.config(&[&stalling, &fine]);
+    config.timeouts.between_chunks = Duration::from_millis(300);
+    let worker = world.start(config, Tier::Small).await;
+    // The first request of a worker goes to its first backend.
+    let got = world
+        .submit(Tier::Small, prompt("stall"))
+        .await
+        .collect(LONG)
+        .await;
+    let (expected, _) = direct_text(&reference, "stall", Some(64)).await;
+    assert_eq!(
+        got.attempts(),
+        [1, 2],
+        "attempt 1 sent its first token, then stalled"
+    );
+    assert_eq!(got.text(), expected);
+    assert!(
+        worker.metrics().contains("kind=\"timeout_idle\"} 1"),
+        "{}",
+        worker.metrics()
+    );
+    worker.stop().await;
+    world.teardown().await;
+}
+
+#[tokio::test]
 async fn a_stream_broken_after_chunks_restarts_as_a_new_attempt() {
     let world = World::new().await;
     let backend = sim("m", 30, 2).await;
