@@ -15,7 +15,23 @@ set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
-COMPONENTS=(llama-tier1 llama-tier2)
+COMPONENTS=(llama-tier1 llama-tier2 sim-tier1 sim-tier2 router worker-tier1 worker-tier2 ledger cost-exporter)
+
+# Which servers the workers call: llama (real local models), sim (the vLLM
+# simulators) or vllm (TRIAGE_TIER1_URL / TRIAGE_TIER2_URL, real vLLM).
+TRIAGE_BACKEND=${TRIAGE_BACKEND:-llama}
+tier_url() {
+    case $TRIAGE_BACKEND in
+    llama) printf 'http://127.0.0.1:%s' "$([[ $1 == 1 ]] && echo "$TRIAGE_TIER1_PORT" || echo "$TRIAGE_TIER2_PORT")" ;;
+    sim) printf 'http://127.0.0.1:%s' "$([[ $1 == 1 ]] && echo "$TRIAGE_SIM1_PORT" || echo "$TRIAGE_SIM2_PORT")" ;;
+    vllm)
+        local v=TRIAGE_TIER$1_URL
+        [[ -n ${!v:-} ]] || fail "TRIAGE_BACKEND=vllm needs $v"
+        printf '%s' "${!v}"
+        ;;
+    *) fail "TRIAGE_BACKEND must be llama, sim or vllm, not '$TRIAGE_BACKEND'" ;;
+    esac
+}
 
 bin() { printf '%s/debug/%s' "$CARGO_TARGET_DIR" "$1"; }
 
@@ -34,6 +50,40 @@ component() {
         CMD=("$TRIAGE_LLAMA_SERVER" -m "$model" --host 127.0.0.1 --port "$port"
             -t "$TRIAGE_LLAMA_THREADS" -c "$TRIAGE_LLAMA_CONTEXT" --alias "$alias" --metrics)
         HEALTH=http://127.0.0.1:$port/health
+        ;;
+    sim-tier1 | sim-tier2)
+        # Simulated vLLM at realistic latencies: an 8B INT4 and a 70B FP8
+        # server under light load (ttft and inter-token ms).
+        local n=${1#sim-tier} port ttft itl
+        if [[ $n == 1 ]]; then port=$TRIAGE_SIM1_PORT ttft=40 itl=12; else port=$TRIAGE_SIM2_PORT ttft=120 itl=30; fi
+        CMD=("$(bin triage-vllm-sim)" --model "sim-tier$n" --port "$port" --ttft-ms "$ttft" --itl-ms "$itl"
+            --output-tokens 16-64)
+        HEALTH=http://127.0.0.1:$port/health
+        ;;
+    router)
+        CMD=(env TRIAGE_ROUTER_METRICS_ADDR=127.0.0.1:9101 TRIAGE_ROUTER_NATS__URL="$TRIAGE_NATS_URL"
+            TRIAGE_ROUTER_NATS__PREFIX="${TRIAGE_PREFIX:-}"
+            TRIAGE_ROUTER_SELF_RATING__ENABLED="${TRIAGE_SELF_RATING:-false}"
+            TRIAGE_ROUTER_SELF_RATING__BACKEND__BASE_URL="${TRIAGE_SELF_RATING_URL:-http://127.0.0.1:$TRIAGE_TIER2_PORT}"
+            TRIAGE_ROUTER_SELF_RATING__MODEL="${TRIAGE_SELF_RATING_MODEL:-$TRIAGE_TIER2_ALIAS}"
+            "$(bin triage-router)" run)
+        HEALTH=http://127.0.0.1:9101/metrics
+        ;;
+    worker-tier1 | worker-tier2)
+        local n=${1#worker-tier}
+        CMD=(env TRIAGE_WORKER_METRICS_ADDR=127.0.0.1:$((9471 + n)) TRIAGE_WORKER_NATS__URL="$TRIAGE_NATS_URL"
+            TRIAGE_WORKER_NATS__PREFIX="${TRIAGE_PREFIX:-}" TRIAGE_WORKER_BACKEND_URLS="$(tier_url "$n")"
+            "$(bin triage-worker)" run --tier "$n")
+        HEALTH=http://127.0.0.1:$((9471 + n))/metrics
+        ;;
+    ledger)
+        CMD=(env TRIAGE_LEDGER_METRICS_ADDR=127.0.0.1:9470 TRIAGE_LEDGER_NATS__PREFIX="${TRIAGE_PREFIX:-}"
+            "$(bin triage-ledger)" run)
+        HEALTH=http://127.0.0.1:9470/metrics
+        ;;
+    cost-exporter)
+        CMD=(env TRIAGE_COST_EXPORTER_METRICS_ADDR=127.0.0.1:9471 "$(bin triage-cost-exporter)" run)
+        HEALTH=http://127.0.0.1:9471/metrics
         ;;
     *) fail "unknown component '$1' (known: ${COMPONENTS[*]})" ;;
     esac
