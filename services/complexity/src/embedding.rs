@@ -123,7 +123,7 @@ impl MiniLm {
             let rows_per_chunk = (MAX_BATCH_TOKENS / len).max(1);
             for chunk in members.chunks(rows_per_chunk) {
                 let batch: Vec<&[u32]> = chunk.iter().map(|&i| inputs[i]).collect();
-                let vectors = self.forward_padded(&batch, len)?;
+                let vectors = self.forward_exact(&batch, len)?;
                 for (&i, v) in chunk.iter().zip(vectors) {
                     out[i] = v;
                 }
@@ -132,7 +132,13 @@ impl MiniLm {
         Ok(out)
     }
 
-    fn forward_padded(&self, inputs: &[&[u32]], len: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
+    /// One forward pass with every input padded to exactly `len` tokens
+    /// (no bucketing); the static-table distillation uses it directly.
+    pub(crate) fn forward_exact(
+        &self,
+        inputs: &[&[u32]],
+        len: usize,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let batch = inputs.len();
         let mut ids = vec![0u32; batch * len];
         let mut mask = vec![0u32; batch * len];

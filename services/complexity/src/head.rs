@@ -24,6 +24,11 @@ pub struct LogisticHead {
     pub bias: f64,
     /// The L2 penalty it was fitted with.
     pub l2: f64,
+    /// The training set's probabilities at quantiles 0, 1, …, 100 %:
+    /// [`LogisticHead::score`] maps a probability through this empirical
+    /// CDF. Empty: the score is the probability itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calibration: Vec<f64>,
     /// How it was trained and how it scored under cross-validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<serde_json::Value>,
@@ -87,6 +92,17 @@ impl LogisticHead {
     /// P(needs tier 2) for one feature vector.
     pub fn probability(&self, x: &[f32]) -> f64 {
         sigmoid(self.logit(x))
+    }
+
+    /// The routing score in [0, 1]: the probability's rank among the
+    /// training prompts' (its empirical CDF, linearly interpolated between
+    /// percentiles). A monotone map of the probability, so it ranks prompts
+    /// identically (same AUC, APGR, CPT), but it spreads over [0, 1] even
+    /// when the probabilities cluster near the base rate: a threshold `t`
+    /// sends about `1 − t` of training-like traffic to tier 2, and blending
+    /// with a 0–10 LLM rating weighs both on the same scale.
+    pub fn score(&self, x: &[f32]) -> f64 {
+        percentile(&self.calibration, self.probability(x))
     }
 
     /// The linear score before the sigmoid.
@@ -192,15 +208,45 @@ impl LogisticHead {
             }
         }
         let bias = theta.pop().unwrap_or(0.0);
-        Self {
+        let mut head = Self {
             format: HEAD_FORMAT.to_string(),
             features: features.to_string(),
             weights: theta,
             bias,
             l2: opts.l2,
+            calibration: Vec::new(),
             training: None,
+        };
+        let mut probs: Vec<f64> = xs.iter().map(|x| head.probability(x)).collect();
+        probs.sort_by(|a, b| a.total_cmp(b));
+        if !probs.is_empty() {
+            let last = (probs.len() - 1) as f64;
+            head.calibration = (0..=100)
+                .map(|k| probs[(k as f64 * last / 100.0).round() as usize])
+                .collect();
         }
+        head
     }
+}
+
+/// Where `p` falls among `knots` (values at quantiles 0..=100 %), in
+/// [0, 1], interpolating linearly; `p` itself when there are no knots.
+pub fn percentile(knots: &[f64], p: f64) -> f64 {
+    if knots.len() < 2 {
+        return p;
+    }
+    let last = knots.len() - 1;
+    if p <= knots[0] {
+        return 0.0;
+    }
+    if p >= knots[last] {
+        return 1.0;
+    }
+    // First knot above p; p lies in [knots[i-1], knots[i]).
+    let i = knots.partition_point(|k| *k <= p);
+    let (lo, hi) = (knots[i - 1], knots[i]);
+    let t = if hi > lo { (p - lo) / (hi - lo) } else { 0.0 };
+    ((i - 1) as f64 + t) / last as f64
 }
 
 /// Solves `A x = b` for symmetric positive definite `A` given by its lower
@@ -262,8 +308,8 @@ pub fn stratified_folds(ys: &[bool], k: usize, seed: u64) -> Vec<usize> {
     fold
 }
 
-/// Out-of-fold probabilities: each example scored by a head fitted on the
-/// other folds.
+/// Out-of-fold scores ([`LogisticHead::score`]): each example scored by a
+/// head fitted on the other folds.
 pub fn cross_validated_scores(
     xs: &[Vec<f32>],
     ys: &[bool],
@@ -282,7 +328,7 @@ pub fn cross_validated_scores(
             .unzip();
         let head = LogisticHead::fit(&train_x, &train_y, "cv", opts);
         for i in (0..xs.len()).filter(|&i| folds[i] == f) {
-            out[i] = head.probability(&xs[i]);
+            out[i] = head.score(&xs[i]);
         }
     }
     out
@@ -382,6 +428,37 @@ mod tests {
             LogisticHead::from_json(&json, "static"),
             Err(HeadError::Mismatch { .. })
         ));
+    }
+
+    #[test]
+    fn score_is_the_training_percentile() {
+        let (xs, ys) = blobs(301, 11);
+        let head = LogisticHead::fit(&xs, &ys, "t", FitOptions::default());
+        assert_eq!(head.calibration.len(), 101);
+        assert!(head.calibration.windows(2).all(|w| w[0] <= w[1]));
+        let mut scores: Vec<f64> = xs.iter().map(|x| head.score(x)).collect();
+        // Monotone in the probability.
+        let mut pairs: Vec<(f64, f64)> = xs
+            .iter()
+            .map(|x| (head.probability(x), head.score(x)))
+            .collect();
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(pairs.windows(2).all(|w| w[0].1 <= w[1].1));
+        // About uniform on the training data: the median scores about 0.5.
+        scores.sort_by(|a, b| a.total_cmp(b));
+        assert!((scores[150] - 0.5).abs() < 0.02, "{}", scores[150]);
+        assert_eq!(scores[0], 0.0);
+        assert_eq!(scores[300], 1.0);
+    }
+
+    #[test]
+    fn percentile_interpolates_between_knots() {
+        let knots = [0.1, 0.2, 0.4];
+        assert_eq!(percentile(&knots, 0.05), 0.0);
+        assert!((percentile(&knots, 0.15) - 0.25).abs() < 1e-12);
+        assert!((percentile(&knots, 0.3) - 0.75).abs() < 1e-12);
+        assert_eq!(percentile(&knots, 0.5), 1.0);
+        assert_eq!(percentile(&[], 0.3), 0.3);
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod head;
 pub mod model_files;
 pub mod prompt_text;
 pub mod rules;
+pub mod scorer;
 pub mod static_embedding;
 pub mod truncation;
 

@@ -1,0 +1,389 @@
+//! The scoring pipeline, synchronous parts: truncation, rules, cache,
+//! first stage, embedding and head, then the blend with an LLM score the
+//! caller obtained (the router does that asynchronously).
+//!
+//! The service and the offline `score`/`calibrate` commands all go through
+//! this type, so offline and live decisions agree.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::blend::{Blend, BlendError, BlendWeights, Decision};
+use crate::cache::{cache_key, CacheKey, CachedScore, ScoreCache};
+use crate::embedding::{EmbedError, MiniLm};
+use crate::head::{HeadError, LogisticHead};
+use crate::model_files::ModelFiles;
+use crate::rules::{InvalidRule, RuleConfig, RuleMatch, RuleSet};
+use crate::static_embedding::{FirstStage, FirstStageConfig, StaticError};
+use crate::truncation::{TokenizedText, Truncator};
+
+/// The feature tag of heads trained on MiniLM sentence embeddings (any
+/// truncation: the vector space is the same).
+pub const MINILM_FEATURES: &str = "all-MiniLM-L6-v2/mean/l2";
+
+/// Everything that shapes a score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScorerConfig {
+    /// Directory of model.safetensors, tokenizer.json, config.json;
+    /// default `$TRIAGE_CACHE/models/all-MiniLM-L6-v2`.
+    pub model_dir: Option<PathBuf>,
+    /// The trained head (JSON); default: the head shipped in the binary.
+    pub head_path: Option<PathBuf>,
+    /// Model tokens scored, `[CLS]`/`[SEP]` included (at most 512).
+    pub max_tokens: usize,
+    /// Rules that force tier 2.
+    pub rules: RuleConfig,
+    /// Blend weights of embedding and LLM scores.
+    pub weights: BlendWeights,
+    /// Tier 2 when the blended score is at or above this.
+    pub threshold: f64,
+    /// Scores remembered for repeated texts (0 disables the cache).
+    pub cache_capacity: usize,
+    /// The static-embedding first stage, off unless configured.
+    pub first_stage: Option<FirstStageConfig>,
+}
+
+/// The threshold shipped as the default; see the router README for the
+/// evidence behind it.
+pub const DEFAULT_THRESHOLD: f64 = 0.65;
+
+impl Default for ScorerConfig {
+    fn default() -> Self {
+        Self {
+            model_dir: None,
+            head_path: None,
+            max_tokens: 512,
+            rules: RuleConfig::default(),
+            weights: BlendWeights::default(),
+            threshold: DEFAULT_THRESHOLD,
+            cache_capacity: 10_000,
+            first_stage: None,
+        }
+    }
+}
+
+/// Why the scorer cannot be built or a text cannot be scored.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    /// Model or tokenizer problem.
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    /// The head file.
+    #[error(transparent)]
+    Head(#[from] HeadError),
+    /// A keyword rule.
+    #[error(transparent)]
+    Rule(#[from] InvalidRule),
+    /// Weights or threshold.
+    #[error(transparent)]
+    Blend(#[from] BlendError),
+    /// The first stage.
+    #[error(transparent)]
+    FirstStage(#[from] StaticError),
+    /// A setting out of range.
+    #[error("invalid scorer setting: {0}")]
+    Config(String),
+}
+
+/// A text after truncation and rules: cheap, done per message.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The kept tokens and text.
+    pub tokens: TokenizedText,
+    /// The rule that fired, if any (then no embedding is needed).
+    pub rule: Option<RuleMatch>,
+    /// Cache key of the kept text.
+    pub key: CacheKey,
+}
+
+/// Where an embedding-stage score came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The transformer and the head.
+    Model,
+    /// The static first stage, confident enough to settle it.
+    FirstStage,
+}
+
+/// The embedding stage's result for one text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EmbeddingScore {
+    /// The head's P(needs tier 2) as a training percentile (see
+    /// [`LogisticHead::score`]).
+    pub score: f64,
+    /// Which stage produced it.
+    pub source: Source,
+    /// Whether it came from the cache.
+    pub cached: bool,
+    /// A cached LLM score for the same text, if any.
+    pub cached_llm: Option<f64>,
+}
+
+/// What the LLM self-rating gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LlmScore {
+    /// Not configured.
+    Off,
+    /// The rating, digit / 10.
+    Score(f64),
+    /// Timed out, failed or unparsable: the embedding stands alone.
+    Failed(String),
+}
+
+/// The pipeline.
+pub struct Scorer {
+    config: ScorerConfig,
+    truncator: Truncator,
+    rules: RuleSet,
+    model: MiniLm,
+    head: LogisticHead,
+    first_stage: Option<FirstStage>,
+    blend: Blend,
+    cache: ScoreCache,
+}
+
+/// The head trained by `triage-router train` on the dev set, shipped in the
+/// binary so the router works without extra files.
+pub const SHIPPED_HEAD: &str = include_str!("../heads/minilm-head.json");
+
+impl Scorer {
+    /// Loads the model, head, rules and first stage.
+    pub fn new(config: ScorerConfig) -> Result<Self, ScoreError> {
+        let files = config
+            .model_dir
+            .clone()
+            .map(ModelFiles::new)
+            .unwrap_or_else(ModelFiles::default_minilm);
+        let model = MiniLm::load(&files)?;
+        let head = match &config.head_path {
+            Some(p) => LogisticHead::load(p, MINILM_FEATURES)?,
+            None => LogisticHead::from_json(SHIPPED_HEAD, MINILM_FEATURES)?,
+        };
+        let first_stage = match &config.first_stage {
+            Some(fs) => Some(FirstStage::load(fs, &files)?),
+            None => None,
+        };
+        Self::from_parts(config, &files, model, head, first_stage)
+    }
+
+    /// Builds from loaded parts (training and benchmarks reuse a model).
+    pub fn from_parts(
+        config: ScorerConfig,
+        files: &ModelFiles,
+        model: MiniLm,
+        head: LogisticHead,
+        first_stage: Option<FirstStage>,
+    ) -> Result<Self, ScoreError> {
+        if config.max_tokens < 3 || config.max_tokens > model.max_positions() {
+            return Err(ScoreError::Config(format!(
+                "max_tokens must be within 3..={}, got {}",
+                model.max_positions(),
+                config.max_tokens
+            )));
+        }
+        if head.weights.len() != model.dim() {
+            return Err(ScoreError::Config(format!(
+                "head has {} weights, the model gives {} dimensions",
+                head.weights.len(),
+                model.dim()
+            )));
+        }
+        let truncator = Truncator::from_file(&files.tokenizer(), config.max_tokens)?;
+        let rules = RuleSet::new(&config.rules)?;
+        let blend = Blend::new(config.weights, config.threshold)?;
+        let cache = ScoreCache::new(config.cache_capacity);
+        Ok(Self {
+            config,
+            truncator,
+            rules,
+            model,
+            head,
+            first_stage,
+            blend,
+            cache,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ScorerConfig {
+        &self.config
+    }
+
+    /// The blend (weights and threshold).
+    pub fn blend(&self) -> &Blend {
+        &self.blend
+    }
+
+    /// The loaded model, for benchmarks and distillation.
+    pub fn model(&self) -> &MiniLm {
+        &self.model
+    }
+
+    /// The head in use.
+    pub fn head(&self) -> &LogisticHead {
+        &self.head
+    }
+
+    /// The truncator.
+    pub fn truncator(&self) -> &Truncator {
+        &self.truncator
+    }
+
+    /// Entries in the score cache.
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Steps 1–2: truncation and rules.
+    pub fn prepare(&self, text: &str) -> Result<Prepared, ScoreError> {
+        let tokens = self.truncator.truncate(text)?;
+        let rule = self.rules.first_match(&tokens.text);
+        let key = cache_key(&tokens.text);
+        Ok(Prepared { tokens, rule, key })
+    }
+
+    /// Step 3 for a batch: cache, first stage, then one model pass for the
+    /// rest. Texts settled by a rule get no score (`None`).
+    pub fn embedding_scores(
+        &self,
+        batch: &[&Prepared],
+    ) -> Result<Vec<Option<EmbeddingScore>>, ScoreError> {
+        let mut out: Vec<Option<EmbeddingScore>> = vec![None; batch.len()];
+        let mut pending: Vec<usize> = Vec::new();
+        for (i, p) in batch.iter().enumerate() {
+            if p.rule.is_some() {
+                continue;
+            }
+            if let Some(hit) = self.cache.get(&p.key) {
+                out[i] = Some(EmbeddingScore {
+                    score: hit.embedding,
+                    source: if hit.settled_by_first_stage {
+                        Source::FirstStage
+                    } else {
+                        Source::Model
+                    },
+                    cached: true,
+                    cached_llm: hit.llm,
+                });
+                continue;
+            }
+            if let Some(fs) = &self.first_stage {
+                if let Some(p1) = fs.settle(&p.tokens.ids) {
+                    out[i] = Some(self.fresh(p, p1, Source::FirstStage));
+                    continue;
+                }
+            }
+            pending.push(i);
+        }
+        if !pending.is_empty() {
+            let ids: Vec<&[u32]> = pending
+                .iter()
+                .map(|&i| batch[i].tokens.ids.as_slice())
+                .collect();
+            let vectors = self.model.embed(&ids)?;
+            for (&i, v) in pending.iter().zip(&vectors) {
+                let p = self.head.score(v);
+                out[i] = Some(self.fresh(batch[i], p, Source::Model));
+            }
+        }
+        Ok(out)
+    }
+
+    fn fresh(&self, p: &Prepared, score: f64, source: Source) -> EmbeddingScore {
+        self.cache.put(
+            p.key,
+            CachedScore {
+                embedding: score,
+                settled_by_first_stage: source == Source::FirstStage,
+                llm: None,
+            },
+        );
+        EmbeddingScore {
+            score,
+            source,
+            cached: false,
+            cached_llm: None,
+        }
+    }
+
+    /// Remembers a successful LLM rating for a text.
+    pub fn remember_llm(&self, p: &Prepared, embedding: &EmbeddingScore, llm: f64) {
+        self.cache.put(
+            p.key,
+            CachedScore {
+                embedding: embedding.score,
+                settled_by_first_stage: embedding.source == Source::FirstStage,
+                llm: Some(llm),
+            },
+        );
+    }
+
+    /// Steps 4–5: the decision from the embedding score and the LLM's.
+    /// `embedding` is `None` exactly when a rule fired.
+    pub fn decide(
+        &self,
+        p: &Prepared,
+        embedding: Option<&EmbeddingScore>,
+        llm: &LlmScore,
+    ) -> Decision {
+        let mut reasons = Vec::new();
+        if p.tokens.truncated {
+            reasons.push(format!("truncated:{}", self.truncator.max_tokens()));
+        }
+        if let Some(rule) = &p.rule {
+            return self.blend.forced_tier2(reasons, rule.reason());
+        }
+        let Some(embedding) = embedding else {
+            // Only a rule skips the embedding; anything else is a bug, and
+            // a bug pays for tier 2 rather than risk quality.
+            return self
+                .blend
+                .forced_tier2(reasons, "router_failure:unscored".into());
+        };
+        reasons.push(match embedding.source {
+            Source::Model => format!("embedding={:.4}", embedding.score),
+            Source::FirstStage => format!("first_stage={:.4}", embedding.score),
+        });
+        let llm_value = match llm {
+            LlmScore::Off => None,
+            LlmScore::Score(v) => {
+                reasons.push(format!("llm={v:.2}"));
+                Some(*v)
+            }
+            LlmScore::Failed(why) => {
+                reasons.push(format!("llm_failed:{why}"));
+                None
+            }
+        };
+        self.blend.decide(embedding.score, llm_value, reasons)
+    }
+
+    /// The whole pipeline for texts, without an LLM (offline scoring and
+    /// tests). Errors are per text.
+    pub fn score_texts(&self, texts: &[&str]) -> Vec<Result<Decision, ScoreError>> {
+        let prepared: Vec<Result<Prepared, ScoreError>> =
+            texts.iter().map(|t| self.prepare(t)).collect();
+        let ok: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let scores = match self.embedding_scores(&ok) {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = e.to_string();
+                return texts
+                    .iter()
+                    .map(|_| Err(ScoreError::Config(format!("embedding failed: {msg}"))))
+                    .collect();
+            }
+        };
+        let mut scores = scores.into_iter();
+        prepared
+            .into_iter()
+            .map(|p| {
+                let p = p?;
+                let e = scores.next().flatten();
+                Ok(self.decide(&p, e.as_ref(), &LlmScore::Off))
+            })
+            .collect()
+    }
+}
