@@ -237,7 +237,7 @@ impl Ctx {
             self.errors.load(Ordering::Relaxed)
         ));
         if outcome.ok() && self.shown.fetch_add(1, Ordering::Relaxed) < self.show {
-            self.progress.println(format!(
+            let line = format!(
                 "── {} → tier {} (score {}, {})\n   Q: {}\n   A: {}",
                 outcome.id,
                 outcome.tier.unwrap_or(0),
@@ -245,7 +245,13 @@ impl Ctx {
                 outcome.reasons.join(", "),
                 preview(&row.prompt.text(), 100),
                 outcome.answer_preview.as_deref().unwrap_or("")
-            ));
+            );
+            // A hidden bar (output not a terminal) drops println.
+            if self.progress.is_hidden() {
+                println!("{line}");
+            } else {
+                self.progress.println(line);
+            }
         }
         outcome
     }

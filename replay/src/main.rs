@@ -133,6 +133,10 @@ struct RecordArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The report is the output; library chatter only when asked for.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
     triage_runtime::telemetry::init("triage-replay", triage_runtime::telemetry::LogFormat::Text);
     let cancel = tokio_util::sync::CancellationToken::new();
     {
