@@ -312,6 +312,13 @@ fn encode_queues(encoder: &mut DescriptorEncoder, q: &QueueStats) -> fmt::Result
         MetricType::Gauge,
         &stream(|s| s.bytes),
     )?;
+    family(
+        encoder,
+        "triage_stream_last_sequence",
+        "Sequence number of the last message stored in each Triage stream (only grows)",
+        MetricType::Gauge,
+        &stream(|s| s.last_sequence),
+    )?;
     let consumer = |get: fn(&crate::queues::ConsumerStat) -> u64| -> Vec<(Labels, f64)> {
         q.consumers
             .iter()
@@ -498,6 +505,7 @@ mod tests {
                     work_queue: true,
                     messages: 57,
                     bytes: 1000,
+                    last_sequence: 900,
                 },
                 crate::queues::StreamStat {
                     stream: "LLM_USAGE".into(),
@@ -505,6 +513,7 @@ mod tests {
                     work_queue: false,
                     messages: 9000,
                     bytes: 9_000_000,
+                    last_sequence: 9000,
                 },
             ],
             consumers: vec![crate::queues::ConsumerStat {

@@ -20,6 +20,8 @@ pub struct StreamStat {
     pub messages: u64,
     /// Bytes held.
     pub bytes: u64,
+    /// Sequence of the last message ever stored (only grows).
+    pub last_sequence: u64,
 }
 
 /// One consumer's backlog.
@@ -75,6 +77,7 @@ pub async fn read(js: &jetstream::Context, ns: &Namespace) -> Result<QueueStats,
             work_queue: kind.is_work_queue(),
             messages: info.state.messages,
             bytes: info.state.bytes,
+            last_sequence: info.state.last_sequence,
         });
         let consumers: Vec<jetstream::consumer::Info> = stream
             .consumers()

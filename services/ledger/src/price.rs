@@ -157,13 +157,14 @@ pub struct PriceBook {
 fn tokens_at(tokens: u32, per_1k: Decimal) -> Decimal {
     // tokens < 2^32 and a price of at most 28 digits with scale ≤ 15: the
     // product fits; dividing by 1000 is exact (the scale grows by 3).
+    // Normalized so the ledger stores 0.0024, not 0.0024000.
     let mut product = Decimal::from(tokens) * per_1k;
     let scale = product.scale() + 3;
     if scale <= 28 {
         product.set_scale(scale).expect("scale within range");
-        product
+        product.normalize()
     } else {
-        product / Decimal::ONE_THOUSAND
+        (product / Decimal::ONE_THOUSAND).normalize()
     }
 }
 

@@ -83,6 +83,9 @@ impl Default for WriterConfig {
     }
 }
 
+/// The outcomes of a usage event.
+pub const OUTCOMES: [&str; 3] = ["booked", "duplicate", "dead_lettered"];
+
 /// Labels of the events counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -117,8 +120,14 @@ pub struct WriterMetrics {
 
 impl Default for WriterMetrics {
     fn default() -> Self {
+        let events: Family<OutcomeLabel, Counter> = Family::default();
+        // Every outcome exists from the start: the series show 0 rather than
+        // being absent, and reading one never needs the family's write lock.
+        for outcome in OUTCOMES {
+            drop(events.get_or_create(&OutcomeLabel { outcome }));
+        }
         Self {
-            events: Family::default(),
+            events,
             batches: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
@@ -182,6 +191,11 @@ impl WriterMetrics {
             "Usage events delivered to the ledger writer and not yet acked",
             self.consumer_ack_pending.clone(),
         );
+    }
+
+    /// Events so far with `outcome` (`booked`, `duplicate`, `dead_lettered`).
+    pub fn events_with(&self, outcome: &'static str) -> u64 {
+        self.events.get_or_create(&OutcomeLabel { outcome }).get()
     }
 
     fn count(&self, outcome: &'static str, n: u64) {

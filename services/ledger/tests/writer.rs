@@ -88,19 +88,7 @@ async fn events_are_booked_once_at_the_price_in_force() {
     // Wait until every message, duplicates included, has been handled.
     wait_until(LIMIT, "all 720 messages handled", || {
         let m = metrics.clone();
-        async move {
-            let booked = m
-                .events
-                .get_or_create(&triage_ledger::writer::OutcomeLabel { outcome: "booked" })
-                .get();
-            let dup = m
-                .events
-                .get_or_create(&triage_ledger::writer::OutcomeLabel {
-                    outcome: "duplicate",
-                })
-                .get();
-            booked + dup == 720
-        }
+        async move { m.events_with("booked") + m.events_with("duplicate") == 720 }
     })
     .await;
 
@@ -168,14 +156,7 @@ async fn a_full_redelivery_books_nothing_new() {
     let (stop, metrics, handle) = spawn_writer(&db.store, &nats, test_writer_config());
     wait_until(LIMIT, "500 redeliveries seen", || {
         let m = metrics.clone();
-        async move {
-            m.events
-                .get_or_create(&triage_ledger::writer::OutcomeLabel {
-                    outcome: "duplicate",
-                })
-                .get()
-                == 500
-        }
+        async move { m.events_with("duplicate") == 500 }
     })
     .await;
     stop.cancel();
