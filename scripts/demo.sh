@@ -68,6 +68,9 @@ llama)
     step "model servers (llama-server: tier stand-ins)"
     up llama-tier1 llama-tier2
     export TRIAGE_SELF_RATING=true
+    # The rating model shares 2 CPU cores with both tiers here; a GPU
+    # router model answers in tens of milliseconds.
+    export TRIAGE_SELF_RATING_TIMEOUT=${TRIAGE_SELF_RATING_TIMEOUT:-8s}
     done_ "tier 1 $TRIAGE_TIER1_ALIAS on :$TRIAGE_TIER1_PORT, tier 2 $TRIAGE_TIER2_ALIAS on :$TRIAGE_TIER2_PORT"
     ;;
 sim)
