@@ -1,1 +1,242 @@
-fn main() {}
+//! `triage-router`: the router service and its offline commands.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use triage_complexity::scorer::Scorer;
+use triage_router::config::{RouterConfig, ENV_PREFIX};
+use triage_router::offline::{self, CalibrateOptions, TrainOptions};
+use triage_router::self_rating::{LlmSelfRater, SelfRater};
+use triage_router::{service, Router};
+use triage_runtime::telemetry::{self, LogFormat};
+
+/// triage-router: decides, for every request on `llm.requests`, whether the
+/// small tier can serve it, and republishes it to `llm.tier1` or `llm.tier2`
+/// with the decision (score, confidence, reasons).
+///
+/// Scoring: the last user message with the system message, truncated to
+/// the first 512 model tokens; rules (code fences, code syntax, math
+/// notation, keyword patterns) force tier 2; otherwise all-MiniLM-L6-v2
+/// (candle, in-process) and a trained logistic head give P(needs tier 2),
+/// optionally blended 0.6/0.4 with an LLM self-rating; tier 2 at or above
+/// the threshold.
+///
+/// Configuration: defaults, then the TOML file given with --config, then
+/// environment variables TRIAGE_ROUTER_<FIELD> (nested with `__`, e.g.
+/// TRIAGE_ROUTER_SCORING__THRESHOLD=0.5, TRIAGE_ROUTER_NATS__URL=...). Every
+/// field is listed in services/router/README.md; `run` prints the effective
+/// configuration (secrets masked) at start.
+#[derive(Debug, Parser)]
+#[command(name = "triage-router", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file with any RouterConfig fields.
+    #[arg(long, short, env = "TRIAGE_ROUTER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
+    /// Log format: `text` for people, `json` for log pipelines (level via RUST_LOG).
+    #[arg(long, env = "TRIAGE_ROUTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service: a durable pull consumer on llm.requests shared by
+    /// all replicas; validates, scores in micro-batches, publishes to
+    /// llm.tier1/llm.tier2 and acks only after JetStream confirmed the
+    /// publish. SIGTERM drains in-flight messages.
+    Run,
+
+    /// Fit the embedding head from a labelled JSONL (fields `prompt` or
+    /// `messages`, `label_tier`, `small_ok`, `large_ok`), choosing the L2
+    /// penalty by cross-validated APGR, and write the weights file (JSON).
+    /// Deterministic: the same input gives the same file.
+    Train {
+        /// Labelled JSONL, e.g. ../shared/data/routing-dev.jsonl.
+        #[arg(long)]
+        input: PathBuf,
+        /// Weights file to write (the shipped one is
+        /// services/complexity/heads/minilm-head.json).
+        #[arg(long)]
+        output: PathBuf,
+        /// Cross-validation folds (stratified by label).
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        /// Cross-validation repeats with different fold seeds, averaged.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Seed of the folds.
+        #[arg(long, default_value_t = 20261124)]
+        seed: u64,
+        /// L2 penalties to try, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0.01, 0.03, 0.1, 0.3, 1.0])]
+        l2: Vec<f64>,
+        /// Also train the static-embedding first stage and write its head
+        /// here (the static token table is distilled into $TRIAGE_CACHE
+        /// first if absent); prints its quality and speed against the full
+        /// model.
+        #[arg(long)]
+        first_stage_output: Option<PathBuf>,
+    },
+
+    /// Score a JSONL of requests offline (fields as in routing-dev.jsonl:
+    /// `id`, `prompt` or `messages`; `tier` and `tenant` are honoured like
+    /// the service does) with the same code and configuration as the
+    /// service; writes one JSON line per input with `id`, `score`, `tier`,
+    /// `confidence`, `reasons` (or `error`), and prints the tier split.
+    Score {
+        /// Requests, one JSON object a line.
+        #[arg(long)]
+        input: PathBuf,
+        /// Decisions, one JSON object a line.
+        #[arg(long)]
+        output: PathBuf,
+        /// Requests per model pass.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+    },
+
+    /// Measure the configured score on labelled data: ROC AUC, APGR,
+    /// CPT(50%), CPT(80%) for the head alone, with rules and with the
+    /// self-rating, and the threshold sweep (tier-2 share, accuracy, cost
+    /// relative to all tier 2, PGR). Chooses the threshold with the best
+    /// accuracy, or the one for --target-share.
+    Calibrate {
+        /// Labelled JSONL.
+        #[arg(long)]
+        input: PathBuf,
+        /// Choose the threshold that sends this share (0–1) to tier 2.
+        #[arg(long)]
+        target_share: Option<f64>,
+        /// Score with heads cross-validated on this file (K folds) instead
+        /// of the configured head: honest numbers on training data.
+        #[arg(long)]
+        cv_folds: Option<usize>,
+        /// Seed of folds and of --limit's sample.
+        #[arg(long, default_value_t = 20261124)]
+        seed: u64,
+        /// Use a seeded sample of this many rows (the self-rating is slow on CPU).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Tier-2 price over tier-1 price, for the relative cost column.
+        #[arg(long, default_value_t = 8.0)]
+        price_ratio: f64,
+        /// Turn the rules off (same as TRIAGE_ROUTER_SCORING__RULES__* = false).
+        #[arg(long)]
+        no_rules: bool,
+        /// Turn the self-rating on (needs self_rating.backend.base_url).
+        #[arg(long)]
+        self_rating: bool,
+        /// Write per-row scores (embedding, llm, rule, final) as JSONL here.
+        #[arg(long)]
+        scores_out: Option<PathBuf>,
+    },
+}
+
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<RouterConfig> {
+    let config: RouterConfig = triage_runtime::load(path, ENV_PREFIX)?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn rater(config: &RouterConfig) -> anyhow::Result<Option<Arc<dyn SelfRater>>> {
+    if !config.self_rating.enabled {
+        return Ok(None);
+    }
+    let r = LlmSelfRater::new(&config.self_rating).context("self-rating client")?;
+    Ok(Some(Arc::new(r)))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init("triage-router", cli.log_format);
+    let mut config = load_config(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run => service::run(config).await,
+        Command::Train {
+            input,
+            output,
+            folds,
+            repeats,
+            seed,
+            l2,
+            first_stage_output,
+        } => {
+            let mut scoring = config.scoring.clone();
+            // The head being trained must not need the one it replaces.
+            scoring.cache_capacity = 0;
+            scoring.first_stage = None;
+            let scorer = Scorer::new(scoring)?;
+            let opts = TrainOptions {
+                input,
+                output,
+                folds,
+                repeats,
+                seed,
+                l2_grid: l2,
+                first_stage: first_stage_output,
+            };
+            tokio::task::spawn_blocking(move || offline::train(&scorer, &opts)).await?
+        }
+        Command::Score {
+            input,
+            output,
+            batch,
+        } => {
+            let scorer = Arc::new(Scorer::new(config.scoring.clone())?);
+            let router = Router::new(
+                Ok(scorer),
+                rater(&config)?,
+                config.self_rating.max_concurrency,
+                config.batching.model_threads,
+                config.policy.clone(),
+                std::time::Duration::from_secs(600),
+            );
+            offline::score(&router, &input, &output, batch).await
+        }
+        Command::Calibrate {
+            input,
+            target_share,
+            cv_folds,
+            seed,
+            limit,
+            price_ratio,
+            no_rules,
+            self_rating,
+            scores_out,
+        } => {
+            if no_rules {
+                config.scoring.rules = triage_complexity::RuleConfig::none();
+            }
+            if self_rating {
+                config.self_rating.enabled = true;
+            }
+            let mut scoring = config.scoring.clone();
+            scoring.cache_capacity = 0;
+            scoring.first_stage = None;
+            let scorer = Arc::new(Scorer::new(scoring)?);
+            let rater = rater(&config)?;
+            let opts = CalibrateOptions {
+                input,
+                target_share,
+                cv_folds,
+                seed,
+                limit,
+                price_ratio,
+                scores_out,
+            };
+            offline::calibrate(
+                &scorer,
+                rater.as_ref(),
+                config.self_rating.max_concurrency,
+                &opts,
+            )
+            .await
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Speed of the router on this machine: the raw model in a tight loop (the
+//! floor), the full router path over NATS JetStream, and the routing delay
+//! at half the full path's throughput.
+//!
+//! `cargo bench -p triage-router --bench router_speed` (needs NATS at
+//! TRIAGE_NATS_URL and the model in $TRIAGE_CACHE). Options via env:
+//! BENCH_REQUESTS (default 256), BENCH_DATA_DIR (default ../shared/data).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use triage_bus::{NatsConfig, StreamsConfig};
+use triage_complexity::dataset::read_rows;
+use triage_complexity::scorer::{Scorer, ScorerConfig};
+use triage_complexity::{RuleConfig, Truncator};
+use triage_protocol::{
+    decode, encode, Encoding, Namespace, Request, RoutedRequest, StreamKind, Tier,
+};
+use triage_router::config::RouterConfig;
+use triage_router::metrics::RouterMetrics;
+use triage_router::service;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Distinct prompts cut to about `tokens` model tokens (real text from the
+/// dev set and the long-prompt file).
+fn prompts(truncator: &Truncator, n: usize) -> Vec<String> {
+    let dir = std::env::var_os("BENCH_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    let mut rows = read_rows(&dir.join("prompt-lengths.jsonl")).expect("prompt-lengths.jsonl");
+    rows.extend(read_rows(&dir.join("routing-dev.jsonl")).expect("routing-dev.jsonl"));
+    let mut out = Vec::new();
+    for row in rows {
+        let t = truncator.truncate(&row.text()).expect("tokenize");
+        // Only texts that fill the budget, so every prompt has the same length.
+        if t.truncated || t.ids.len() == truncator.max_tokens() {
+            out.push(t.text);
+        }
+        if out.len() == n {
+            break;
+        }
+    }
+    assert_eq!(out.len(), n, "not enough long prompts");
+    out
+}
+
+fn raw_model(scorer: &Scorer, texts: &[String], batch: usize) -> f64 {
+    let ids: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| scorer.truncator().truncate(t).unwrap().ids)
+        .collect();
+    let started = Instant::now();
+    for chunk in ids.chunks(batch) {
+        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+        let v = scorer.model().embed(&refs).unwrap();
+        for x in &v {
+            std::hint::black_box(scorer.head().probability(x));
+        }
+    }
+    texts.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+struct Path {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    ns: Namespace,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    sent: Arc<Mutex<HashMap<String, Instant>>>,
+    delays: Arc<Mutex<Vec<f64>>>,
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn start_path(url: &str, batch: usize) -> Path {
+    let prefix = format!("bench{}", std::process::id());
+    let mut config = RouterConfig {
+        nats: NatsConfig {
+            url: url.into(),
+            prefix: prefix.clone(),
+            streams: StreamsConfig::small(),
+            ..NatsConfig::default()
+        },
+        scoring: ScorerConfig {
+            cache_capacity: 0,
+            rules: RuleConfig::none(),
+            ..ScorerConfig::default()
+        },
+        ..RouterConfig::default()
+    };
+    config.batching.max_batch = batch;
+    let ns = Namespace::new(&prefix).unwrap();
+    let client = async_nats::connect(url).await.expect("NATS");
+    let js = async_nats::jetstream::new(client.clone());
+    let router = service::build_router(&config).await.unwrap();
+    let mut registry = Registry::default();
+    let metrics = Arc::new(RouterMetrics::register(&mut registry));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(service::serve(
+        client.clone(),
+        config,
+        router,
+        metrics,
+        shutdown.clone(),
+    ));
+    // Wait for the streams, then listen on both tier subjects.
+    for _ in 0..100 {
+        if js
+            .get_stream(ns.stream_name(StreamKind::Tier2))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let delays: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for tier in [Tier::Small, Tier::Large] {
+        let mut sub = client.subscribe(ns.tier(tier)).await.unwrap();
+        let (sent, delays, arrived) = (sent.clone(), delays.clone(), arrived.clone());
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let now = Instant::now();
+                let routed: RoutedRequest = decode(Encoding::MsgPack, &m.payload).unwrap();
+                if let Some(t0) = sent.lock().await.get(&routed.request.id) {
+                    delays
+                        .lock()
+                        .await
+                        .push(now.duration_since(*t0).as_secs_f64() * 1000.0);
+                }
+                arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Path {
+        client,
+        js,
+        ns,
+        shutdown,
+        task,
+        sent,
+        delays,
+        arrived,
+    }
+}
+
+impl Path {
+    async fn send(&self, id: &str, text: &str) {
+        let mut r = Request::from_prompt(text);
+        r.id = id.into();
+        self.sent.lock().await.insert(id.into(), Instant::now());
+        self.js
+            .publish(self.ns.requests(), encode(Encoding::MsgPack, &r).into())
+            .await
+            .unwrap();
+    }
+
+    async fn wait_for(&self, n: usize) {
+        while self.arrived.load(std::sync::atomic::Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+        for kind in StreamKind::ALL {
+            let _ = self.js.delete_stream(self.ns.stream_name(kind)).await;
+        }
+        let _ = self.js.delete_key_value(self.ns.finished_bucket()).await;
+        drop(self.client);
+    }
+}
+
+/// Full path throughput: everything published at once, until all routed.
+async fn full_path(url: &str, texts: &[String], tag: &str, batch: usize) -> f64 {
+    let path = start_path(url, batch).await;
+    // Warm-up.
+    path.send(&format!("{tag}-warm"), &texts[0]).await;
+    path.wait_for(1).await;
+    let started = Instant::now();
+    for (i, t) in texts.iter().enumerate() {
+        path.send(&format!("{tag}-{i}"), t).await;
+    }
+    path.wait_for(texts.len() + 1).await;
+    let rate = texts.len() as f64 / started.elapsed().as_secs_f64();
+    path.stop().await;
+    rate
+}
+
+/// Routing delay at a fixed rate: publish → arrival on the tier subject.
+async fn delay_at_rate(
+    url: &str,
+    texts: &[String],
+    rate: f64,
+    tag: &str,
+    batch: usize,
+) -> (f64, f64, f64) {
+    let path = start_path(url, batch).await;
+    path.send(&format!("{tag}-warm"), &texts[0]).await;
+    path.wait_for(1).await;
+    path.delays.lock().await.clear();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for (i, t) in texts.iter().enumerate() {
+        tick.tick().await;
+        path.send(&format!("{tag}-{i}"), t).await;
+    }
+    path.wait_for(texts.len() + 1).await;
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for d in path.delays.lock().await.iter() {
+        h.record((d * 1000.0) as u64).unwrap();
+    }
+    path.stop().await;
+    (
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.mean() / 1000.0,
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let url = std::env::var("TRIAGE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let n = env_usize("BENCH_REQUESTS", 256);
+    let scorer = Scorer::new(ScorerConfig {
+        cache_capacity: 0,
+        ..ScorerConfig::default()
+    })
+    .expect("model (run the set-up)");
+    println!(
+        "router speed, {} cores, {n} prompts per case",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for (label, tokens) in [("short (32 tokens)", 32usize), ("long (302 tokens)", 302)] {
+        let t = Truncator::from_file(
+            &triage_complexity::ModelFiles::default_minilm().tokenizer(),
+            tokens,
+        )
+        .unwrap();
+        let texts = prompts(&t, n);
+        let raw1 = raw_model(&scorer, &texts, 1);
+        let raw16 = raw_model(&scorer, &texts, 16);
+        println!("{label}: raw model {raw1:.1}/s batch 1, {raw16:.1}/s batch 16");
+        let floor = raw1.max(raw16);
+        let full = full_path(&url, &texts, &format!("full{tokens}"), 16).await;
+        println!(
+            "{label}: full router path over NATS {full:.1}/s ({:.0}% of the raw model's best)",
+            100.0 * full / floor
+        );
+        let rate = full / 2.0;
+        let (p50, p99, mean) = delay_at_rate(
+            &url,
+            &texts[..n.min(200)],
+            rate,
+            &format!("delay{tokens}"),
+            16,
+        )
+        .await;
+        println!("{label}: routing delay at {rate:.1}/s: p50 {p50:.1} ms, p99 {p99:.1} ms, mean {mean:.1} ms");
+    }
+}

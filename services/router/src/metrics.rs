@@ -1,0 +1,223 @@
+//! The router's Prometheus metrics (all prefixed `triage_router_`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use triage_protocol::RoutingDecision;
+
+use crate::routing::RouteInfo;
+
+/// Labels of a decision.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `1` or `2`: where the request was sent.
+    pub tier: String,
+    /// What decided it: `score`, `first_stage`, `rule:<name>`, `override`,
+    /// `tenant_pin`, `router_failure`.
+    pub reason: String,
+}
+
+/// A label with one value.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The kind.
+    pub kind: String,
+}
+
+/// Every metric the router exports.
+pub struct RouterMetrics {
+    /// `decisions_total{tier,reason}`.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// `errors_total{kind}`: error replies by code.
+    pub errors: Family<KindLabel, Counter>,
+    /// `score`: the blended score of scored requests.
+    pub score: Histogram,
+    /// `routing_delay_seconds`: from receiving a message to JetStream
+    /// confirming its republish.
+    pub routing_delay: Histogram,
+    /// `batch_size`: messages per micro-batch.
+    pub batch_size: Histogram,
+    /// `cache_lookups_total{kind=hit|miss}`.
+    pub cache: Family<KindLabel, Counter>,
+    /// `self_rating_failures_total{kind=timeout|error|unparsable}`.
+    pub self_rating_failures: Family<KindLabel, Counter>,
+    /// `shadow_disagreements_total`: shadow decisions that differ from the
+    /// tier actually used.
+    pub shadow_disagreements: Counter,
+    /// `dead_letters_total{kind}`.
+    pub dead_letters: Family<KindLabel, Counter>,
+    /// `publish_failures_total`: republishes not confirmed (message nak'ed).
+    pub publish_failures: Counter,
+}
+
+impl RouterMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            decisions: Family::default(),
+            errors: Family::default(),
+            score: Histogram::new(linear_buckets(0.05, 0.05, 20)),
+            routing_delay: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            cache: Family::default(),
+            self_rating_failures: Family::default(),
+            shadow_disagreements: Counter::default(),
+            dead_letters: Family::default(),
+            publish_failures: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("triage_router");
+        r.register(
+            "decisions",
+            "Routing decisions by tier sent to and deciding reason",
+            m.decisions.clone(),
+        );
+        r.register("errors", "Error replies by code", m.errors.clone());
+        r.register(
+            "score",
+            "Blended complexity score of scored requests",
+            m.score.clone(),
+        );
+        r.register(
+            "routing_delay_seconds",
+            "From receiving a request to JetStream confirming its republish",
+            m.routing_delay.clone(),
+        );
+        r.register(
+            "batch_size",
+            "Messages per micro-batch",
+            m.batch_size.clone(),
+        );
+        r.register(
+            "cache_lookups",
+            "Score cache lookups by result",
+            m.cache.clone(),
+        );
+        r.register(
+            "self_rating_failures",
+            "LLM self-ratings that failed (the embedding score stood alone)",
+            m.self_rating_failures.clone(),
+        );
+        r.register(
+            "shadow_disagreements",
+            "Shadow-mode decisions that differ from the tier used",
+            m.shadow_disagreements.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Messages sent to llm.dead by reason",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "publish_failures",
+            "Republishes JetStream did not confirm (the request is redelivered)",
+            m.publish_failures.clone(),
+        );
+        m
+    }
+
+    /// Records one routed request.
+    pub fn record(&self, decision: &RoutingDecision, info: &RouteInfo) {
+        let reason = deciding_reason(decision);
+        if reason == "score" || reason == "first_stage" {
+            self.score.observe(decision.score);
+        }
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                tier: decision.tier.to_string(),
+                reason,
+            })
+            .inc();
+        if info.model || info.first_stage || info.cache_hit {
+            let kind = if info.cache_hit { "hit" } else { "miss" };
+            self.cache.get_or_create(&kind_label(kind)).inc();
+        }
+        if let Some(kind) = info.rating_failure {
+            self.self_rating_failures
+                .get_or_create(&kind_label(kind))
+                .inc();
+        }
+        if decision.shadow && decision.shadow_tier.is_some_and(|t| t != decision.tier) {
+            self.shadow_disagreements.inc();
+        }
+    }
+}
+
+/// A label value.
+pub fn kind_label(kind: &str) -> KindLabel {
+    KindLabel {
+        kind: kind.to_string(),
+    }
+}
+
+/// The reason that decided the tier, with bounded cardinality.
+pub fn deciding_reason(decision: &RoutingDecision) -> String {
+    for r in &decision.reasons {
+        if r == "router_failure" {
+            return "router_failure".into();
+        }
+        if r.starts_with("override:") {
+            return "override".into();
+        }
+        if r.starts_with("tenant_pin:") {
+            return "tenant_pin".into();
+        }
+        if r.starts_with("rule:") {
+            return r.clone();
+        }
+        if r.starts_with("first_stage=") {
+            return "first_stage".into();
+        }
+    }
+    "score".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use triage_protocol::Tier;
+
+    #[test]
+    fn reasons_map_to_bounded_labels() {
+        let mut d = RoutingDecision::fixed(Tier::Large, "rule:math");
+        assert_eq!(deciding_reason(&d), "rule:math");
+        d.reasons = vec![
+            "truncated:512".into(),
+            "embedding=0.1".into(),
+            "blend=0.1".into(),
+        ];
+        assert_eq!(deciding_reason(&d), "score");
+        d.reasons = vec!["override:1".into()];
+        assert_eq!(deciding_reason(&d), "override");
+        d.reasons = vec!["router_failure".into(), "error:x".into()];
+        assert_eq!(deciding_reason(&d), "router_failure");
+    }
+
+    #[test]
+    fn records_decisions_and_exports_them() {
+        let mut registry = Registry::default();
+        let m = RouterMetrics::register(&mut registry);
+        let mut d = RoutingDecision::fixed(Tier::Small, "embedding=0.2");
+        d.shadow = true;
+        d.shadow_tier = Some(Tier::Small);
+        d.tier = Tier::Large;
+        m.record(
+            &d,
+            &RouteInfo {
+                model: true,
+                rating_failure: Some("timeout"),
+                ..RouteInfo::default()
+            },
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("triage_router_decisions_total{tier=\"2\",reason=\"score\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("triage_router_shadow_disagreements_total 1"));
+        assert!(text.contains("triage_router_self_rating_failures_total{kind=\"timeout\"} 1"));
+        assert!(text.contains("triage_router_cache_lookups_total{kind=\"miss\"} 1"));
+    }
+}

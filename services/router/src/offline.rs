@@ -1,0 +1,779 @@
+//! The offline commands: `train` (fit the head with cross-validation),
+//! `score` (audit a JSONL of requests) and `calibrate` (measure a score on
+//! labelled data and choose the threshold).
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use triage_complexity::calibration::{self, Outcome, PgrCurve, Summary};
+use triage_complexity::dataset::{read_rows, PromptRow};
+use triage_complexity::head::{cross_validated_scores, stratified_folds, FitOptions, LogisticHead};
+use triage_complexity::scorer::{Prepared, Scorer, MINILM_FEATURES};
+use triage_complexity::static_embedding::{
+    default_table_path, FirstStage, StaticTable, STATIC_FEATURES,
+};
+use triage_complexity::{MiniLm, ModelFiles};
+use triage_protocol::{Request, Tier};
+
+use crate::routing::Router;
+use crate::self_rating::SelfRater;
+use crate::validation::validate;
+
+/// Texts embedded per model call offline (bounded memory, visible progress).
+const OFFLINE_CHUNK: usize = 64;
+
+/// Options of `train`.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Labelled JSONL.
+    pub input: PathBuf,
+    /// Where the head goes.
+    pub output: PathBuf,
+    /// Cross-validation folds.
+    pub folds: usize,
+    /// Cross-validation repeats (different fold seeds), averaged.
+    pub repeats: usize,
+    /// Seed of the first repeat's folds.
+    pub seed: u64,
+    /// L2 penalties to try; the one with the best mean CV APGR is kept.
+    pub l2_grid: Vec<f64>,
+    /// Also build the static table (if missing) and train the first stage.
+    pub first_stage: Option<PathBuf>,
+}
+
+/// Labelled rows with their truncated inputs.
+struct Labelled {
+    rows: Vec<PromptRow>,
+    outcomes: Vec<Outcome>,
+    prepared: Vec<Prepared>,
+}
+
+fn load_labelled(scorer: &Scorer, path: &Path) -> anyhow::Result<Labelled> {
+    let rows = read_rows(path)?;
+    let mut outcomes = Vec::with_capacity(rows.len());
+    let mut prepared = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(o) = row.outcome() else {
+            bail!("{}: row {:?} has no label_tier", path.display(), row.id);
+        };
+        outcomes.push(o);
+        prepared.push(scorer.prepare(&row.text())?);
+    }
+    Ok(Labelled {
+        rows,
+        outcomes,
+        prepared,
+    })
+}
+
+/// Embeds every prepared text with the full model, showing progress.
+fn embed_all(model: &MiniLm, prepared: &[Prepared]) -> anyhow::Result<Vec<Vec<f32>>> {
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(prepared.len());
+    for chunk in prepared.chunks(OFFLINE_CHUNK) {
+        let ids: Vec<&[u32]> = chunk.iter().map(|p| p.tokens.ids.as_slice()).collect();
+        out.extend(model.embed(&ids)?);
+        eprint!(
+            "\rembedded {}/{} ({:.0} s)",
+            out.len(),
+            prepared.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    eprintln!();
+    Ok(out)
+}
+
+fn file_sha256(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{v:.4}"))
+}
+
+fn summary_line(label: &str, s: &Summary) -> String {
+    format!(
+        "{label:<28} AUC {}  APGR {}  CPT(50%) {}  CPT(80%) {}",
+        fmt_opt(s.auc),
+        fmt_opt(s.apgr),
+        fmt_opt(s.cpt50),
+        fmt_opt(s.cpt80)
+    )
+}
+
+/// Mean of several summaries (repeats of cross-validation).
+fn mean_summary(all: &[Summary]) -> Summary {
+    let mean = |f: &dyn Fn(&Summary) -> Option<f64>| {
+        let v: Vec<f64> = all.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    Summary {
+        n: all.first().map_or(0, |s| s.n),
+        auc: mean(&|s| s.auc),
+        apgr: mean(&|s| s.apgr),
+        cpt50: mean(&|s| s.cpt50),
+        cpt80: mean(&|s| s.cpt80),
+    }
+}
+
+/// Rule-forced prompts score 1 (they go to tier 2 whatever the head says).
+fn with_rules(scores: &[f64], prepared: &[Prepared]) -> Vec<f64> {
+    scores
+        .iter()
+        .zip(prepared)
+        .map(|(s, p)| if p.rule.is_some() { 1.0 } else { *s })
+        .collect()
+}
+
+/// Cross-validated out-of-fold scores for each repeat.
+fn cv_scores(
+    xs: &[Vec<f32>],
+    ys: &[bool],
+    folds: usize,
+    repeats: usize,
+    seed: u64,
+    l2: f64,
+) -> Vec<Vec<f64>> {
+    (0..repeats as u64)
+        .map(|r| {
+            let f = stratified_folds(ys, folds, seed + r);
+            cross_validated_scores(
+                xs,
+                ys,
+                &f,
+                FitOptions {
+                    l2,
+                    ..FitOptions::default()
+                },
+            )
+        })
+        .collect()
+}
+
+/// `train`: embeds the labelled file, picks the L2 penalty by
+/// cross-validated APGR, fits on everything and writes the head.
+pub fn train(scorer: &Scorer, opts: &TrainOptions) -> anyhow::Result<()> {
+    let data = load_labelled(scorer, &opts.input)?;
+    let ys: Vec<bool> = data.outcomes.iter().map(|o| o.tier2).collect();
+    let positives = ys.iter().filter(|y| **y).count();
+    println!(
+        "{}: {} rows, {} tier 2 ({:.1}%), truncation {} tokens, {} rule-forced",
+        opts.input.display(),
+        ys.len(),
+        positives,
+        100.0 * positives as f64 / ys.len().max(1) as f64,
+        scorer.truncator().max_tokens(),
+        data.prepared.iter().filter(|p| p.rule.is_some()).count()
+    );
+    let xs = embed_all(scorer.model(), &data.prepared)?;
+    let (best, grid) = fit_grid(&xs, &ys, &data, opts, "embedding head")?;
+    let head = finish_head(&xs, &ys, MINILM_FEATURES, best, grid, opts, scorer, &data)?;
+    write_head(&head, &opts.output)?;
+    println!("wrote {}", opts.output.display());
+
+    if let Some(static_out) = &opts.first_stage {
+        train_first_stage(scorer, opts, &data, &xs, &ys, &head, static_out)?;
+    }
+    Ok(())
+}
+
+type GridResult = (f64, Vec<serde_json::Value>);
+
+fn fit_grid(
+    xs: &[Vec<f32>],
+    ys: &[bool],
+    data: &Labelled,
+    opts: &TrainOptions,
+    label: &str,
+) -> anyhow::Result<GridResult> {
+    if opts.l2_grid.is_empty() {
+        bail!("--l2 needs at least one value");
+    }
+    println!(
+        "{label}: {}-fold cross-validation x {} repeats (seeds {}..)",
+        opts.folds, opts.repeats, opts.seed
+    );
+    let mut best: Option<(f64, f64)> = None;
+    let mut grid = Vec::new();
+    for &l2 in &opts.l2_grid {
+        let runs = cv_scores(xs, ys, opts.folds, opts.repeats, opts.seed, l2);
+        let alone = mean_summary(
+            &runs
+                .iter()
+                .map(|s| calibration::summarise(s, &data.outcomes))
+                .collect::<Vec<_>>(),
+        );
+        let ruled = mean_summary(
+            &runs
+                .iter()
+                .map(|s| calibration::summarise(&with_rules(s, &data.prepared), &data.outcomes))
+                .collect::<Vec<_>>(),
+        );
+        println!("  {}", summary_line(&format!("l2={l2}"), &alone));
+        println!("  {}", summary_line(&format!("l2={l2} + rules"), &ruled));
+        grid.push(json!({"l2": l2, "head": alone, "head_with_rules": ruled}));
+        let apgr = alone.apgr.unwrap_or(0.0);
+        if best.is_none_or(|(_, b)| apgr > b) {
+            best = Some((l2, apgr));
+        }
+    }
+    let (l2, _) = best.expect("grid is not empty");
+    println!("{label}: chose l2={l2} (best mean cross-validated APGR)");
+    Ok((l2, grid))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish_head(
+    xs: &[Vec<f32>],
+    ys: &[bool],
+    features: &str,
+    l2: f64,
+    grid: Vec<serde_json::Value>,
+    opts: &TrainOptions,
+    scorer: &Scorer,
+    data: &Labelled,
+) -> anyhow::Result<LogisticHead> {
+    let mut head = LogisticHead::fit(
+        xs,
+        ys,
+        features,
+        FitOptions {
+            l2,
+            ..FitOptions::default()
+        },
+    );
+    let in_sample: Vec<f64> = xs.iter().map(|x| head.score(x)).collect();
+    head.training = Some(json!({
+        "command": format!(
+            "triage-router train --input {} --folds {} --repeats {} --seed {} --l2 {}",
+            opts.input.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default(),
+            opts.folds, opts.repeats, opts.seed,
+            opts.l2_grid.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+        ),
+        "input_sha256": file_sha256(&opts.input)?,
+        "rows": ys.len(),
+        "tier2_rows": ys.iter().filter(|y| **y).count(),
+        "max_tokens": scorer.truncator().max_tokens(),
+        "chosen_l2": l2,
+        "cross_validation": grid,
+        "in_sample": calibration::summarise(&in_sample, &data.outcomes),
+    }));
+    Ok(head)
+}
+
+fn write_head(head: &LogisticHead, path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = serde_json::to_string_pretty(head)?;
+    text.push('\n');
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Builds the static table if missing, trains the first-stage head, and
+/// evaluates the two-stage score against the full model.
+fn train_first_stage(
+    scorer: &Scorer,
+    opts: &TrainOptions,
+    data: &Labelled,
+    full_xs: &[Vec<f32>],
+    ys: &[bool],
+    full_head: &LogisticHead,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let files = scorer
+        .config()
+        .model_dir
+        .clone()
+        .map(ModelFiles::new)
+        .unwrap_or_else(ModelFiles::default_minilm);
+    let table = ensure_table(scorer.model(), &files)?;
+    let static_xs: Vec<Vec<f32>> = data
+        .prepared
+        .iter()
+        .map(|p| table.embed(triage_complexity::static_embedding::content(&p.tokens.ids)))
+        .collect();
+    let (l2, grid) = fit_grid(&static_xs, ys, data, opts, "static first stage")?;
+    let head = finish_head(
+        &static_xs,
+        ys,
+        STATIC_FEATURES,
+        l2,
+        grid,
+        opts,
+        scorer,
+        data,
+    )?;
+    write_head(&head, out)?;
+    println!("wrote {}", out.display());
+
+    // Two-stage quality, cross-validated: both heads out-of-fold on the
+    // same folds; the static score settles outside the band.
+    let full_l2 = full_head.l2;
+    let full_runs = cv_scores(full_xs, ys, opts.folds, opts.repeats, opts.seed, full_l2);
+    let static_runs = cv_scores(&static_xs, ys, opts.folds, opts.repeats, opts.seed, l2);
+    let full = mean_summary(
+        &full_runs
+            .iter()
+            .map(|s| calibration::summarise(s, &data.outcomes))
+            .collect::<Vec<_>>(),
+    );
+    println!("{}", summary_line("full model (CV)", &full));
+    let stat = mean_summary(
+        &static_runs
+            .iter()
+            .map(|s| calibration::summarise(s, &data.outcomes))
+            .collect::<Vec<_>>(),
+    );
+    println!("{}", summary_line("static stage alone (CV)", &stat));
+    for (lower, upper) in [
+        (0.1, 0.9),
+        (0.2, 0.8),
+        (0.3, 0.7),
+        (0.3, 0.5),
+        (0.35, 0.55),
+        (0.4, 0.6),
+        (0.45, 0.65),
+        (0.5, 0.7),
+    ] {
+        let mut settled = 0usize;
+        let runs: Vec<Summary> = full_runs
+            .iter()
+            .zip(&static_runs)
+            .map(|(f, s)| {
+                let combined: Vec<f64> = f
+                    .iter()
+                    .zip(s)
+                    .map(|(f, s)| if *s < lower || *s >= upper { *s } else { *f })
+                    .collect();
+                settled = s.iter().filter(|s| **s < lower || **s >= upper).count();
+                calibration::summarise(&combined, &data.outcomes)
+            })
+            .collect();
+        println!(
+            "{}  ({:.1}% settled by the first stage)",
+            summary_line(
+                &format!("two-stage band [{lower}, {upper})"),
+                &mean_summary(&runs)
+            ),
+            100.0 * settled as f64 / ys.len() as f64
+        );
+    }
+
+    // Speed on these prompts: static lookup vs the transformer.
+    let fs = FirstStage::new(table, head, 0.0, 1.0)?;
+    let started = Instant::now();
+    let mut sink = 0.0;
+    for p in &data.prepared {
+        sink += fs.score(&p.tokens.ids);
+    }
+    let static_rate = data.prepared.len() as f64 / started.elapsed().as_secs_f64();
+    let sample: Vec<&Prepared> = data.prepared.iter().take(256).collect();
+    let started = Instant::now();
+    for chunk in sample.chunks(16) {
+        let ids: Vec<&[u32]> = chunk.iter().map(|p| p.tokens.ids.as_slice()).collect();
+        sink += scorer.model().embed(&ids)?.len() as f64;
+    }
+    let model_rate = sample.len() as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "speed on these prompts: static first stage {static_rate:.0}/s, full model {model_rate:.1}/s (batches of 16), {:.0}x (checksum {sink:.3})",
+        static_rate / model_rate
+    );
+    Ok(())
+}
+
+/// Loads the static table, distilling it from the model first if absent.
+pub fn ensure_table(model: &MiniLm, files: &ModelFiles) -> anyhow::Result<StaticTable> {
+    let path = default_table_path(files);
+    if path.is_file() {
+        return Ok(StaticTable::load(&path)?);
+    }
+    eprintln!(
+        "distilling the static token table into {} ...",
+        path.display()
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(files.config())?)?;
+    let vocab = config["vocab_size"]
+        .as_u64()
+        .context("config.json has no vocab_size")? as usize;
+    let started = Instant::now();
+    let tok = special_token_ids(files)?;
+    let table = StaticTable::distill(model, vocab, tok.0, tok.1)?;
+    table.save(&path)?;
+    eprintln!(
+        "distilled {} tokens in {:.0} s",
+        table.vocab_size(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(table)
+}
+
+/// `[CLS]` and `[SEP]` ids from tokenizer.json.
+fn special_token_ids(files: &ModelFiles) -> anyhow::Result<(u32, u32)> {
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(files.tokenizer())?)?;
+    let vocab = &raw["model"]["vocab"];
+    let id = |t: &str| {
+        vocab[t]
+            .as_u64()
+            .map(|v| v as u32)
+            .with_context(|| format!("tokenizer has no {t}"))
+    };
+    Ok((id("[CLS]")?, id("[SEP]")?))
+}
+
+/// One line of `score` output.
+fn score_line(
+    id: &str,
+    routed: Result<&triage_protocol::RoutingDecision, (&str, &str)>,
+) -> serde_json::Value {
+    match routed {
+        Ok(d) => {
+            let mut v = json!({
+                "id": id,
+                "score": d.score,
+                "tier": d.tier,
+                "confidence": d.confidence,
+                "reasons": d.reasons,
+            });
+            if let Some(t) = d.shadow_tier {
+                v["shadow_tier"] = json!(t);
+            }
+            v
+        }
+        Err((code, message)) => json!({"id": id, "error": code, "message": message}),
+    }
+}
+
+/// `score`: routes every request of a JSONL file offline with the service's
+/// code and configuration; writes one line per input and prints the split.
+pub async fn score(
+    router: &Router,
+    input: &Path,
+    output: &Path,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+    let mut requests: Vec<(usize, Result<Request, String>)> = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let parsed = serde_json::from_str::<Request>(line)
+            .map_err(|e| format!("{}:{}: {e}", input.display(), i + 1));
+        requests.push((i + 1, parsed));
+    }
+    let mut out = BufWriter::new(
+        std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?,
+    );
+    let (mut tier1, mut tier2, mut errors) = (0usize, 0usize, 0usize);
+    let mut rule_forced = 0usize;
+    let started = Instant::now();
+    for chunk in requests.chunks(batch.max(1)) {
+        let mut valid = Vec::new();
+        let mut lines: Vec<Option<serde_json::Value>> = vec![None; chunk.len()];
+        for (k, (_, r)) in chunk.iter().enumerate() {
+            match r {
+                Err(e) => {
+                    lines[k] = Some(json!({"id": null, "error": "invalid_request", "message": e}));
+                    errors += 1;
+                }
+                Ok(req) => match validate(req, router.policy()) {
+                    Err(rej) => {
+                        lines[k] =
+                            Some(score_line(&req.id, Err((rej.code.as_str(), &rej.message))));
+                        errors += 1;
+                    }
+                    Ok(()) => valid.push((k, req.clone())),
+                },
+            }
+        }
+        let reqs: Vec<Request> = valid.iter().map(|(_, r)| r.clone()).collect();
+        let routed = router.route(&reqs).await;
+        for ((k, req), r) in valid.iter().zip(&routed) {
+            match r.decision.tier {
+                Tier::Small => tier1 += 1,
+                Tier::Large => tier2 += 1,
+            }
+            rule_forced += usize::from(r.decision.reasons.iter().any(|x| x.starts_with("rule:")));
+            lines[*k] = Some(score_line(&req.id, Ok(&r.decision)));
+        }
+        for line in lines.into_iter().flatten() {
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    let total = (tier1 + tier2).max(1) as f64;
+    println!(
+        "scored {} requests in {:.1} s: tier 1 {} ({:.1}%), tier 2 {} ({:.1}%; {} by rules), errors {}",
+        tier1 + tier2,
+        started.elapsed().as_secs_f64(),
+        tier1,
+        100.0 * tier1 as f64 / total,
+        tier2,
+        100.0 * tier2 as f64 / total,
+        rule_forced,
+        errors
+    );
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+/// Options of `calibrate`.
+#[derive(Debug, Clone)]
+pub struct CalibrateOptions {
+    /// Labelled JSONL.
+    pub input: PathBuf,
+    /// Choose the threshold for this tier-2 share instead of max accuracy.
+    pub target_share: Option<f64>,
+    /// Score with out-of-fold heads fitted on the file itself (honest
+    /// numbers on training data) instead of the configured head.
+    pub cv_folds: Option<usize>,
+    /// Seed of the folds.
+    pub seed: u64,
+    /// Only this many rows (a seeded sample), e.g. when self-rating is slow.
+    pub limit: Option<usize>,
+    /// Tier-2 price / tier-1 price.
+    pub price_ratio: f64,
+    /// Write the scores (id, embedding, llm, final) here.
+    pub scores_out: Option<PathBuf>,
+}
+
+/// `calibrate`: scores labelled data with the configured pipeline (rules,
+/// head or cross-validated head, self-rating if enabled), prints AUC, APGR,
+/// CPT and the threshold sweep, and the chosen threshold.
+pub async fn calibrate(
+    scorer: &Arc<Scorer>,
+    rater: Option<&Arc<dyn SelfRater>>,
+    rating_concurrency: usize,
+    opts: &CalibrateOptions,
+) -> anyhow::Result<()> {
+    let data = load_labelled(scorer, &opts.input)?;
+    let xs = embed_all(scorer.model(), &data.prepared)?;
+    let all_ys: Vec<bool> = data.outcomes.iter().map(|o| o.tier2).collect();
+    // Cross-validation uses every row, even when only a sample is reported.
+    let all_embedding: Vec<f64> = match opts.cv_folds {
+        Some(k) => {
+            let folds = stratified_folds(&all_ys, k, opts.seed);
+            cross_validated_scores(
+                &xs,
+                &all_ys,
+                &folds,
+                FitOptions {
+                    l2: scorer.head().l2,
+                    ..FitOptions::default()
+                },
+            )
+        }
+        None => xs.iter().map(|x| scorer.head().score(x)).collect(),
+    };
+    let mut idx: Vec<usize> = (0..data.rows.len()).collect();
+    if let Some(limit) = opts.limit.filter(|l| *l < data.rows.len()) {
+        let mut rng = triage_complexity::head::SplitMix64(opts.seed);
+        for i in (1..idx.len()).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            idx.swap(i, j);
+        }
+        idx.truncate(limit);
+        idx.sort_unstable();
+    }
+    let data = Labelled {
+        rows: idx.iter().map(|&i| data.rows[i].clone()).collect(),
+        outcomes: idx.iter().map(|&i| data.outcomes[i]).collect(),
+        prepared: idx.iter().map(|&i| data.prepared[i].clone()).collect(),
+    };
+    let embedding: Vec<f64> = idx.iter().map(|&i| all_embedding[i]).collect();
+    let ys: Vec<bool> = data.outcomes.iter().map(|o| o.tier2).collect();
+    let n = data.rows.len();
+    let llm: Vec<Option<f64>> = match rater {
+        None => vec![None; n],
+        Some(rater) => rate_all(rater, &data.prepared, rating_concurrency).await,
+    };
+    let blend = scorer.blend();
+    let finals: Vec<f64> = (0..n)
+        .map(|i| {
+            if data.prepared[i].rule.is_some() {
+                1.0
+            } else {
+                blend.combine(embedding[i], llm[i])
+            }
+        })
+        .collect();
+    let rule_forced = data.prepared.iter().filter(|p| p.rule.is_some()).count();
+    println!(
+        "{}: {} rows{}; head: {}; rules forced {} to tier 2; self-rating: {}",
+        opts.input.display(),
+        n,
+        if opts.limit.is_some() {
+            " (seeded sample)"
+        } else {
+            ""
+        },
+        match opts.cv_folds {
+            Some(k) => format!("{k}-fold cross-validated (l2={})", scorer.head().l2),
+            None => "configured weights (in-sample if trained on this file)".into(),
+        },
+        rule_forced,
+        match rater {
+            None => "off".to_string(),
+            Some(_) => format!(
+                "{} of {} rated",
+                llm.iter().filter(|l| l.is_some()).count(),
+                n
+            ),
+        }
+    );
+    println!(
+        "{}",
+        summary_line(
+            "embedding head alone",
+            &calibration::summarise(&embedding, &data.outcomes)
+        )
+    );
+    let ruled = with_rules(&embedding, &data.prepared);
+    println!(
+        "{}",
+        summary_line(
+            "head + rules",
+            &calibration::summarise(&ruled, &data.outcomes)
+        )
+    );
+    if rater.is_some() {
+        let llm_only: Vec<f64> = llm.iter().map(|l| l.unwrap_or(0.5)).collect();
+        println!(
+            "{}",
+            summary_line(
+                "self-rating alone",
+                &calibration::summarise(&llm_only, &data.outcomes)
+            )
+        );
+        let blended: Vec<f64> = (0..n)
+            .map(|i| blend.combine(embedding[i], llm[i]))
+            .collect();
+        println!(
+            "{}",
+            summary_line(
+                "head + self-rating",
+                &calibration::summarise(&blended, &data.outcomes)
+            )
+        );
+    }
+    let summary = calibration::summarise(&finals, &data.outcomes);
+    println!("{}", summary_line("final score (as configured)", &summary));
+    if let Some(curve) = PgrCurve::new(&finals, &data.outcomes) {
+        println!(
+            "quality: all tier 1 {:.1}%, all tier 2 {:.1}%",
+            100.0 * curve.quality_small,
+            100.0 * curve.quality_large
+        );
+    }
+
+    let mut thresholds: Vec<f64> = (0..=20).map(|i| f64::from(i) * 0.05).collect();
+    let chosen_acc = calibration::threshold_max_accuracy(&finals, &data.outcomes);
+    thresholds.push(chosen_acc);
+    let chosen_share = opts
+        .target_share
+        .map(|s| calibration::threshold_for_share(&finals, s));
+    thresholds.extend(chosen_share);
+    thresholds.push(blend.threshold);
+    thresholds.sort_by(|a, b| a.total_cmp(b));
+    thresholds.dedup();
+    println!();
+    println!(
+        "threshold  tier2_share  accuracy  rel_cost(x{})  PGR",
+        opts.price_ratio
+    );
+    for row in calibration::sweep(&finals, &data.outcomes, &thresholds, opts.price_ratio) {
+        let mut mark = String::new();
+        if row.threshold == blend.threshold {
+            mark.push_str("  <- configured");
+        }
+        if row.threshold == chosen_acc {
+            mark.push_str("  <- max accuracy");
+        }
+        if Some(row.threshold) == chosen_share {
+            mark.push_str("  <- target share");
+        }
+        println!(
+            "{:>9.4}  {:>11.3}  {:>8.3}  {:>12.3}  {:>6}{}",
+            row.threshold,
+            row.tier2_share,
+            row.accuracy,
+            row.relative_cost,
+            row.pgr.map_or("n/a".into(), |p| format!("{p:.3}")),
+            mark
+        );
+    }
+    println!();
+    match chosen_share {
+        Some(t) => println!("threshold for tier-2 share {:.3}: {t:.4}", opts.target_share.unwrap_or_default()),
+        None if finals.iter().all(|s| *s < chosen_acc) => println!(
+            "threshold with the highest accuracy: {chosen_acc:.4}, above every score: all tier 1 is the most accurate here, so choose by --target-share instead"
+        ),
+        None => println!("threshold with the highest accuracy: {chosen_acc:.4}"),
+    }
+    if let Some(path) = &opts.scores_out {
+        let mut out = BufWriter::new(std::fs::File::create(path)?);
+        for i in 0..n {
+            serde_json::to_writer(
+                &mut out,
+                &json!({
+                    "id": data.rows[i].id,
+                    "embedding": embedding[i],
+                    "llm": llm[i],
+                    "rule": data.prepared[i].rule.as_ref().map(|r| r.rule.clone()),
+                    "score": finals[i],
+                    "label_tier": if ys[i] { 2 } else { 1 },
+                }),
+            )?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn rate_all(
+    rater: &Arc<dyn SelfRater>,
+    prepared: &[Prepared],
+    concurrency: usize,
+) -> Vec<Option<f64>> {
+    use futures::StreamExt;
+    let started = Instant::now();
+    let total = prepared.len();
+    let mut done = 0usize;
+    let mut results: Vec<(usize, Option<f64>)> = futures::stream::iter(prepared.iter().enumerate())
+        .map(|(i, p)| {
+            let rater = Arc::clone(rater);
+            let text = p.tokens.text.clone();
+            async move { (i, rater.rate(&text).await.ok()) }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .inspect(|_| {
+            done += 1;
+            eprint!(
+                "\rrated {done}/{total} ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            );
+        })
+        .collect()
+        .await;
+    eprintln!();
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, v)| v).collect()
+}

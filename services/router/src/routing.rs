@@ -1,0 +1,238 @@
+//! Routing a batch of valid requests: plan (overrides), score (truncation,
+//! rules, embedding in one model pass, self-rating concurrently), blend,
+//! shadow. The service and the offline `score` command both use this, so
+//! offline and live decisions agree.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::sync::Semaphore;
+use triage_complexity::prompt_text::text_to_score;
+use triage_complexity::scorer::{EmbeddingScore, LlmScore, Prepared, Scorer, Source};
+use triage_protocol::{Request, RoutingDecision};
+
+use crate::config::PolicyConfig;
+use crate::policy::{self, Plan};
+use crate::self_rating::SelfRater;
+
+/// What happened inside routing one request, for metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteInfo {
+    /// The embedding score came from the cache.
+    pub cache_hit: bool,
+    /// The static first stage settled it.
+    pub first_stage: bool,
+    /// It went through the transformer.
+    pub model: bool,
+    /// The self-rating failed, and how.
+    pub rating_failure: Option<&'static str>,
+    /// Scoring failed and the request fell back to tier 2.
+    pub router_failure: bool,
+}
+
+/// A routed request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed {
+    /// Where it goes and why.
+    pub decision: RoutingDecision,
+    /// How it was scored.
+    pub info: RouteInfo,
+}
+
+/// Routes requests. Cheap to share (`Arc` inside).
+#[derive(Clone)]
+pub struct Router {
+    scorer: Result<Arc<Scorer>, String>,
+    rater: Option<Arc<dyn SelfRater>>,
+    rating_slots: Arc<Semaphore>,
+    model_slots: Arc<Semaphore>,
+    policy: PolicyConfig,
+    score_timeout: Duration,
+}
+
+impl Router {
+    /// A router; `scorer` is the error text when the model could not be
+    /// loaded, in which case every scored request falls back to tier 2.
+    pub fn new(
+        scorer: Result<Arc<Scorer>, String>,
+        rater: Option<Arc<dyn SelfRater>>,
+        rating_concurrency: usize,
+        model_threads: usize,
+        policy: PolicyConfig,
+        score_timeout: Duration,
+    ) -> Self {
+        Self {
+            scorer,
+            rater,
+            rating_slots: Arc::new(Semaphore::new(rating_concurrency.max(1))),
+            model_slots: Arc::new(Semaphore::new(model_threads.max(1))),
+            policy,
+            score_timeout,
+        }
+    }
+
+    /// The scorer, when loaded.
+    pub fn scorer(&self) -> Option<&Arc<Scorer>> {
+        self.scorer.as_ref().ok()
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &PolicyConfig {
+        &self.policy
+    }
+
+    /// Routes valid requests (see [`crate::validation::validate`]); one
+    /// result per request, in order. Never fails: what cannot be scored goes
+    /// to tier 2 with `router_failure`.
+    pub async fn route(&self, requests: &[Request]) -> Vec<Routed> {
+        let mut out: Vec<Option<Routed>> = vec![None; requests.len()];
+        let mut to_score: Vec<(usize, String)> = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            match policy::plan(r, &self.policy) {
+                Plan::Fixed(d) => {
+                    out[i] = Some(Routed {
+                        decision: d,
+                        info: RouteInfo::default(),
+                    })
+                }
+                Plan::Score => to_score.push((i, text_to_score(&r.chat_messages()))),
+            }
+        }
+        if !to_score.is_empty() {
+            let texts: Vec<String> = to_score.iter().map(|(_, t)| t.clone()).collect();
+            let scored = self.score(texts).await;
+            for ((i, _), routed) in to_score.into_iter().zip(scored) {
+                out[i] = Some(routed);
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                let mut r = r.expect("every request routed");
+                r.decision = policy::apply_shadow(r.decision, &self.policy);
+                r
+            })
+            .collect()
+    }
+
+    async fn score(&self, texts: Vec<String>) -> Vec<Routed> {
+        let failure = |why: String| Routed {
+            decision: policy::router_failure(&why),
+            info: RouteInfo {
+                router_failure: true,
+                ..RouteInfo::default()
+            },
+        };
+        let scorer = match &self.scorer {
+            Ok(s) => Arc::clone(s),
+            Err(e) => {
+                return texts
+                    .iter()
+                    .map(|_| failure(format!("model unavailable: {e}")))
+                    .collect()
+            }
+        };
+        let n = texts.len();
+        // Truncation, rules and the model pass are CPU work: off the async
+        // threads, one pass at a time (a pass already uses every core).
+        let permit = self.model_slots.clone().acquire_owned().await;
+        let blocking_scorer = Arc::clone(&scorer);
+        let work = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let prepared: Vec<Result<Prepared, String>> = texts
+                .iter()
+                .map(|t| blocking_scorer.prepare(t).map_err(|e| e.to_string()))
+                .collect();
+            let ok: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+            let scores = blocking_scorer
+                .embedding_scores(&ok)
+                .map_err(|e| e.to_string());
+            (prepared, scores)
+        });
+        let (prepared, scores) = match tokio::time::timeout(self.score_timeout, work).await {
+            Err(_) => {
+                return (0..n)
+                    .map(|_| failure("scoring timed out".into()))
+                    .collect()
+            }
+            Ok(Err(join)) if join.is_panic() => {
+                return (0..n).map(|_| failure("scoring panicked".into())).collect()
+            }
+            Ok(Err(join)) => {
+                return (0..n)
+                    .map(|_| failure(format!("scoring task: {join}")))
+                    .collect()
+            }
+            Ok(Ok((_, Err(e)))) => {
+                return (0..n).map(|_| failure(format!("embedding: {e}"))).collect()
+            }
+            Ok(Ok((prepared, Ok(scores)))) => (prepared, scores),
+        };
+        let mut scores = scores.into_iter();
+        let items: Vec<Result<(Prepared, Option<EmbeddingScore>), String>> = prepared
+            .into_iter()
+            .map(|p| p.map(|p| (p, scores.next().flatten())))
+            .collect();
+        let scorer_ref: &Scorer = &scorer;
+        let ratings = join_all(items.iter().map(|item| async move {
+            match item {
+                Ok((p, Some(e))) => self.rate(scorer_ref, p, e).await,
+                _ => LlmScore::Off,
+            }
+        }))
+        .await;
+        items
+            .into_iter()
+            .zip(ratings)
+            .map(|(item, llm)| match item {
+                Err(e) => failure(format!("truncation: {e}")),
+                Ok((p, e)) => {
+                    let decision = scorer.decide(&p, e.as_ref(), &llm);
+                    Routed {
+                        decision: policy::scored(decision, scorer.blend().threshold),
+                        info: RouteInfo {
+                            cache_hit: e.is_some_and(|e| e.cached),
+                            first_stage: e.is_some_and(|e| e.source == Source::FirstStage),
+                            model: e.is_some_and(|e| e.source == Source::Model && !e.cached),
+                            rating_failure: match llm {
+                                LlmScore::Failed(_) => rating_failure_kind(&llm),
+                                _ => None,
+                            },
+                            router_failure: false,
+                        },
+                    }
+                }
+            })
+            .collect()
+    }
+
+    async fn rate(&self, scorer: &Scorer, p: &Prepared, e: &EmbeddingScore) -> LlmScore {
+        let Some(rater) = &self.rater else {
+            return LlmScore::Off;
+        };
+        if let Some(v) = e.cached_llm {
+            return LlmScore::Score(v);
+        }
+        let Ok(_permit) = self.rating_slots.acquire().await else {
+            return LlmScore::Failed("error".into());
+        };
+        match rater.rate(&p.tokens.text).await {
+            Ok(v) => {
+                scorer.remember_llm(p, e, v);
+                LlmScore::Score(v)
+            }
+            Err(err) => LlmScore::Failed(err.kind().to_string()),
+        }
+    }
+}
+
+fn rating_failure_kind(llm: &LlmScore) -> Option<&'static str> {
+    match llm {
+        LlmScore::Failed(k) => Some(match k.as_str() {
+            "timeout" => "timeout",
+            "unparsable" => "unparsable",
+            _ => "error",
+        }),
+        _ => None,
+    }
+}

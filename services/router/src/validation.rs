@@ -1,0 +1,142 @@
+//! Checks a request before it is scored. Each failure is an error reply
+//! with a specific code; the message is not retried.
+
+use triage_protocol::{ErrorCode, Request};
+
+use crate::config::PolicyConfig;
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The code the client receives.
+    pub code: ErrorCode,
+    /// What to fix.
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Validates `request`, in order: text present, size, `n` with `stream`,
+/// tier override.
+pub fn validate(request: &Request, policy: &PolicyConfig) -> Result<(), Rejection> {
+    let has_text = request
+        .chat_messages()
+        .iter()
+        .any(|m| !m.content.trim().is_empty());
+    if !has_text {
+        return Err(Rejection::new(
+            ErrorCode::EmptyPrompt,
+            "the request has no prompt text: set `prompt` or `messages` with non-empty content",
+        ));
+    }
+    let bytes = request.input_bytes();
+    if bytes > policy.max_prompt_bytes {
+        return Err(Rejection::new(
+            ErrorCode::PromptTooLarge,
+            format!(
+                "the prompt is {bytes} bytes; this deployment accepts at most {}",
+                policy.max_prompt_bytes
+            ),
+        ));
+    }
+    if request.n > 1 && request.stream {
+        return Err(Rejection::new(
+            ErrorCode::UnsupportedNWithStream,
+            format!(
+                "n = {} with stream = true is not supported (vLLM before 0.6.2 hangs on it); use n = 1 or stream = false",
+                request.n
+            ),
+        ));
+    }
+    match request.tier {
+        None => {}
+        Some(t) if !matches!(t, 1 | 2) => {
+            return Err(Rejection::new(
+                ErrorCode::InvalidTier,
+                format!("tier must be 1 or 2, got {t}"),
+            ));
+        }
+        Some(t) if !policy.allow_tier_override => {
+            return Err(Rejection::new(
+                ErrorCode::InvalidTier,
+                format!("this deployment does not allow choosing the tier (got tier {t}); leave `tier` unset"),
+            ));
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use triage_protocol::ChatMessage;
+
+    fn check(r: &Request) -> Option<ErrorCode> {
+        validate(r, &PolicyConfig::default()).err().map(|e| e.code)
+    }
+
+    #[test]
+    fn accepts_a_normal_request() {
+        assert_eq!(check(&Request::from_prompt("hello")), None);
+    }
+
+    #[test]
+    fn empty_prompt() {
+        assert_eq!(check(&Request::default()), Some(ErrorCode::EmptyPrompt));
+        assert_eq!(
+            check(&Request::from_prompt("  \n")),
+            Some(ErrorCode::EmptyPrompt)
+        );
+        let r = Request {
+            messages: Some(vec![ChatMessage::user("")]),
+            ..Request::default()
+        };
+        assert_eq!(check(&r), Some(ErrorCode::EmptyPrompt));
+    }
+
+    #[test]
+    fn prompt_too_large() {
+        let policy = PolicyConfig {
+            max_prompt_bytes: 10,
+            ..PolicyConfig::default()
+        };
+        let err = validate(&Request::from_prompt("x".repeat(11)), &policy).unwrap_err();
+        assert_eq!(err.code, ErrorCode::PromptTooLarge);
+        assert!(err.message.contains("11 bytes"));
+        assert!(validate(&Request::from_prompt("x".repeat(10)), &policy).is_ok());
+    }
+
+    #[test]
+    fn n_with_stream() {
+        let mut r = Request::from_prompt("hi");
+        r.n = 2;
+        assert_eq!(check(&r), Some(ErrorCode::UnsupportedNWithStream));
+        r.stream = false;
+        assert_eq!(check(&r), None);
+    }
+
+    #[test]
+    fn invalid_or_forbidden_tier() {
+        let mut r = Request::from_prompt("hi");
+        r.tier = Some(3);
+        assert_eq!(check(&r), Some(ErrorCode::InvalidTier));
+        r.tier = Some(1);
+        assert_eq!(check(&r), None);
+        let strict = PolicyConfig {
+            allow_tier_override: false,
+            ..PolicyConfig::default()
+        };
+        assert_eq!(
+            validate(&r, &strict).unwrap_err().code,
+            ErrorCode::InvalidTier
+        );
+    }
+}

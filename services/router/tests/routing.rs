@@ -1,0 +1,177 @@
+//! Routing with the real model, without NATS: determinism, rules, the
+//! self-rating blend and its fallback, failures, overrides and shadow mode.
+//! Needs all-MiniLM-L6-v2 in $TRIAGE_CACHE (the set-up fetches it).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use triage_complexity::scorer::{Scorer, ScorerConfig};
+use triage_complexity::ModelFiles;
+use triage_protocol::{Request, Tier};
+use triage_router::config::PolicyConfig;
+use triage_router::self_rating::{RatingError, RatingFuture, SelfRater};
+use triage_router::Router;
+
+fn scorer() -> Arc<Scorer> {
+    static SCORER: OnceLock<Arc<Scorer>> = OnceLock::new();
+    SCORER
+        .get_or_init(|| {
+            if let Err(e) = ModelFiles::default_minilm().check() {
+                panic!("{e}");
+            }
+            Arc::new(Scorer::new(ScorerConfig::default()).unwrap())
+        })
+        .clone()
+}
+
+struct Fixed(Result<f64, RatingError>);
+
+impl SelfRater for Fixed {
+    fn rate<'a>(&'a self, _text: &'a str) -> RatingFuture<'a> {
+        let r = self.0.clone();
+        Box::pin(async move { r })
+    }
+}
+
+fn router(rater: Option<Arc<dyn SelfRater>>, policy: PolicyConfig) -> Router {
+    Router::new(Ok(scorer()), rater, 4, 1, policy, Duration::from_secs(60))
+}
+
+const PLAIN: &str = "Why does warmth make you feel tired?";
+
+#[tokio::test]
+async fn same_request_same_score_bit_for_bit_whatever_the_batch() {
+    let r = router(None, PolicyConfig::default());
+    let alone = r.route(&[Request::from_prompt(PLAIN)]).await.remove(0);
+    let batch: Vec<Request> = [
+        "Write a limerick about a cat.",
+        PLAIN,
+        "Summarise the causes of the French Revolution in three paragraphs, citing the economic crisis, Enlightenment ideas and the fiscal policies of Louis XVI.",
+    ]
+    .iter()
+    .map(|p| Request::from_prompt(*p))
+    .collect();
+    // A fresh router: no cache to hide a difference.
+    let fresh = Router::new(
+        Ok(Arc::new(Scorer::new(ScorerConfig::default()).unwrap())),
+        None,
+        4,
+        1,
+        PolicyConfig::default(),
+        Duration::from_secs(60),
+    );
+    let in_batch = fresh.route(&batch).await.remove(1);
+    assert_eq!(
+        alone.decision.score.to_bits(),
+        in_batch.decision.score.to_bits()
+    );
+    assert_eq!(alone.decision.reasons, in_batch.decision.reasons);
+    // Repeated: served from the cache, still the same.
+    let again = r.route(&[Request::from_prompt(PLAIN)]).await.remove(0);
+    assert!(again.info.cache_hit);
+    assert_eq!(again.decision, alone.decision);
+}
+
+#[tokio::test]
+async fn rules_force_tier2_before_the_model() {
+    let r = router(None, PolicyConfig::default());
+    let out = r
+        .route(&[Request::from_prompt("Fix this:\n```\nfn main() {}\n```")])
+        .await
+        .remove(0);
+    assert_eq!(out.decision.tier, Tier::Large);
+    assert_eq!(out.decision.reasons, vec!["rule:code_fence"]);
+    assert!(!out.info.model);
+}
+
+/// A router on its own scorer without a cache, so one test's ratings are
+/// not served to another.
+fn uncached(rater: Option<Arc<dyn SelfRater>>) -> Router {
+    let scorer = Scorer::new(ScorerConfig {
+        cache_capacity: 0,
+        ..ScorerConfig::default()
+    })
+    .unwrap();
+    Router::new(
+        Ok(Arc::new(scorer)),
+        rater,
+        4,
+        1,
+        PolicyConfig::default(),
+        Duration::from_secs(60),
+    )
+}
+
+#[tokio::test]
+async fn self_rating_is_blended_and_its_failure_falls_back() {
+    let alone = uncached(None)
+        .route(&[Request::from_prompt(PLAIN)])
+        .await
+        .remove(0);
+    let e = alone.decision.score;
+    let rated = uncached(Some(Arc::new(Fixed(Ok(0.9)))))
+        .route(&[Request::from_prompt(PLAIN)])
+        .await
+        .remove(0);
+    assert!((rated.decision.score - (0.6 * e + 0.4 * 0.9)).abs() < 1e-12);
+    assert!(rated.decision.reasons.contains(&"llm=0.90".to_string()));
+    let failed = router(
+        Some(Arc::new(Fixed(Err(RatingError::Timeout)))),
+        PolicyConfig::default(),
+    )
+    .route(&[Request::from_prompt(PLAIN)])
+    .await
+    .remove(0);
+    assert_eq!(
+        failed.decision.score.to_bits(),
+        e.to_bits(),
+        "embedding alone"
+    );
+    assert!(failed
+        .decision
+        .reasons
+        .contains(&"llm_failed:timeout".to_string()));
+    assert_eq!(failed.info.rating_failure, Some("timeout"));
+}
+
+#[tokio::test]
+async fn missing_model_routes_to_tier2_as_router_failure() {
+    let r = Router::new(
+        Err("model file missing".into()),
+        None,
+        4,
+        1,
+        PolicyConfig::default(),
+        Duration::from_secs(1),
+    );
+    let out = r.route(&[Request::from_prompt(PLAIN)]).await.remove(0);
+    assert_eq!(out.decision.tier, Tier::Large);
+    assert_eq!(out.decision.reasons[0], "router_failure");
+    assert!(out.info.router_failure);
+}
+
+#[tokio::test]
+async fn overrides_and_shadow_mode() {
+    let mut policy = PolicyConfig::default();
+    policy.tenant_tiers.insert("pinned".into(), 2);
+    let r = router(None, policy.clone());
+    let mut explicit = Request::from_prompt(PLAIN);
+    explicit.tier = Some(1);
+    let mut pinned = Request::from_prompt(PLAIN);
+    pinned.tenant = Some("pinned".into());
+    let out = r.route(&[explicit, pinned]).await;
+    assert_eq!(out[0].decision.tier, Tier::Small);
+    assert_eq!(out[0].decision.reasons, vec!["override:1"]);
+    assert_eq!(out[1].decision.tier, Tier::Large);
+    assert_eq!(out[1].decision.reasons, vec!["tenant_pin:2"]);
+
+    policy.shadow = true;
+    policy.shadow_default_tier = 2;
+    let shadow = router(None, policy)
+        .route(&[Request::from_prompt(PLAIN)])
+        .await
+        .remove(0);
+    assert_eq!(shadow.decision.tier, Tier::Large);
+    assert!(shadow.decision.shadow);
+    assert!(shadow.decision.shadow_tier.is_some());
+}

@@ -1,0 +1,541 @@
+//! The router service over the real NATS JetStream (TRIAGE_NATS_URL,
+//! default nats://127.0.0.1:4222), with the vLLM simulator as the
+//! self-rating model and the real MiniLM model (from $TRIAGE_CACHE).
+//!
+//! Each test uses its own subject prefix and deletes its streams.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use triage_bus::{NatsConfig, StreamsConfig, TriageClient};
+use triage_complexity::scorer::{Scorer, ScorerConfig};
+use triage_complexity::ModelFiles;
+use triage_protocol::{
+    decode, encode, headers, Encoding, ErrorCode, Namespace, Reply, Request, RoutedRequest,
+    StreamKind, Tier,
+};
+use triage_router::config::RouterConfig;
+use triage_router::metrics::RouterMetrics;
+use triage_router::{service, Router};
+use triage_vllm_sim::{FaultConfig, SimConfig};
+
+fn nats_url() -> String {
+    std::env::var("TRIAGE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// One scorer for all tests (loading the model takes a moment).
+fn scorer() -> Arc<Scorer> {
+    static SCORER: OnceLock<Arc<Scorer>> = OnceLock::new();
+    SCORER
+        .get_or_init(|| {
+            if let Err(e) = ModelFiles::default_minilm().check() {
+                panic!("{e}");
+            }
+            Arc::new(Scorer::new(ScorerConfig::default()).unwrap())
+        })
+        .clone()
+}
+
+struct Env {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    ns: Namespace,
+    config: RouterConfig,
+}
+
+impl Env {
+    async fn new() -> Self {
+        let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
+        let client = async_nats::connect(nats_url())
+            .await
+            .unwrap_or_else(|e| panic!("NATS at {} is needed: {e}", nats_url()));
+        let mut config = RouterConfig {
+            nats: NatsConfig {
+                url: nats_url(),
+                prefix: prefix.clone(),
+                streams: StreamsConfig::small(),
+                ..NatsConfig::default()
+            },
+            ..RouterConfig::default()
+        };
+        config.consumer.settings.ack_wait = Duration::from_secs(2);
+        config.batching.max_wait = Duration::from_millis(2);
+        Self {
+            js: jetstream::new(client.clone()),
+            client,
+            ns: Namespace::new(prefix).unwrap(),
+            config,
+        }
+    }
+
+    /// Starts a router with `config` in-process; returns its stop token and task.
+    async fn start(
+        &self,
+        config: &RouterConfig,
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let rater = if config.self_rating.enabled {
+            let r: Arc<dyn triage_router::self_rating::SelfRater> = Arc::new(
+                triage_router::self_rating::LlmSelfRater::new(&config.self_rating).unwrap(),
+            );
+            Some(r)
+        } else {
+            None
+        };
+        let router = Router::new(
+            Ok(scorer()),
+            rater,
+            config.self_rating.max_concurrency,
+            1,
+            config.policy.clone(),
+            Duration::from_secs(30),
+        );
+        let mut registry = Registry::default();
+        let metrics = Arc::new(RouterMetrics::register(&mut registry));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(service::serve(
+            self.client.clone(),
+            config.clone(),
+            router,
+            metrics,
+            shutdown.clone(),
+        ));
+        // Ready when its consumer exists.
+        for _ in 0..200 {
+            if let Ok(s) = self
+                .js
+                .get_stream(self.ns.stream_name(StreamKind::Requests))
+                .await
+            {
+                if s.consumer_info(self.ns.consumer("router")).await.is_ok() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        (shutdown, task)
+    }
+
+    async fn publish(&self, request: &Request) {
+        self.js
+            .publish(
+                self.ns.requests(),
+                encode(Encoding::MsgPack, request).into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// Messages in a tier stream now.
+    async fn count(&self, tier: Tier) -> usize {
+        let name = self.ns.stream_name(Namespace::tier_stream(tier));
+        let mut stream = self.js.get_stream(&name).await.unwrap();
+        stream.info().await.unwrap().state.messages as usize
+    }
+
+    /// Everything routed to either tier, once at least `expect` messages are
+    /// there (or after a minute).
+    async fn all_routed(&self, expect: usize) -> Vec<RoutedRequest> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.count(Tier::Small).await + self.count(Tier::Large).await < expect
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut all = self.routed(Tier::Small).await;
+        all.extend(self.routed(Tier::Large).await);
+        all
+    }
+
+    /// Everything in a tier stream, read by sequence (a work-queue stream
+    /// admits no second consumer, and nothing here removes messages).
+    async fn routed(&self, tier: Tier) -> Vec<RoutedRequest> {
+        let name = self.ns.stream_name(Namespace::tier_stream(tier));
+        let mut stream = self.js.get_stream(&name).await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        let mut out = Vec::new();
+        if state.messages == 0 {
+            return out;
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                let ct = m.headers.get(headers::CONTENT_TYPE).map(|v| v.as_str());
+                out.push(decode(Encoding::from_content_type(ct), &m.payload).unwrap());
+            }
+        }
+        out
+    }
+
+    async fn cleanup(self) {
+        for kind in StreamKind::ALL {
+            let _ = self.js.delete_stream(self.ns.stream_name(kind)).await;
+        }
+        let _ = self.js.delete_key_value(self.ns.finished_bucket()).await;
+    }
+}
+
+fn request(id: &str, prompt: &str) -> Request {
+    let mut r = Request::from_prompt(prompt);
+    r.id = id.into();
+    r
+}
+
+const PLAIN: [&str; 4] = [
+    "Why does warmth make you feel tired?",
+    "Write a short poem about the sea at night.",
+    "What are the main differences between a crocodile and an alligator?",
+    "Give me three tips for a job interview.",
+];
+
+#[tokio::test]
+async fn routes_a_mixed_set_like_the_offline_scorer() {
+    let env = Env::new().await;
+    let mut config = env.config.clone();
+    config.policy.tenant_tiers.insert("pinned-small".into(), 1);
+    let (stop, task) = env.start(&config).await;
+
+    let mut sent = Vec::new();
+    for (i, p) in PLAIN.iter().enumerate() {
+        sent.push(request(&format!("plain-{i}"), p));
+    }
+    sent.push(request(
+        "fence",
+        "Why does this fail?\n```\nlet x: u8 = 256;\n```",
+    ));
+    sent.push(request("math", "Solve 3x + 2 = 11 for x."));
+    let mut explicit = request("explicit", "Prove that there are infinitely many primes.");
+    explicit.tier = Some(1);
+    sent.push(explicit);
+    let mut pinned = request("pinned", "Explain quantum chromodynamics in depth.");
+    pinned.tenant = Some("pinned-small".into());
+    sent.push(pinned);
+    // JSON is accepted too and answered in JSON.
+    let json_req = request("json", PLAIN[0]);
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(headers::CONTENT_TYPE, headers::JSON_MIME);
+    for r in &sent {
+        env.publish(r).await;
+    }
+    env.js
+        .publish_with_headers(
+            env.ns.requests(),
+            h,
+            encode(Encoding::Json, &json_req).into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let offline = Router::new(
+        Ok(scorer()),
+        None,
+        1,
+        1,
+        config.policy.clone(),
+        Duration::from_secs(30),
+    );
+    let expected = offline.route(&sent).await;
+    let total = sent.len() + 1;
+    let got = env.all_routed(total).await;
+    assert_eq!(got.len(), total, "every request routed once");
+    for (r, e) in sent.iter().zip(&expected) {
+        let live = got.iter().find(|g| g.request.id == r.id).unwrap();
+        assert_eq!(live.routing.tier, e.decision.tier, "{}", r.id);
+        assert_eq!(
+            live.routing.score.to_bits(),
+            e.decision.score.to_bits(),
+            "{}",
+            r.id
+        );
+        assert_eq!(live.routing.reasons, e.decision.reasons, "{}", r.id);
+    }
+    let by_id = |id: &str| {
+        got.iter()
+            .find(|g| g.request.id == id)
+            .unwrap()
+            .routing
+            .clone()
+    };
+    assert_eq!(by_id("fence").tier, Tier::Large);
+    assert_eq!(by_id("fence").reasons, vec!["rule:code_fence"]);
+    assert_eq!(by_id("math").reasons, vec!["rule:math"]);
+    assert_eq!(by_id("explicit").tier, Tier::Small);
+    assert_eq!(by_id("pinned").tier, Tier::Small);
+    assert!(by_id("plain-0").reasons[0].starts_with("embedding="));
+    assert_eq!(
+        by_id("json").score.to_bits(),
+        by_id("plain-0").score.to_bits()
+    );
+
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn validation_errors_are_answered_and_undecodable_messages_dead_lettered() {
+    let env = Env::new().await;
+    let mut config = env.config.clone();
+    config.policy.max_prompt_bytes = 1000;
+    let (stop, task) = env.start(&config).await;
+    let client = TriageClient::new(env.client.clone(), env.ns.clone());
+
+    let mut n_stream = Request::from_prompt("hi");
+    n_stream.n = 2;
+    n_stream.stream = true;
+    let mut bad_tier = Request::from_prompt("hi");
+    bad_tier.tier = Some(7);
+    let cases = [
+        (Request::from_prompt("   "), ErrorCode::EmptyPrompt),
+        (
+            Request::from_prompt("x".repeat(1001)),
+            ErrorCode::PromptTooLarge,
+        ),
+        (n_stream, ErrorCode::UnsupportedNWithStream),
+        (bad_tier, ErrorCode::InvalidTier),
+    ];
+    for (req, code) in cases {
+        let mut replies = client.submit(req, Duration::from_secs(20)).await.unwrap();
+        match replies.next().await {
+            Some(Ok(Reply::Error(e))) => {
+                assert_eq!(e.code, code);
+                assert!(!e.message.is_empty());
+            }
+            other => panic!("expected {code} error, got {other:?}"),
+        }
+    }
+
+    // Garbage with a reply subject in the header: error reply + dead letter.
+    let inbox = env.client.new_inbox();
+    let mut sub = env.client.subscribe(inbox.clone()).await.unwrap();
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(headers::REPLY_TO, inbox.as_str());
+    env.js
+        .publish_with_headers(
+            env.ns.requests(),
+            h,
+            bytes::Bytes::from_static(b"\xc1not msgpack"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(20), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    match decode::<Reply>(Encoding::MsgPack, &m.payload).unwrap() {
+        Reply::Error(e) => assert_eq!(e.code, ErrorCode::InvalidRequest),
+        other => panic!("{other:?}"),
+    }
+    // And without any reply subject: only the dead letter.
+    env.js
+        .publish(
+            env.ns.requests(),
+            bytes::Bytes::from_static(b"{not json either"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let dead = env
+        .js
+        .get_stream(env.ns.stream_name(StreamKind::Dead))
+        .await
+        .unwrap();
+    let mut count = 0;
+    for _ in 0..200 {
+        count = dead.cached_info().state.messages;
+        let mut d = env
+            .js
+            .get_stream(env.ns.stream_name(StreamKind::Dead))
+            .await
+            .unwrap();
+        count = count.max(d.info().await.unwrap().state.messages);
+        if count >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count, 2);
+    let first = dead.get_raw_message(1).await.unwrap();
+    let reason = first
+        .headers
+        .get(headers::DEAD_REASON)
+        .unwrap()
+        .as_str()
+        .to_string();
+    assert!(reason.contains("malformed"), "{reason}");
+    assert_eq!(
+        first.headers.get(headers::DEAD_CODE).unwrap().as_str(),
+        "invalid_request"
+    );
+    // Nothing was routed.
+    assert!(env.all_routed(0).await.is_empty());
+
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn self_rating_failure_falls_back_to_the_embedding() {
+    let env = Env::new().await;
+    // The simulator answers with words, never a number: unparsable.
+    let sim = triage_vllm_sim::spawn(SimConfig::instant("router-rater", 2))
+        .await
+        .unwrap();
+    let mut config = env.config.clone();
+    config.self_rating.enabled = true;
+    config.self_rating.backend.base_url = sim.url().to_string();
+    config.self_rating.model = Some("router-rater".into());
+    config.self_rating.timeout = Duration::from_millis(500);
+    config.scoring.cache_capacity = 0;
+    let (stop, task) = env.start(&config).await;
+
+    env.publish(&request("unparsable", PLAIN[1])).await;
+    assert_eq!(env.all_routed(1).await.len(), 1);
+    // Then the server fails outright, then it hangs past the timeout.
+    sim.set_faults(FaultConfig::always_error(503)).unwrap();
+    env.publish(&request("error", PLAIN[1])).await;
+    assert_eq!(env.all_routed(2).await.len(), 2);
+    sim.set_faults(FaultConfig {
+        hang_rate: 1.0,
+        hang_ms: 5_000,
+        ..FaultConfig::none()
+    })
+    .unwrap();
+    env.publish(&request("timeout", PLAIN[1])).await;
+    let all = env.all_routed(3).await;
+    assert_eq!(all.len(), 3);
+    let alone = Router::new(
+        Ok(scorer()),
+        None,
+        1,
+        1,
+        config.policy.clone(),
+        Duration::from_secs(30),
+    )
+    .route(&[request("x", PLAIN[1])])
+    .await
+    .remove(0);
+    for (id, kind) in [
+        ("unparsable", "unparsable"),
+        ("error", "error"),
+        ("timeout", "timeout"),
+    ] {
+        let r = all.iter().find(|r| r.request.id == id).unwrap();
+        assert!(
+            r.routing.reasons.contains(&format!("llm_failed:{kind}")),
+            "{id}: {:?}",
+            r.routing.reasons
+        );
+        assert_eq!(
+            r.routing.score.to_bits(),
+            alone.decision.score.to_bits(),
+            "{id}: embedding alone"
+        );
+        assert_eq!(r.routing.tier, alone.decision.tier);
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    sim.shutdown(Duration::from_secs(1)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn shadow_mode_sends_everything_to_the_default_tier() {
+    let env = Env::new().await;
+    let mut config = env.config.clone();
+    config.policy.shadow = true;
+    config.policy.shadow_default_tier = 2;
+    let (stop, task) = env.start(&config).await;
+    for (i, p) in PLAIN.iter().enumerate() {
+        env.publish(&request(&format!("s{i}"), p)).await;
+    }
+    let got = env.all_routed(PLAIN.len()).await;
+    assert_eq!(got.len(), PLAIN.len());
+    assert!(got.iter().all(|g| g.routing.tier == Tier::Large));
+    assert_eq!(env.count(Tier::Small).await, 0);
+    let offline = Router::new(
+        Ok(scorer()),
+        None,
+        1,
+        1,
+        env.config.policy.clone(),
+        Duration::from_secs(30),
+    );
+    for g in &got {
+        assert!(g.routing.shadow);
+        let i: usize = g.request.id[1..].parse().unwrap();
+        let decided = offline.route(&[request("x", PLAIN[i])]).await.remove(0);
+        assert_eq!(
+            g.routing.shadow_tier,
+            Some(decided.decision.tier),
+            "recorded decision"
+        );
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_router_killed_mid_load_loses_no_request() {
+    let env = Env::new().await;
+    let config = env.config.clone();
+    let (_stop, task) = env.start(&config).await;
+    let total = 120;
+    let ids: BTreeSet<String> = (0..total).map(|i| format!("load-{i:03}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        // Distinct texts so nothing is served from the cache.
+        env.publish(&request(
+            id,
+            &format!("{} (variant {i})", PLAIN[i % PLAIN.len()]),
+        ))
+        .await;
+    }
+    // Kill the first router abruptly once some work is done: no draining,
+    // acks and republishes in flight are simply cut.
+    for _ in 0..400 {
+        if env.count(Tier::Small).await + env.count(Tier::Large).await >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    // A new replica takes over; what the first had pulled comes back
+    // after ack_wait.
+    let (stop, task) = env.start(&config).await;
+    let got = env.all_routed(total).await;
+    let seen: BTreeSet<String> = got.iter().map(|r| r.request.id.clone()).collect();
+    assert_eq!(seen, ids, "every request routed");
+    assert_eq!(got.len(), total, "and none twice (republish de-duplicated)");
+    // The request stream is empty: everything acked.
+    let mut req = env
+        .js
+        .get_stream(env.ns.stream_name(StreamKind::Requests))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if req.info().await.unwrap().state.messages == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(req.info().await.unwrap().state.messages, 0);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    env.cleanup().await;
+}
