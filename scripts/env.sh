@@ -18,6 +18,8 @@ export TRIAGE_NATS_URL=${TRIAGE_NATS_URL:-nats://127.0.0.1:4222}
 export TRIAGE_DATABASE_URL=${TRIAGE_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/triage}
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$TRIAGE_CACHE/target}
+# CI builds each clone once: incremental state would only fill the disk.
+[[ -n ${CI:-} ]] && export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 
 # The local model servers standing in for the two vLLM tiers.
