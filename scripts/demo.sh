@@ -20,7 +20,7 @@ set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
-keep=0 setup=1 max_tokens=48 sample= baseline=()
+keep=0 setup=1 max_tokens=48 sample='' baseline=()
 export TRIAGE_BACKEND=llama
 while (($#)); do
     case $1 in
