@@ -63,6 +63,26 @@ pub struct Window {
     pub tiers: [WindowTier; 2],
 }
 
+impl WindowTier {
+    fn add(&mut self, other: &WindowTier) {
+        self.requests += other.requests;
+        self.cost += other.cost;
+        self.baseline_cost += other.baseline_cost;
+        self.ttft_ms_sum += other.ttft_ms_sum;
+        self.ttft_count += other.ttft_count;
+        self.total_ms_sum += other.total_ms_sum;
+    }
+}
+
+/// Whether the minute bucket starting at `minute` counts in the window of
+/// `length` ending at `now`: buckets that start after `now - length`.
+pub fn in_window(minute: DateTime<Utc>, now: DateTime<Utc>, length: Duration) -> bool {
+    let Ok(length) = ChronoDuration::from_std(length) else {
+        return true;
+    };
+    minute > now - length && minute <= now
+}
+
 impl Window {
     /// Share of attempts that ran on tier 2, `None` without traffic.
     pub fn tier2_share(&self) -> Option<f64> {
@@ -243,15 +263,17 @@ pub mod sql {
         sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens,
         sum(cost) AS cost, sum(baseline_cost) AS baseline_cost
         FROM usage_totals GROUP BY tier, tenant, status";
-    /// Per window and tier, over minute buckets: `$1` now, `$2` window
-    /// lengths in seconds.
-    pub const WINDOWS: &str = "SELECT w.secs, m.tier, sum(m.requests)::bigint AS requests,
-        sum(m.cost) AS cost, sum(m.baseline_cost) AS baseline_cost,
-        sum(m.ttft_ms_sum) AS ttft_ms_sum, sum(m.ttft_count)::bigint AS ttft_count,
-        sum(m.total_ms_sum) AS total_ms_sum
-        FROM unnest($2::int8[]) AS w(secs)
-        JOIN usage_minute m ON m.minute > $1 - make_interval(secs => w.secs) AND m.minute <= $1
-        GROUP BY w.secs, m.tier";
+    /// Per minute and tier over the longest window: `$1` now, `$2` the
+    /// longest window in seconds. One index range scan; the windows are
+    /// summed from these rows (a join with the window list made the planner
+    /// scan the whole table).
+    pub const WINDOWS: &str = "SELECT minute, tier, sum(requests)::bigint AS requests,
+        sum(cost) AS cost, sum(baseline_cost) AS baseline_cost,
+        sum(ttft_ms_sum) AS ttft_ms_sum, sum(ttft_count)::bigint AS ttft_count,
+        sum(total_ms_sum) AS total_ms_sum
+        FROM usage_minute
+        WHERE minute > $1 - make_interval(secs => $2) AND minute <= $1
+        GROUP BY minute, tier";
     /// Spend per UTC day and tier from midnight up to the current time of
     /// day, today and the trailing days: `$1` now, `$2` today's midnight,
     /// `$3` trailing days.
@@ -291,11 +313,11 @@ impl LedgerSnapshot {
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let totals = fold_tenants(totals, options.max_tenants);
 
-        let secs: Vec<i64> = options
+        let longest = options
             .windows
             .iter()
-            .map(|(_, d)| d.as_secs() as i64)
-            .collect();
+            .map(|(_, d)| d.as_secs_f64())
+            .fold(0.0, f64::max);
         let mut windows: Vec<Window> = options
             .windows
             .iter()
@@ -307,26 +329,26 @@ impl LedgerSnapshot {
             .collect();
         for r in sqlx::query(sql::WINDOWS)
             .bind(now)
-            .bind(&secs)
+            .bind(longest)
             .fetch_all(pool)
             .await?
         {
-            let s: i64 = r.try_get("secs")?;
+            let minute: DateTime<Utc> = r.try_get("minute")?;
             let Some(t) = tier_index(r.try_get("tier")?) else {
                 continue;
             };
-            for w in windows
-                .iter_mut()
-                .filter(|w| w.length.as_secs() as i64 == s)
-            {
-                w.tiers[t] = WindowTier {
-                    requests: r.try_get("requests")?,
-                    cost: r.try_get("cost")?,
-                    baseline_cost: r.try_get("baseline_cost")?,
-                    ttft_ms_sum: r.try_get("ttft_ms_sum")?,
-                    ttft_count: r.try_get("ttft_count")?,
-                    total_ms_sum: r.try_get("total_ms_sum")?,
-                };
+            let row = WindowTier {
+                requests: r.try_get("requests")?,
+                cost: r.try_get("cost")?,
+                baseline_cost: r.try_get("baseline_cost")?,
+                ttft_ms_sum: r.try_get("ttft_ms_sum")?,
+                ttft_count: r.try_get("ttft_count")?,
+                total_ms_sum: r.try_get("total_ms_sum")?,
+            };
+            for w in windows.iter_mut() {
+                if in_window(minute, now, w.length) {
+                    w.tiers[t].add(&row);
+                }
             }
         }
 
@@ -420,6 +442,27 @@ mod tests {
         assert_eq!(w.mean_ttft_ms(2), Some(150.0));
         assert_eq!(w.mean_total_ms(2), Some(900.0));
         assert_eq!(w.mean_ttft_ms(1), None);
+    }
+
+    #[test]
+    fn minute_buckets_belong_to_windows_that_cover_their_start() {
+        use chrono::TimeZone;
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 30).unwrap();
+        let five = Duration::from_secs(300);
+        let minute = |m: u32| Utc.with_ymd_and_hms(2025, 1, 1, 11, m, 0).unwrap();
+        // 11:56..=12:00 are the last five buckets; 11:55 started before the window.
+        assert!(in_window(minute(56), now, five));
+        assert!(!in_window(minute(55), now, five));
+        assert!(in_window(
+            Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap(),
+            now,
+            five
+        ));
+        assert!(!in_window(
+            Utc.with_ymd_and_hms(2025, 1, 1, 12, 1, 0).unwrap(),
+            now,
+            five
+        ));
     }
 
     #[test]

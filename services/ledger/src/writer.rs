@@ -11,6 +11,9 @@
 //! 3. dead-letter events Postgres can never take (validation, no price);
 //! 4. only then ack every message of the batch.
 //!
+//! While one batch is being booked the next is already being pulled, so
+//! Postgres never waits on NATS; commits themselves happen one at a time.
+//!
 //! Acks are sent without waiting for the server's confirmation: an ack lost
 //! on the way means JetStream redelivers the message after `ack_wait`, and
 //! booking it again inserts nothing because rows are keyed by
@@ -236,6 +239,15 @@ pub struct BatchOutcome {
     pub dead_lettered: u64,
 }
 
+enum Collected {
+    /// A batch to book.
+    Batch(Vec<jetstream::Message>),
+    /// Shutdown was requested while waiting for a first message.
+    Shutdown,
+    /// The pull stream ended (with what was gathered before).
+    Ended(Vec<jetstream::Message>),
+}
+
 struct DeadItem {
     index: usize,
     code: ErrorCode,
@@ -360,40 +372,72 @@ impl Writer {
                 }
             };
             backoff::backoff::Backoff::reset(&mut retry);
+            // A two-stage pipeline: the next batch is pulled and collected
+            // while the current one is being booked, so the commit (the
+            // bottleneck) is never waiting on NATS. Commits stay strictly
+            // one at a time.
+            let mut current: Option<Vec<jetstream::Message>> = None;
             loop {
-                let first = tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return Ok(()),
-                    m = messages.next() => m,
-                };
-                let first = match first {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        // Missed heartbeats after a long Postgres outage, a
-                        // NATS reconnect: the stream resumes by itself.
-                        tracing::debug!(error = %e, "pull stream hiccup");
-                        continue;
+                let next = match current.take() {
+                    Some(batch) => {
+                        let (_, next) = tokio::join!(
+                            self.process(batch, shutdown),
+                            self.collect(&mut messages, shutdown)
+                        );
+                        next
                     }
-                    None => {
+                    None => self.collect(&mut messages, shutdown).await,
+                };
+                match next {
+                    Collected::Batch(batch) => current = Some(batch),
+                    Collected::Shutdown => return Ok(()),
+                    Collected::Ended(batch) => {
+                        if !batch.is_empty() {
+                            self.process(batch, shutdown).await;
+                        }
                         tracing::warn!("pull stream ended; re-subscribing");
                         continue 'reconnect;
                     }
-                };
-                let mut batch = vec![first];
-                let deadline = tokio::time::Instant::now() + self.config.batch_wait;
-                while batch.len() < self.config.batch_size {
-                    match tokio::time::timeout_at(deadline, messages.next()).await {
-                        Ok(Some(Ok(m))) => batch.push(m),
-                        Ok(Some(Err(e))) => {
-                            tracing::debug!(error = %e, "pull stream hiccup");
-                            break;
-                        }
-                        Ok(None) | Err(_) => break,
-                    }
                 }
-                self.process(batch, shutdown).await;
             }
         }
+    }
+
+    /// Waits for a first message, then gathers more until the batch is
+    /// full or `batch_wait` has passed.
+    async fn collect(
+        &self,
+        messages: &mut pull::Stream,
+        shutdown: &CancellationToken,
+    ) -> Collected {
+        let first = loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Collected::Shutdown,
+                m = messages.next() => m,
+            };
+            match next {
+                Some(Ok(m)) => break m,
+                // Missed heartbeats after a long Postgres outage, a NATS
+                // reconnect: the stream resumes by itself.
+                Some(Err(e)) => tracing::debug!(error = %e, "pull stream hiccup"),
+                None => return Collected::Ended(Vec::new()),
+            }
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + self.config.batch_wait;
+        while batch.len() < self.config.batch_size {
+            match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(m))) => batch.push(m),
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "pull stream hiccup");
+                    break;
+                }
+                Ok(None) => return Collected::Ended(batch),
+                Err(_) => break,
+            }
+        }
+        Collected::Batch(batch)
     }
 
     /// Books one batch of messages and acks them; see the module docs for
@@ -434,6 +478,19 @@ impl Writer {
             }
         }
 
+        // One span per event, child of the trace the event carries, so a
+        // request's trace runs from the client to its booking. They close
+        // when the batch is acked.
+        let _spans: Vec<tracing::Span> = events
+            .iter()
+            .filter_map(|(i, e)| {
+                let h = batch[*i].headers.as_ref()?;
+                triage_bus::trace::traceparent(h)?;
+                let span = tracing::info_span!("ledger.book", request_id = %e.id, attempt = e.attempt, tier = %e.tier);
+                triage_bus::trace::adopt_parent(&span, h);
+                Some(span)
+            })
+            .collect();
         let refs: Vec<&UsageEvent> = events.iter().map(|(_, e)| e).collect();
         let Some(booked) = self.book_with_retry(&refs, &batch, shutdown).await else {
             self.hand_back(&batch).await;

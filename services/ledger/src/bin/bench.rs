@@ -263,11 +263,11 @@ async fn queries(
     let options = SnapshotOptions::default();
     let now = Utc::now();
     let midnight = snapshot::utc_midnight(now);
-    let secs: Vec<i64> = options
+    let longest = options
         .windows
         .iter()
-        .map(|(_, d)| d.as_secs() as i64)
-        .collect();
+        .map(|(_, d)| d.as_secs_f64())
+        .fold(0.0, f64::max);
 
     let mut timings = Vec::new();
     timings.push(
@@ -322,7 +322,7 @@ async fn queries(
             || async {
                 Ok(sqlx::query(snapshot::sql::WINDOWS)
                     .bind(now)
-                    .bind(&secs)
+                    .bind(longest)
                     .fetch_all(pool)
                     .await?
                     .len())
@@ -466,6 +466,13 @@ async fn publish(
                 triage_protocol::headers::MSGPACK_MIME,
             );
             h.insert(triage_protocol::headers::MSG_ID, e.msg_id().as_str());
+            // As the workers do: each event carries its request's trace.
+            let traceparent = format!(
+                "00-{:032x}-{:016x}-01",
+                rand::random::<u128>(),
+                rand::random::<u64>() | 1
+            );
+            h.insert(triage_protocol::headers::TRACEPARENT, traceparent.as_str());
             acks.push(
                 js.publish_with_headers(
                     subject.to_string(),
@@ -575,8 +582,9 @@ async fn ingest(
         .fetch_one(&db.pool)
         .await?;
     anyhow::ensure!(
-        rows as u64 == events as u64,
-        "expected {events} booked rows in the rollup, found {rows}"
+        rows as u64 == events as u64 + preload_rows,
+        "expected {} booked rows in the rollup, found {rows}",
+        events as u64 + preload_rows
     );
     let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_entries")
         .fetch_one(&db.pool)
@@ -653,13 +661,15 @@ async fn wait_booked(metrics: &WriterMetrics, events: usize) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The service's own telemetry (OpenTelemetry layer included), so the
+    // writer's per-event trace spans cost here what they cost in production.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "info,sqlx=error");
+    }
+    triage_runtime::telemetry::init(
+        "triage-ledger-bench",
+        triage_runtime::telemetry::LogFormat::Text,
+    );
     let db = BenchDb::create(&cli.database_url).await?;
     let result = match &cli.command {
         Command::Ingest {
