@@ -195,3 +195,70 @@ async fn the_once_command_prints_the_metrics() {
     assert!(text.ends_with("# EOF\n"), "{text}");
     db.drop().await;
 }
+
+#[tokio::test]
+async fn the_service_serves_metrics_and_stops_on_sigterm() {
+    let db = TestDb::create().await;
+    db.reference_prices().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_triage-cost-exporter"))
+        .arg("run")
+        .env("TRIAGE_COST_EXPORTER_DATABASE__URL", &db.url)
+        .env("TRIAGE_COST_EXPORTER_QUEUES", "false")
+        .env("TRIAGE_COST_EXPORTER_REFRESH_INTERVAL", "200ms")
+        .env(
+            "TRIAGE_COST_EXPORTER_METRICS_ADDR",
+            format!("127.0.0.1:{port}"),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let mut text = String::new();
+    for _ in 0..150 {
+        if let Ok(r) = reqwest::get(&url).await {
+            text = r.text().await.unwrap_or_default();
+            if sample(&text, r#"triage_cost_exporter_up{source="ledger"}"#) == Some(1.0) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        sample(&text, r#"triage_cost_exporter_up{source="ledger"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    // An empty ledger: spend today is zero, no anomaly ratio without history.
+    assert_eq!(
+        sample(&text, r#"triage_spend_today_usd{tier="2"}"#),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(!text.contains("triage_spend_anomaly_ratio "), "{text}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    // Logs go to stdout (the runtime's formatter), errors to stderr.
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{log}");
+    assert!(log.contains("triage-cost-exporter stopped"), "{log}");
+    db.drop().await;
+}
