@@ -506,6 +506,41 @@ async fn ingest(
         .context("connecting to NATS")?;
     let js = async_nats::jetstream::new(client.clone());
     let ns = Namespace::new(format!("bench{:08x}", rand::random::<u32>()))?;
+    let result = ingest_run(
+        cli,
+        db,
+        &client,
+        &js,
+        &ns,
+        events,
+        batch_size,
+        concurrent,
+        preload_rows,
+    )
+    .await;
+    // The benchmark's streams go, whatever happened.
+    let stream_names: Vec<String> = [StreamKind::Usage, StreamKind::Dead]
+        .iter()
+        .map(|k| ns.stream_name(*k))
+        .collect();
+    for n in stream_names {
+        let _ = js.delete_stream(&n).await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ingest_run(
+    cli: &Cli,
+    db: &BenchDb,
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    ns: &Namespace,
+    events: usize,
+    batch_size: usize,
+    concurrent: bool,
+    preload_rows: u64,
+) -> anyhow::Result<()> {
     let mut streams = triage_bus::StreamsConfig::default();
     // JetStream reserves max_bytes up front on a shared server: ask for
     // what the run needs (events are ~300 bytes).
@@ -513,8 +548,8 @@ async fn ingest(
     streams.dead.max_bytes = 64 << 20;
     for kind in [StreamKind::Usage, StreamKind::Dead] {
         triage_bus::streams::ensure_stream(
-            &js,
-            triage_bus::streams::desired_config(&ns, kind, &streams),
+            js,
+            triage_bus::streams::desired_config(ns, kind, &streams),
         )
         .await?;
     }
@@ -558,7 +593,7 @@ async fn ingest(
         handle.await??;
     } else {
         let t = Instant::now();
-        publish(&js, &ns.usage(), &batch).await?;
+        publish(js, &ns.usage(), &batch).await?;
         publish_secs = Some(t.elapsed().as_secs_f64());
         let writer = Writer::new(
             store,
@@ -615,14 +650,6 @@ async fn ingest(
             "mean commit time per batch: {:.1} ms",
             sum / count as f64 * 1000.0
         );
-    }
-    let mut names = js.stream_names();
-    use futures::StreamExt;
-    let marker = ns.stream_name(StreamKind::Usage).replace("_LLM_USAGE", "");
-    while let Some(Ok(n)) = names.next().await {
-        if n.starts_with(&marker) {
-            let _ = js.delete_stream(&n).await;
-        }
     }
     Ok(())
 }
