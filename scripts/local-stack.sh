@@ -83,7 +83,8 @@ component() {
         HEALTH=http://127.0.0.1:9470/metrics
         ;;
     cost-exporter)
-        CMD=(env TRIAGE_COST_EXPORTER_METRICS_ADDR=127.0.0.1:9471 "$(bin triage-cost-exporter)" run)
+        CMD=(env TRIAGE_COST_EXPORTER_METRICS_ADDR=127.0.0.1:9471 TRIAGE_COST_EXPORTER_NATS__PREFIX="${TRIAGE_PREFIX:-}"
+            "$(bin triage-cost-exporter)" run)
         HEALTH=http://127.0.0.1:9471/metrics
         ;;
     *) fail "unknown component '$1' (known: ${COMPONENTS[*]})" ;;
