@@ -41,8 +41,8 @@ pub struct ScorerConfig {
     pub threshold: f64,
     /// Scores remembered for repeated texts (0 disables the cache).
     pub cache_capacity: usize,
-    /// The static-embedding first stage, off unless configured.
-    pub first_stage: Option<FirstStageConfig>,
+    /// The static-embedding first stage.
+    pub first_stage: FirstStageConfig,
 }
 
 /// The threshold shipped as the default; see the router README for the
@@ -59,7 +59,7 @@ impl Default for ScorerConfig {
             weights: BlendWeights::default(),
             threshold: DEFAULT_THRESHOLD,
             cache_capacity: 10_000,
-            first_stage: None,
+            first_stage: FirstStageConfig::default(),
         }
     }
 }
@@ -161,9 +161,10 @@ impl Scorer {
             Some(p) => LogisticHead::load(p, MINILM_FEATURES)?,
             None => LogisticHead::from_json(SHIPPED_HEAD, MINILM_FEATURES)?,
         };
-        let first_stage = match &config.first_stage {
-            Some(fs) => Some(FirstStage::load(fs, &files)?),
-            None => None,
+        let first_stage = if config.first_stage.enabled {
+            Some(FirstStage::load(&config.first_stage, &files, &model)?)
+        } else {
+            None
         };
         Self::from_parts(config, &files, model, head, first_stage)
     }
@@ -224,6 +225,11 @@ impl Scorer {
     /// The head in use.
     pub fn head(&self) -> &LogisticHead {
         &self.head
+    }
+
+    /// The first stage, when enabled.
+    pub fn first_stage(&self) -> Option<&FirstStage> {
+        self.first_stage.as_ref()
     }
 
     /// The truncator.

@@ -7,9 +7,10 @@
 //! transformer — fed to its own trained head. Only texts whose first-stage
 //! probability falls inside the uncertain band go on to the full model.
 //!
-//! The table (30,522 × 384 f32, 47 MB) is not committed: `triage-router
-//! train --first-stage` builds it into `$TRIAGE_CACHE` when absent, which
-//! takes about a minute, and the result is the same bits on every run.
+//! The table (30,522 × 384 f32, 47 MB) is not committed: it is distilled
+//! into the model directory under `$TRIAGE_CACHE` the first time a scorer
+//! with the first stage loads (about 35 s on 2 cores) or by `triage-router
+//! train --first-stage-output`, and is the same bits on every run.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ const DISTILL_BATCH: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FirstStageConfig {
+    /// Settle clear-cut texts without the transformer.
+    pub enabled: bool,
     /// The token table; default `<model dir>/static-token-embeddings.bin`.
     pub table_path: Option<PathBuf>,
     /// The first stage's head; default the one shipped in the binary.
@@ -47,12 +50,17 @@ pub struct FirstStageConfig {
 }
 
 impl Default for FirstStageConfig {
+    /// On, settling the 35 % lowest and 35 % highest first-stage scores:
+    /// on the dev set this kept the cross-validated ROC AUC within 0.006 of
+    /// the transformer's while scoring 6x more prompts per second (see the
+    /// router README).
     fn default() -> Self {
         Self {
+            enabled: true,
             table_path: None,
             head_path: None,
-            lower: 0.2,
-            upper: 0.8,
+            lower: 0.35,
+            upper: 0.65,
         }
     }
 }
@@ -202,6 +210,49 @@ pub fn default_table_path(files: &ModelFiles) -> PathBuf {
     files.dir.join(TABLE_FILE)
 }
 
+/// Loads the table at `path`, distilling it from `model` first (and saving
+/// it there) when the file does not exist.
+pub fn load_or_distill(
+    model: &MiniLm,
+    files: &ModelFiles,
+    path: &Path,
+) -> Result<StaticTable, StaticError> {
+    if path.is_file() {
+        return StaticTable::load(path);
+    }
+    let table_err = |reason: String| StaticError::Table {
+        path: path.display().to_string(),
+        reason,
+    };
+    let (vocab, cls, sep) = vocabulary(files).map_err(table_err)?;
+    let table = StaticTable::distill(model, vocab, cls, sep)?;
+    table
+        .save(path)
+        .map_err(|e| table_err(format!("cannot save: {e}")))?;
+    Ok(table)
+}
+
+/// Vocabulary size, `[CLS]` and `[SEP]` ids from the model's files.
+fn vocabulary(files: &ModelFiles) -> Result<(usize, u32, u32), String> {
+    let read = |p: PathBuf| -> Result<serde_json::Value, String> {
+        std::fs::read_to_string(&p)
+            .map_err(|e| format!("{}: {e}", p.display()))
+            .and_then(|s| serde_json::from_str(&s).map_err(|e| format!("{}: {e}", p.display())))
+    };
+    let config = read(files.config())?;
+    let tokenizer = read(files.tokenizer())?;
+    let vocab = config["vocab_size"]
+        .as_u64()
+        .ok_or("config.json has no vocab_size")? as usize;
+    let id = |t: &str| {
+        tokenizer["model"]["vocab"][t]
+            .as_u64()
+            .map(|v| v as u32)
+            .ok_or(format!("tokenizer.json has no {t}"))
+    };
+    Ok((vocab, id("[CLS]")?, id("[SEP]")?))
+}
+
 /// Table + head + band.
 pub struct FirstStage {
     table: StaticTable,
@@ -211,13 +262,18 @@ pub struct FirstStage {
 }
 
 impl FirstStage {
-    /// Loads the table and head named by `config`.
-    pub fn load(config: &FirstStageConfig, files: &ModelFiles) -> Result<Self, StaticError> {
+    /// Loads the table (distilling it from `model` if absent) and the head
+    /// named by `config`.
+    pub fn load(
+        config: &FirstStageConfig,
+        files: &ModelFiles,
+        model: &MiniLm,
+    ) -> Result<Self, StaticError> {
         let table_path = config
             .table_path
             .clone()
             .unwrap_or_else(|| default_table_path(files));
-        let table = StaticTable::load(&table_path)?;
+        let table = load_or_distill(model, files, &table_path)?;
         let head = match &config.head_path {
             Some(p) => LogisticHead::load(p, STATIC_FEATURES)?,
             None => LogisticHead::from_json(SHIPPED_STATIC_HEAD, STATIC_FEATURES)?,
@@ -254,12 +310,27 @@ impl FirstStage {
     /// full model decides).
     pub fn settle(&self, ids: &[u32]) -> Option<f64> {
         let p = self.score(ids);
-        (p < self.lower || p >= self.upper).then_some(p)
+        self.settles(p).then_some(p)
     }
 
     /// The table.
     pub fn table(&self) -> &StaticTable {
         &self.table
+    }
+
+    /// The head.
+    pub fn head(&self) -> &LogisticHead {
+        &self.head
+    }
+
+    /// The band `[lower, upper)` handed to the full model.
+    pub fn band(&self) -> (f64, f64) {
+        (self.lower, self.upper)
+    }
+
+    /// Whether a first-stage score is outside the band (settled).
+    pub fn settles(&self, score: f64) -> bool {
+        score < self.lower || score >= self.upper
     }
 }
 

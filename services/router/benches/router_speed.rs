@@ -27,6 +27,13 @@ use triage_router::config::RouterConfig;
 use triage_router::metrics::RouterMetrics;
 use triage_router::service;
 
+fn transformer_only() -> triage_complexity::static_embedding::FirstStageConfig {
+    triage_complexity::static_embedding::FirstStageConfig {
+        enabled: false,
+        ..Default::default()
+    }
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -84,7 +91,7 @@ struct Path {
     arrived: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-async fn start_path(url: &str, batch: usize) -> Path {
+async fn start_path(url: &str, batch: usize, two_stage: bool) -> Path {
     let prefix = format!("bench{}", std::process::id());
     let mut config = RouterConfig {
         nats: NatsConfig {
@@ -96,6 +103,11 @@ async fn start_path(url: &str, batch: usize) -> Path {
         scoring: ScorerConfig {
             cache_capacity: 0,
             rules: RuleConfig::none(),
+            first_stage: if two_stage {
+                Default::default()
+            } else {
+                transformer_only()
+            },
             ..ScorerConfig::default()
         },
         ..RouterConfig::default()
@@ -188,8 +200,8 @@ impl Path {
 }
 
 /// Full path throughput: everything published at once, until all routed.
-async fn full_path(url: &str, texts: &[String], tag: &str, batch: usize) -> f64 {
-    let path = start_path(url, batch).await;
+async fn full_path(url: &str, texts: &[String], tag: &str, batch: usize, two_stage: bool) -> f64 {
+    let path = start_path(url, batch, two_stage).await;
     // Warm-up.
     path.send(&format!("{tag}-warm"), &texts[0]).await;
     path.wait_for(1).await;
@@ -210,8 +222,9 @@ async fn delay_at_rate(
     rate: f64,
     tag: &str,
     batch: usize,
+    two_stage: bool,
 ) -> (f64, f64, f64) {
-    let path = start_path(url, batch).await;
+    let path = start_path(url, batch, two_stage).await;
     path.send(&format!("{tag}-warm"), &texts[0]).await;
     path.wait_for(1).await;
     path.delays.lock().await.clear();
@@ -234,12 +247,69 @@ async fn delay_at_rate(
     )
 }
 
+/// Two-stage scoring speed and share settled on real dev prompts: the
+/// static first stage with a band, against the transformer alone.
+fn first_stage(texts: &[String]) {
+    let full = Scorer::new(ScorerConfig {
+        cache_capacity: 0,
+        rules: RuleConfig::none(),
+        first_stage: transformer_only(),
+        ..ScorerConfig::default()
+    })
+    .unwrap();
+    let rate = |scorer: &Scorer| {
+        let prepared: Vec<_> = texts.iter().map(|t| scorer.prepare(t).unwrap()).collect();
+        let started = Instant::now();
+        let mut settled = 0usize;
+        for chunk in prepared.chunks(16) {
+            let refs: Vec<_> = chunk.iter().collect();
+            for s in scorer
+                .embedding_scores(&refs)
+                .unwrap()
+                .into_iter()
+                .flatten()
+            {
+                settled += usize::from(s.source == triage_complexity::scorer::Source::FirstStage);
+            }
+        }
+        (
+            texts.len() as f64 / started.elapsed().as_secs_f64(),
+            settled as f64 / texts.len() as f64,
+        )
+    };
+    let (model_rate, _) = rate(&full);
+    println!(
+        "dev prompts ({}): transformer + head {model_rate:.1}/s",
+        texts.len()
+    );
+    for (lower, upper) in [(0.2, 0.8), (0.3, 0.7), (0.35, 0.65), (0.4, 0.6)] {
+        let fs = Scorer::new(ScorerConfig {
+            cache_capacity: 0,
+            rules: RuleConfig::none(),
+            first_stage: triage_complexity::static_embedding::FirstStageConfig {
+                lower,
+                upper,
+                ..Default::default()
+            },
+            ..ScorerConfig::default()
+        })
+        .expect("static table (run `triage-router train --first-stage-output ...` once)");
+        let (r, settled) = rate(&fs);
+        println!(
+            "dev prompts: two-stage band [{lower}, {upper}) {r:.1}/s ({:.1}x), {:.0}% settled by the first stage",
+            r / model_rate,
+            100.0 * settled
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let url = std::env::var("TRIAGE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let n = env_usize("BENCH_REQUESTS", 256);
     let scorer = Scorer::new(ScorerConfig {
         cache_capacity: 0,
+        first_stage: transformer_only(),
         ..ScorerConfig::default()
     })
     .expect("model (run the set-up)");
@@ -257,10 +327,13 @@ async fn main() {
         let raw1 = raw_model(&scorer, &texts, 1);
         let raw16 = raw_model(&scorer, &texts, 16);
         println!("{label}: raw model {raw1:.1}/s batch 1, {raw16:.1}/s batch 16");
-        let floor = raw1.max(raw16);
-        let full = full_path(&url, &texts, &format!("full{tokens}"), 16).await;
+        let full = full_path(&url, &texts, &format!("full{tokens}"), 16, false).await;
+        // Measured again after the path, so a change in background load
+        // shows up as a difference between the two raw numbers.
+        let raw16_after = raw_model(&scorer, &texts, 16);
+        let floor = raw1.max(raw16).max(raw16_after);
         println!(
-            "{label}: full router path over NATS {full:.1}/s ({:.0}% of the raw model's best)",
+            "{label}: full router path over NATS {full:.1}/s ({:.0}% of the raw model's best; raw batch 16 again after: {raw16_after:.1}/s)",
             100.0 * full / floor
         );
         let rate = full / 2.0;
@@ -270,8 +343,29 @@ async fn main() {
             rate,
             &format!("delay{tokens}"),
             16,
+            false,
         )
         .await;
         println!("{label}: routing delay at {rate:.1}/s: p50 {p50:.1} ms, p99 {p99:.1} ms, mean {mean:.1} ms");
     }
+    let dir = std::env::var_os("BENCH_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    let dev: Vec<String> = read_rows(&dir.join("routing-dev.jsonl"))
+        .unwrap()
+        .iter()
+        .take(n)
+        .map(|r| r.text())
+        .collect();
+    first_stage(&dev);
+    // The shipped configuration (first stage on) on real dev prompts.
+    let off = full_path(&url, &dev, "devoff", 16, false).await;
+    let on = full_path(&url, &dev, "devon", 16, true).await;
+    println!("dev prompts, full router path: transformer only {off:.1}/s, with the first stage {on:.1}/s");
+    let (p50, p99, mean) =
+        delay_at_rate(&url, &dev[..n.min(200)], on / 2.0, "devdelay", 16, true).await;
+    println!(
+        "dev prompts, routing delay with the first stage at {:.1}/s: p50 {p50:.1} ms, p99 {p99:.1} ms, mean {mean:.1} ms",
+        on / 2.0
+    );
 }

@@ -170,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
             let mut scoring = config.scoring.clone();
             // The head being trained must not need the one it replaces.
             scoring.cache_capacity = 0;
-            scoring.first_stage = None;
+            scoring.first_stage.enabled = false;
             let scorer = Scorer::new(scoring)?;
             let opts = TrainOptions {
                 input,
@@ -218,7 +218,6 @@ async fn main() -> anyhow::Result<()> {
             }
             let mut scoring = config.scoring.clone();
             scoring.cache_capacity = 0;
-            scoring.first_stage = None;
             let scorer = Arc::new(Scorer::new(scoring)?);
             let rater = rater(&config)?;
             let opts = CalibrateOptions {

@@ -15,7 +15,7 @@ use triage_complexity::dataset::{read_rows, PromptRow};
 use triage_complexity::head::{cross_validated_scores, stratified_folds, FitOptions, LogisticHead};
 use triage_complexity::scorer::{Prepared, Scorer, MINILM_FEATURES};
 use triage_complexity::static_embedding::{
-    default_table_path, FirstStage, StaticTable, STATIC_FEATURES,
+    content, default_table_path, load_or_distill, FirstStage, STATIC_FEATURES,
 };
 use triage_complexity::{MiniLm, ModelFiles};
 use triage_protocol::{Request, Tier};
@@ -297,11 +297,23 @@ fn train_first_stage(
         .clone()
         .map(ModelFiles::new)
         .unwrap_or_else(ModelFiles::default_minilm);
-    let table = ensure_table(scorer.model(), &files)?;
+    let path = default_table_path(&files);
+    if !path.is_file() {
+        eprintln!(
+            "distilling the static token table into {} ...",
+            path.display()
+        );
+    }
+    let started = Instant::now();
+    let table = load_or_distill(scorer.model(), &files, &path)?;
+    eprintln!(
+        "static token table ready ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
     let static_xs: Vec<Vec<f32>> = data
         .prepared
         .iter()
-        .map(|p| table.embed(triage_complexity::static_embedding::content(&p.tokens.ids)))
+        .map(|p| table.embed(content(&p.tokens.ids)))
         .collect();
     let (l2, grid) = fit_grid(&static_xs, ys, data, opts, "static first stage")?;
     let head = finish_head(
@@ -340,6 +352,7 @@ fn train_first_stage(
         (0.1, 0.9),
         (0.2, 0.8),
         (0.3, 0.7),
+        (0.35, 0.65),
         (0.3, 0.5),
         (0.35, 0.55),
         (0.4, 0.6),
@@ -390,47 +403,6 @@ fn train_first_stage(
         static_rate / model_rate
     );
     Ok(())
-}
-
-/// Loads the static table, distilling it from the model first if absent.
-pub fn ensure_table(model: &MiniLm, files: &ModelFiles) -> anyhow::Result<StaticTable> {
-    let path = default_table_path(files);
-    if path.is_file() {
-        return Ok(StaticTable::load(&path)?);
-    }
-    eprintln!(
-        "distilling the static token table into {} ...",
-        path.display()
-    );
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(files.config())?)?;
-    let vocab = config["vocab_size"]
-        .as_u64()
-        .context("config.json has no vocab_size")? as usize;
-    let started = Instant::now();
-    let tok = special_token_ids(files)?;
-    let table = StaticTable::distill(model, vocab, tok.0, tok.1)?;
-    table.save(&path)?;
-    eprintln!(
-        "distilled {} tokens in {:.0} s",
-        table.vocab_size(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(table)
-}
-
-/// `[CLS]` and `[SEP]` ids from tokenizer.json.
-fn special_token_ids(files: &ModelFiles) -> anyhow::Result<(u32, u32)> {
-    let raw: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(files.tokenizer())?)?;
-    let vocab = &raw["model"]["vocab"];
-    let id = |t: &str| {
-        vocab[t]
-            .as_u64()
-            .map(|v| v as u32)
-            .with_context(|| format!("tokenizer has no {t}"))
-    };
-    Ok((id("[CLS]")?, id("[SEP]")?))
 }
 
 /// One line of `score` output.
@@ -581,6 +553,35 @@ pub async fn calibrate(
         }
         None => xs.iter().map(|x| scorer.head().score(x)).collect(),
     };
+    // The first stage, as configured: settled rows take its score.
+    let first_stage = scorer.first_stage();
+    let all_static: Option<Vec<f64>> = first_stage.map(|fs| {
+        let sx: Vec<Vec<f32>> = data
+            .prepared
+            .iter()
+            .map(|p| fs.table().embed(content(&p.tokens.ids)))
+            .collect();
+        match opts.cv_folds {
+            Some(k) => {
+                let folds = stratified_folds(&all_ys, k, opts.seed);
+                let fit = FitOptions {
+                    l2: fs.head().l2,
+                    ..FitOptions::default()
+                };
+                cross_validated_scores(&sx, &all_ys, &folds, fit)
+            }
+            None => sx.iter().map(|x| fs.head().score(x)).collect(),
+        }
+    });
+    let all_transformer = all_embedding;
+    let all_embedding: Vec<f64> = match (&all_static, first_stage) {
+        (Some(st), Some(fs)) => all_transformer
+            .iter()
+            .zip(st)
+            .map(|(t, s)| if fs.settles(*s) { *s } else { *t })
+            .collect(),
+        _ => all_transformer.clone(),
+    };
     let mut idx: Vec<usize> = (0..data.rows.len()).collect();
     if let Some(limit) = opts.limit.filter(|l| *l < data.rows.len()) {
         let mut rng = triage_complexity::head::SplitMix64(opts.seed);
@@ -597,11 +598,41 @@ pub async fn calibrate(
         prepared: idx.iter().map(|&i| data.prepared[i].clone()).collect(),
     };
     let embedding: Vec<f64> = idx.iter().map(|&i| all_embedding[i]).collect();
+    let transformer: Vec<f64> = idx.iter().map(|&i| all_transformer[i]).collect();
+    let settled: Vec<bool> = idx
+        .iter()
+        .map(|&i| match (&all_static, first_stage) {
+            (Some(st), Some(fs)) => fs.settles(st[i]),
+            _ => false,
+        })
+        .collect();
     let ys: Vec<bool> = data.outcomes.iter().map(|o| o.tier2).collect();
     let n = data.rows.len();
+    // Like the service: no LLM call for rule-forced or first-stage-settled rows.
+    let needs_llm: Vec<bool> = data
+        .prepared
+        .iter()
+        .zip(&settled)
+        .map(|(p, s)| !*s && p.rule.is_none())
+        .collect();
     let llm: Vec<Option<f64>> = match rater {
         None => vec![None; n],
-        Some(rater) => rate_all(rater, &data.prepared, rating_concurrency).await,
+        Some(rater) => {
+            let pending: Vec<Prepared> = data
+                .prepared
+                .iter()
+                .zip(&needs_llm)
+                .filter(|(_, need)| **need)
+                .map(|(p, _)| p.clone())
+                .collect();
+            let mut rated = rate_all(rater, &pending, rating_concurrency)
+                .await
+                .into_iter();
+            needs_llm
+                .iter()
+                .map(|need| if *need { rated.next().flatten() } else { None })
+                .collect()
+        }
     };
     let blend = scorer.blend();
     let finals: Vec<f64> = (0..n)
@@ -637,18 +668,28 @@ pub async fn calibrate(
             ),
         }
     );
-    println!(
-        "{}",
-        summary_line(
-            "embedding head alone",
-            &calibration::summarise(&embedding, &data.outcomes)
+    let line = |label: &str, scores: &[f64]| {
+        println!(
+            "{}",
+            summary_line(label, &calibration::summarise(scores, &data.outcomes))
         )
-    );
+    };
+    line("transformer + head alone", &transformer);
+    if let (Some(st), Some(fs)) = (&all_static, first_stage) {
+        let st: Vec<f64> = idx.iter().map(|&i| st[i]).collect();
+        line("first stage alone", &st);
+        let (lo, hi) = fs.band();
+        let share = settled.iter().filter(|s| **s).count() as f64 / n.max(1) as f64;
+        line(
+            &format!("two-stage [{lo}, {hi}) {:.0}% settled", 100.0 * share),
+            &embedding,
+        );
+    }
     let ruled = with_rules(&embedding, &data.prepared);
     println!(
         "{}",
         summary_line(
-            "head + rules",
+            "embedding stage + rules",
             &calibration::summarise(&ruled, &data.outcomes)
         )
     );
@@ -667,7 +708,7 @@ pub async fn calibrate(
         println!(
             "{}",
             summary_line(
-                "head + self-rating",
+                "embedding stage + self-rating",
                 &calibration::summarise(&blended, &data.outcomes)
             )
         );
@@ -734,6 +775,8 @@ pub async fn calibrate(
                 &json!({
                     "id": data.rows[i].id,
                     "embedding": embedding[i],
+                    "transformer": transformer[i],
+                    "settled_by_first_stage": settled[i],
                     "llm": llm[i],
                     "rule": data.prepared[i].rule.as_ref().map(|r| r.rule.clone()),
                     "score": finals[i],

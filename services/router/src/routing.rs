@@ -210,6 +210,10 @@ impl Router {
         let Some(rater) = &self.rater else {
             return LlmScore::Off;
         };
+        // What the first stage settled is clear-cut: no LLM call either.
+        if e.source == Source::FirstStage {
+            return LlmScore::Off;
+        }
         if let Some(v) = e.cached_llm {
             return LlmScore::Score(v);
         }

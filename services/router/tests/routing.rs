@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use triage_complexity::scorer::{Scorer, ScorerConfig};
+use triage_complexity::static_embedding::FirstStageConfig;
 use triage_complexity::ModelFiles;
 use triage_protocol::{Request, Tier};
 use triage_router::config::PolicyConfig;
@@ -89,6 +90,11 @@ async fn rules_force_tier2_before_the_model() {
 fn uncached(rater: Option<Arc<dyn SelfRater>>) -> Router {
     let scorer = Scorer::new(ScorerConfig {
         cache_capacity: 0,
+        // The LLM is only asked about what reaches the transformer.
+        first_stage: FirstStageConfig {
+            enabled: false,
+            ..FirstStageConfig::default()
+        },
         ..ScorerConfig::default()
     })
     .unwrap();
@@ -115,13 +121,10 @@ async fn self_rating_is_blended_and_its_failure_falls_back() {
         .remove(0);
     assert!((rated.decision.score - (0.6 * e + 0.4 * 0.9)).abs() < 1e-12);
     assert!(rated.decision.reasons.contains(&"llm=0.90".to_string()));
-    let failed = router(
-        Some(Arc::new(Fixed(Err(RatingError::Timeout)))),
-        PolicyConfig::default(),
-    )
-    .route(&[Request::from_prompt(PLAIN)])
-    .await
-    .remove(0);
+    let failed = uncached(Some(Arc::new(Fixed(Err(RatingError::Timeout)))))
+        .route(&[Request::from_prompt(PLAIN)])
+        .await
+        .remove(0);
     assert_eq!(
         failed.decision.score.to_bits(),
         e.to_bits(),
@@ -174,4 +177,42 @@ async fn overrides_and_shadow_mode() {
     assert_eq!(shadow.decision.tier, Tier::Large);
     assert!(shadow.decision.shadow);
     assert!(shadow.decision.shadow_tier.is_some());
+}
+
+#[tokio::test]
+async fn first_stage_settles_clear_cut_prompts_without_the_transformer() {
+    // Every dev-like prompt gets a first-stage score; with the band
+    // [0.35, 0.65) most are settled, and what is settled says so.
+    let r = router(Some(Arc::new(Fixed(Ok(0.9)))), PolicyConfig::default());
+    let prompts = [
+        PLAIN,
+        "Write a limerick about a cat.",
+        "What is the capital of Australia?",
+        "Summarise the plot of Hamlet.",
+        "Translate 'good morning' into French.",
+        "Describe the water cycle for a ten-year-old.",
+    ];
+    let reqs: Vec<Request> = prompts.iter().map(|p| Request::from_prompt(*p)).collect();
+    let out = r.route(&reqs).await;
+    let settled: Vec<_> = out.iter().filter(|o| o.info.first_stage).collect();
+    for o in &settled {
+        assert!(
+            o.decision.reasons[0].starts_with("first_stage="),
+            "{:?}",
+            o.decision.reasons
+        );
+        assert!(
+            !o.decision.reasons.iter().any(|x| x.starts_with("llm")),
+            "no LLM call"
+        );
+        assert!(!o.info.model);
+    }
+    for o in out
+        .iter()
+        .filter(|o| !o.info.first_stage && !o.info.cache_hit)
+    {
+        assert!(o.info.model);
+        assert!(o.decision.reasons.contains(&"llm=0.90".to_string()));
+    }
+    assert!(!settled.is_empty(), "some of these are clear-cut");
 }

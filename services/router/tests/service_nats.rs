@@ -89,8 +89,14 @@ impl Env {
         } else {
             None
         };
+        // The shared scorer unless the test configures scoring itself.
+        let scorer = if config.scoring == ScorerConfig::default() {
+            scorer()
+        } else {
+            Arc::new(Scorer::new(config.scoring.clone()).unwrap())
+        };
         let router = Router::new(
-            Ok(scorer()),
+            Ok(scorer),
             rater,
             config.self_rating.max_concurrency,
             1,
@@ -271,7 +277,11 @@ async fn routes_a_mixed_set_like_the_offline_scorer() {
     assert_eq!(by_id("math").reasons, vec!["rule:math"]);
     assert_eq!(by_id("explicit").tier, Tier::Small);
     assert_eq!(by_id("pinned").tier, Tier::Small);
-    assert!(by_id("plain-0").reasons[0].starts_with("embedding="));
+    let r = &by_id("plain-0").reasons[0];
+    assert!(
+        r.starts_with("embedding=") || r.starts_with("first_stage="),
+        "{r}"
+    );
     assert_eq!(
         by_id("json").score.to_bits(),
         by_id("plain-0").score.to_bits()
@@ -401,6 +411,8 @@ async fn self_rating_failure_falls_back_to_the_embedding() {
     config.self_rating.model = Some("router-rater".into());
     config.self_rating.timeout = Duration::from_millis(500);
     config.scoring.cache_capacity = 0;
+    // The LLM is asked only about what reaches the transformer.
+    config.scoring.first_stage.enabled = false;
     let (stop, task) = env.start(&config).await;
 
     env.publish(&request("unparsable", PLAIN[1])).await;
@@ -418,8 +430,9 @@ async fn self_rating_failure_falls_back_to_the_embedding() {
     env.publish(&request("timeout", PLAIN[1])).await;
     let all = env.all_routed(3).await;
     assert_eq!(all.len(), 3);
+    let transformer_only = Scorer::new(config.scoring.clone()).unwrap();
     let alone = Router::new(
-        Ok(scorer()),
+        Ok(Arc::new(transformer_only)),
         None,
         1,
         1,
