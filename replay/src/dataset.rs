@@ -22,6 +22,9 @@ pub struct Row {
     /// Tenant to book it to.
     #[serde(default)]
     pub tenant: Option<String>,
+    /// An explicit tier (1 or 2), honoured by `score` as the router does.
+    #[serde(default)]
+    pub tier: Option<u8>,
     /// Arrival time in a recorded trace, Unix epoch milliseconds.
     #[serde(default)]
     pub timestamp_ms: Option<u64>,

@@ -5,8 +5,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
+use triage_backend::{
+    BackendClient, BackendConfig, ChatMessage as BackendMessage, ChatRequest, StreamEvent,
+};
 use triage_bus::{ClientError, TriageClient};
 use triage_protocol::{Reply, Request};
 
@@ -68,6 +72,77 @@ impl Load {
     }
 }
 
+/// Where requests go.
+#[derive(Clone)]
+pub enum Via {
+    /// Through Triage: published on `llm.requests` like any client does.
+    Triage(TriageClient),
+    /// Straight to one OpenAI-compatible server, bypassing Triage (the
+    /// latency baseline).
+    Direct(Direct),
+}
+
+/// An OpenAI-compatible server requests go to directly.
+#[derive(Debug, Clone)]
+pub struct Direct {
+    /// The streaming client (the workers' own).
+    pub client: BackendClient,
+    /// The `model` field sent (`None`: not sent).
+    pub model: Option<String>,
+}
+
+impl Direct {
+    /// A client for `url` whose waits are bounded by `timeout`; the model
+    /// is `model`, else the first of `GET /v1/models`. When the server
+    /// cannot say, requests go without a model name (and will most likely
+    /// fail, each recorded as an error) and the second value says why.
+    pub async fn new(
+        url: &str,
+        model: Option<String>,
+        timeout: Duration,
+    ) -> Result<(Self, Option<String>), triage_backend::BackendError> {
+        let config = BackendConfig {
+            first_byte_timeout: timeout,
+            idle_timeout: timeout,
+            request_timeout: timeout,
+            ..BackendConfig::new(url)
+        };
+        let client = BackendClient::new(config)?;
+        if model.is_some() {
+            return Ok((Self { client, model }, None));
+        }
+        let (model, note) = match client.models().await {
+            Ok(list) => match list.data.into_iter().next() {
+                Some(card) => (Some(card.id), None),
+                None => (
+                    None,
+                    Some(format!(
+                        "{}/v1/models lists no model; sending requests without one (set --direct-model)",
+                        client.base_url()
+                    )),
+                ),
+            },
+            Err(e) => (
+                None,
+                Some(format!(
+                    "cannot ask {} for its model ({e}); sending requests without one",
+                    client.base_url()
+                )),
+            ),
+        };
+        Ok((Self { client, model }, note))
+    }
+
+    /// `url (model m)`, for the report.
+    pub fn describe(&self) -> String {
+        format!(
+            "direct to {} (model {})",
+            self.client.base_url(),
+            self.model.as_deref().unwrap_or("not set")
+        )
+    }
+}
+
 /// One run.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -91,7 +166,7 @@ pub struct RunSpec {
 /// and the wall time. When `cancel` fires no new request is sent and the
 /// ones in flight are recorded as unfinished.
 pub async fn run(
-    client: &TriageClient,
+    via: &Via,
     rows: &[Row],
     spec: &RunSpec,
     cancel: &CancellationToken,
@@ -116,7 +191,7 @@ pub async fn run(
     let shown = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
     let ctx = Ctx {
-        client: client.clone(),
+        via: via.clone(),
         timeout: spec.timeout,
         cancel: cancel.clone(),
         progress: progress.clone(),
@@ -141,7 +216,7 @@ pub async fn run(
 
 #[derive(Clone)]
 struct Ctx {
-    client: TriageClient,
+    via: Via,
     timeout: Duration,
     cancel: CancellationToken,
     progress: ProgressBar,
@@ -224,7 +299,7 @@ impl Ctx {
         };
         tokio::select! {
             _ = self.cancel.cancelled() => {}
-            _ = self.ask(request, &mut outcome) => {}
+            _ = self.send(request, &mut outcome) => {}
         }
         if outcome.error.is_some() {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -238,9 +313,11 @@ impl Ctx {
         ));
         if outcome.ok() && self.shown.fetch_add(1, Ordering::Relaxed) < self.show {
             let line = format!(
-                "── {} → tier {} (score {}, {})\n   Q: {}\n   A: {}",
+                "── {} → {} (score {}, {})\n   Q: {}\n   A: {}",
                 outcome.id,
-                outcome.tier.unwrap_or(0),
+                outcome
+                    .tier
+                    .map_or("direct".to_string(), |t| format!("tier {t}")),
                 outcome.score.map_or("n/a".into(), |s| format!("{s:.2}")),
                 outcome.reasons.join(", "),
                 preview(&row.prompt.text(), 100),
@@ -256,9 +333,22 @@ impl Ctx {
         outcome
     }
 
-    async fn ask(&self, request: Request, outcome: &mut Outcome) {
+    async fn send(&self, request: Request, outcome: &mut Outcome) {
+        match &self.via {
+            Via::Triage(client) => self.ask(client, request, outcome).await,
+            Via::Direct(direct) => {
+                let work = ask_direct(direct, &request, outcome);
+                if tokio::time::timeout(self.timeout, work).await.is_err() {
+                    outcome.error = Some("client_timeout".into());
+                    outcome.error_message = Some(format!("no answer within {:?}", self.timeout));
+                }
+            }
+        }
+    }
+
+    async fn ask(&self, client: &TriageClient, request: Request, outcome: &mut Outcome) {
         let start = Instant::now();
-        let mut stream = match self.client.submit(request, self.timeout).await {
+        let mut stream = match client.submit(request, self.timeout).await {
             Ok(s) => s,
             Err(e) => {
                 outcome.error = Some(client_error_code(&e));
@@ -298,15 +388,66 @@ impl Ctx {
                 }
                 Ok(Reply::Error(e)) => {
                     outcome.error = Some(e.code.as_str().to_string());
+                    outcome.error_message = Some(e.message.clone());
                     return;
                 }
                 Err(e) => {
                     outcome.error = Some(client_error_code(&e));
+                    outcome.error_message = Some(e.to_string());
                     return;
                 }
             }
         }
     }
+}
+
+/// One request straight to the server, as the tier workers send it
+/// (messages, `max_tokens`, `temperature`, streamed with usage): time to
+/// the first content delta, to the end of the stream, and the server's
+/// token counts. Errors are recorded with the client's error kind
+/// (`connect`, `http_5xx`, `timeout_first_byte`, …).
+async fn ask_direct(direct: &Direct, request: &Request, outcome: &mut Outcome) {
+    let mut chat = ChatRequest::new(
+        request
+            .chat_messages()
+            .into_iter()
+            .map(|m| BackendMessage::new(m.role, m.content))
+            .collect(),
+    );
+    chat.model = direct.model.clone();
+    chat.max_tokens = request.max_tokens;
+    chat.temperature = request.temperature;
+    let start = Instant::now();
+    let mut stream = direct.client.chat_stream(&chat);
+    let mut text = String::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(StreamEvent::Delta {
+                index: 0, content, ..
+            }) if !content.is_empty() => {
+                if outcome.ttft_ms.is_none() {
+                    outcome.ttft_ms = Some(ms(start));
+                }
+                text.push_str(&content);
+            }
+            Ok(StreamEvent::Usage(u)) => {
+                outcome.prompt_tokens = u.prompt_tokens;
+                outcome.completion_tokens = u.completion_tokens;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                outcome.error = Some(e.kind().to_string());
+                outcome.error_message = Some(e.to_string());
+                return;
+            }
+        }
+    }
+    outcome.total_ms = Some(ms(start));
+    outcome
+        .ttft_ms
+        .get_or_insert(outcome.total_ms.unwrap_or_default());
+    outcome.attempts = 1;
+    outcome.answer_preview = Some(preview(&text, 160));
 }
 
 fn ms(since: Instant) -> f64 {

@@ -171,14 +171,15 @@ pub fn render(report: &Report, runs: &[(String, Vec<Outcome>)]) -> String {
     let mut body = String::new();
     let mut latency = Vec::new();
     for (name, outcomes) in runs {
-        for tier in [1u8, 2] {
+        for tier in [Some(1u8), Some(2), None] {
             let v: Vec<f64> = outcomes
                 .iter()
-                .filter(|o| o.ok() && o.tier == Some(tier))
+                .filter(|o| o.ok() && o.tier == tier)
                 .filter_map(|o| o.total_ms)
                 .collect();
             if !v.is_empty() {
-                latency.push((format!("{name}, tier {tier} (n={})", v.len()), cdf(&v)));
+                let which = tier.map_or("no tier".to_string(), |t| format!("tier {t}"));
+                latency.push((format!("{name}, {which} (n={})", v.len()), cdf(&v)));
             }
         }
     }

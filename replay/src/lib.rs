@@ -4,7 +4,8 @@
 //!
 //! Pure parts ([`dataset`], [`schedule`], [`stats`], [`report`], [`html`])
 //! are tested on fixed inputs; [`drive`], [`cost`] and [`record`] talk to
-//! NATS and Postgres.
+//! NATS and Postgres ([`drive`] also straight to an OpenAI-compatible
+//! server with `--direct`); [`score`] runs the router's scoring offline.
 
 pub mod cost;
 pub mod dataset;
@@ -14,4 +15,5 @@ pub mod outcome;
 pub mod record;
 pub mod report;
 pub mod schedule;
+pub mod score;
 pub mod stats;

@@ -7,10 +7,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use triage_bus::{NatsConfig, TriageClient};
-use triage_replay::drive::{self, Load, RunSpec};
+use triage_replay::drive::{self, Direct, Load, RunSpec, Via};
 use triage_replay::report::{self, Report};
 use triage_replay::schedule::Arrivals;
-use triage_replay::{cost, dataset, html, record};
+use triage_replay::{cost, dataset, html, record, score};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +29,41 @@ enum Command {
     Run(RunArgs),
     /// Capture requests arriving on llm.requests into a trace for `run --mode trace`.
     Record(RecordArgs),
+    /// Score a dataset with the router's own scoring (no generation, no
+    /// NATS) and sweep the threshold: tier-2 share, routing accuracy, PGR
+    /// and cost relative to all tier 2 per threshold.
+    Score(ScoreArgs),
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// JSONL of prompts: id, prompt or messages, optional label_tier, small_ok, large_ok, tenant, tier.
+    #[arg(long)]
+    input: PathBuf,
+    /// Use a deterministic sample of this many rows (default: all).
+    #[arg(long)]
+    sample: Option<usize>,
+    /// Seed for sampling.
+    #[arg(long, default_value_t = 20261125)]
+    seed: u64,
+    /// Also evaluate (and mark) these thresholds, comma-separated; the
+    /// router's configured threshold and the shipped default are always
+    /// marked.
+    #[arg(long, value_delimiter = ',')]
+    threshold: Vec<f64>,
+    /// Tier-2 price over tier-1 price, for the relative cost column.
+    #[arg(long, default_value_t = 8.0)]
+    price_ratio: f64,
+    /// The router's TOML configuration (as `triage-router --config`);
+    /// TRIAGE_ROUTER_* variables apply on top, as for the router.
+    #[arg(long, env = "TRIAGE_ROUTER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Requests per model pass (as `triage-router score --batch`).
+    #[arg(long, default_value_t = score::DEFAULT_BATCH)]
+    batch: usize,
+    /// Directory for score-sweep.json and scores.jsonl (default: terminal only).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -86,6 +121,15 @@ struct RunArgs {
     /// Also run every request forced to tier 2, and report both runs side by side.
     #[arg(long)]
     baseline: bool,
+    /// Bypass Triage: send each request straight to this OpenAI-compatible
+    /// server (POST URL/v1/chat/completions, streamed) on the same
+    /// schedule, to measure the time to first token without Triage. No
+    /// NATS, no routing, no ledger.
+    #[arg(long, value_name = "URL")]
+    direct: Option<String>,
+    /// With --direct: the `model` to ask for (default: the first of GET URL/v1/models).
+    #[arg(long, requires = "direct")]
+    direct_model: Option<String>,
     /// max_tokens for rows that do not set it.
     #[arg(long, default_value_t = 64)]
     max_tokens: u32,
@@ -149,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Run(args) => run(args, cancel).await,
+        Command::Score(args) => score_command(args).await,
         Command::Record(args) => {
             let (client, ns) = connect(&args.target).await?;
             let (n, bad) = record::record(
@@ -183,7 +228,82 @@ async fn connect(
     Ok((client, ns))
 }
 
+/// The first message of each error code in a run, so the report says what
+/// went wrong and not only how often.
+fn error_notes(run: &str, outcomes: &[triage_replay::outcome::Outcome]) -> Vec<String> {
+    let mut first: std::collections::BTreeMap<&str, (usize, Option<&str>)> = Default::default();
+    for o in outcomes {
+        if let Some(code) = &o.error {
+            let e = first.entry(code).or_insert((0, None));
+            e.0 += 1;
+            if e.1.is_none() {
+                e.1 = o.error_message.as_deref();
+            }
+        }
+    }
+    first
+        .into_iter()
+        .map(|(code, (n, message))| match message {
+            Some(m) => format!("{run}: {n} x {code}, e.g. {m}"),
+            None => format!("{run}: {n} x {code}"),
+        })
+        .collect()
+}
+
+async fn score_command(args: ScoreArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.price_ratio > 0.0,
+        "--price-ratio must be positive, got {}",
+        args.price_ratio
+    );
+    if let Some(t) = args.threshold.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+        anyhow::bail!("--threshold must be within [0, 1], got {t}");
+    }
+    let rows = dataset::load(&args.input)?;
+    let rows = match args.sample {
+        Some(n) => dataset::sample(rows, n, args.seed),
+        None => rows,
+    };
+    let config = score::load_router_config(args.config.as_deref())?;
+    eprintln!("loading the router's scorer ...");
+    let router = score::build_router(&config)?;
+    eprintln!("scoring {} rows ...", rows.len());
+    let (scored, seconds) = score::score_timed(&router, &rows, args.batch).await;
+    let report = score::build_report(
+        &args.input.display().to_string(),
+        args.sample.map(|n| (n, args.seed)),
+        &scored,
+        router
+            .scorer()
+            .map_or(config.scoring.threshold, |s| s.blend().threshold),
+        config.self_rating.enabled,
+        &score::SweepOptions {
+            thresholds: args.threshold.clone(),
+            price_ratio: args.price_ratio,
+        },
+        seconds,
+    );
+    print!("{}", score::render_text(&report));
+    if let Some(dir) = &args.out {
+        score::write_out(dir, &report, &scored)?;
+        println!(
+            "
+wrote {} and {}",
+            dir.join("score-sweep.json").display(),
+            dir.join("scores.jsonl").display()
+        );
+    }
+    Ok(())
+}
+
 async fn run(args: RunArgs, cancel: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    if args.direct.is_some() && args.baseline {
+        anyhow::bail!(
+            "--direct and --baseline cannot be combined: --direct bypasses Triage (no routing, \
+             no ledger), so there is no all-tier-2 run to compare with; run the pipeline with \
+             --baseline and the server with --direct separately"
+        );
+    }
     let rows = dataset::load(&args.input)?;
     let rows = match args.sample {
         Some(n) => dataset::sample(rows, n, args.seed),
@@ -216,11 +336,35 @@ async fn run(args: RunArgs, cancel: tokio_util::sync::CancellationToken) -> anyh
         args.rate > 0.0 && args.speed > 0.0,
         "--rate and --speed must be positive"
     );
-    let (client, ns) = connect(&args.target).await?;
-    let triage = TriageClient::new(client, ns);
+    let mut notes = Vec::new();
+    let (via, target) = match &args.direct {
+        Some(url) => {
+            let (direct, note) = Direct::new(url, args.direct_model.clone(), args.timeout)
+                .await
+                .with_context(|| format!("--direct {url}"))?;
+            notes.extend(note);
+            notes.push(format!(
+                "{}: no routing, no ledger, so no tier split and no cost",
+                direct.describe()
+            ));
+            let target = direct.describe();
+            (Via::Direct(direct), target)
+        }
+        None => {
+            let (client, ns) = connect(&args.target).await?;
+            (
+                Via::Triage(TriageClient::new(client, ns)),
+                format!("{} prefix {:?}", args.target.nats_url, args.target.prefix),
+            )
+        }
+    };
     let tag = format!("{:x}", triage_protocol::now_ms());
     let mut specs = vec![RunSpec {
-        name: "routed".into(),
+        name: if args.direct.is_some() {
+            "direct".into()
+        } else {
+            "routed".into()
+        },
         force_tier: None,
         load,
         timeout: args.timeout,
@@ -238,7 +382,6 @@ async fn run(args: RunArgs, cancel: tokio_util::sync::CancellationToken) -> anyh
         });
     }
     let mut runs = Vec::new();
-    let mut notes = Vec::new();
     for spec in &specs {
         if cancel.is_cancelled() {
             break;
@@ -251,26 +394,30 @@ async fn run(args: RunArgs, cancel: tokio_util::sync::CancellationToken) -> anyh
             .expect("static template"),
         );
         bar.set_prefix(spec.name.clone());
-        let (mut outcomes, wall) = drive::run(&triage, &rows, spec, &cancel, &bar).await;
+        let (mut outcomes, wall) = drive::run(&via, &rows, spec, &cancel, &bar).await;
         bar.finish();
-        match cost::fill_from_ledger(&args.database_url, &mut outcomes, args.ledger_wait).await {
-            Ok(found) => {
-                let answered = outcomes.iter().filter(|o| o.ok()).count();
-                if found < answered {
-                    notes.push(format!(
+        notes.extend(error_notes(&spec.name, &outcomes));
+        if matches!(via, Via::Triage(_)) {
+            match cost::fill_from_ledger(&args.database_url, &mut outcomes, args.ledger_wait).await
+            {
+                Ok(found) => {
+                    let answered = outcomes.iter().filter(|o| o.ok()).count();
+                    if found < answered {
+                        notes.push(format!(
                         "{}: the ledger booked {found} of {answered} answered requests within {:?}",
                         spec.name, args.ledger_wait
                     ));
+                    }
                 }
+                Err(e) => notes.push(format!("{}: no cost: ledger unreachable ({e})", spec.name)),
             }
-            Err(e) => notes.push(format!("{}: no cost: ledger unreachable ({e})", spec.name)),
         }
         runs.push((spec.name.clone(), outcomes, wall));
     }
     let report = Report {
         dataset: args.input.display().to_string(),
         mode: load.describe(),
-        target: format!("{} prefix {:?}", args.target.nats_url, args.target.prefix),
+        target,
         generated_at_ms: triage_protocol::now_ms(),
         runs: runs
             .iter()

@@ -15,9 +15,9 @@ pub struct Outcome {
     pub small_ok: Option<bool>,
     /// Whether the large model answered it well.
     pub large_ok: Option<bool>,
-    /// The tier that answered.
+    /// The tier that answered (`None` in a direct run: no routing).
     pub tier: Option<u8>,
-    /// The router's score.
+    /// The router's score (`None` in a direct run).
     pub score: Option<f64>,
     /// The routing and escalation reasons.
     pub reasons: Vec<String>,
@@ -33,6 +33,9 @@ pub struct Outcome {
     pub attempts: u32,
     /// The error code, when the request failed.
     pub error: Option<String>,
+    /// What the error said, when it said something.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
     /// The first characters of the answer.
     pub answer_preview: Option<String>,
     /// Cost booked in the ledger for all attempts, USD.
@@ -42,9 +45,10 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Answered without error.
+    /// Answered without error (through Triage: a completion; direct: the
+    /// stream ended normally).
     pub fn ok(&self) -> bool {
-        self.error.is_none() && self.tier.is_some()
+        self.error.is_none() && self.total_ms.is_some()
     }
 
     /// Whether any reason says the request was escalated.

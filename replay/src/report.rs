@@ -142,10 +142,11 @@ pub fn summarise_run(name: &str, outcomes: &[Outcome], wall_s: f64) -> RunReport
             );
         }
     }
+    // Routed and labelled (a direct run has no tier to judge).
     let labelled: Vec<&Outcome> = ok
         .iter()
         .copied()
-        .filter(|o| o.label_tier.is_some())
+        .filter(|o| o.label_tier.is_some() && o.tier.is_some())
         .collect();
     let confusion = (!labelled.is_empty()).then(|| {
         Confusion::from_pairs(
@@ -161,7 +162,7 @@ pub fn summarise_run(name: &str, outcomes: &[Outcome], wall_s: f64) -> RunReport
         .collect();
     let score_quality = (!scored.is_empty()).then(|| {
         let scores: Vec<f64> = scored.iter().map(|o| o.score.unwrap()).collect();
-        let labels: Vec<Labelled> = scored.iter().map(|o| labelled_outcome(o)).collect();
+        let labels: Vec<Labelled> = scored.iter().map(|o| label_of(o)).collect();
         calibration::summarise(&scores, &labels)
     });
     let booked: Vec<&Outcome> = ok.iter().copied().filter(|o| o.cost.is_some()).collect();
@@ -219,7 +220,8 @@ pub fn summarise_run(name: &str, outcomes: &[Outcome], wall_s: f64) -> RunReport
     }
 }
 
-fn labelled_outcome(o: &Outcome) -> Labelled {
+/// An outcome's label and outcomes, for [`calibration`].
+pub fn label_of(o: &Outcome) -> Labelled {
     Labelled {
         tier2: o.label_tier == Some(2),
         small_ok: o.small_ok,
@@ -229,6 +231,13 @@ fn labelled_outcome(o: &Outcome) -> Labelled {
 
 /// The threshold sweep over the routed run's scores, where labelled.
 pub fn sweep(outcomes: &[Outcome], price_ratio: f64) -> Vec<SweepRow> {
+    let thresholds: Vec<f64> = (0..=20).map(|i| f64::from(i) / 20.0).collect();
+    sweep_at(outcomes, &thresholds, price_ratio)
+}
+
+/// The sweep at these thresholds over the outcomes with a score and a
+/// label (empty without any).
+pub fn sweep_at(outcomes: &[Outcome], thresholds: &[f64], price_ratio: f64) -> Vec<SweepRow> {
     let scored: Vec<&Outcome> = outcomes
         .iter()
         .filter(|o| o.score.is_some() && o.label_tier.is_some())
@@ -237,9 +246,8 @@ pub fn sweep(outcomes: &[Outcome], price_ratio: f64) -> Vec<SweepRow> {
         return Vec::new();
     }
     let scores: Vec<f64> = scored.iter().map(|o| o.score.unwrap()).collect();
-    let labels: Vec<Labelled> = scored.iter().map(|o| labelled_outcome(o)).collect();
-    let thresholds: Vec<f64> = (0..=20).map(|i| f64::from(i) / 20.0).collect();
-    calibration::sweep(&scores, &labels, &thresholds, price_ratio)
+    let labels: Vec<Labelled> = scored.iter().map(|o| label_of(o)).collect();
+    calibration::sweep(&scores, &labels, thresholds, price_ratio)
 }
 
 fn pct(x: f64) -> String {
@@ -279,14 +287,21 @@ pub fn render_text(report: &Report) -> String {
                 .collect();
             let _ = writeln!(s, "  errors     {}", list.join(", "));
         }
-        let _ = writeln!(
-            s,
-            "  tier split tier 1: {}, tier 2: {} ({} on tier 2), escalated: {}",
-            run.tier1,
-            run.tier2,
-            pct(run.tier2_share),
-            run.escalated
-        );
+        if run.completed > 0 && run.tier1 + run.tier2 == 0 {
+            let _ = writeln!(
+                s,
+                "  tier split n/a: sent straight to the server, no routing"
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "  tier split tier 1: {}, tier 2: {} ({} on tier 2), escalated: {}",
+                run.tier1,
+                run.tier2,
+                pct(run.tier2_share),
+                run.escalated
+            );
+        }
         if let Some(c) = run.confusion {
             let _ = writeln!(
                 s,
@@ -465,6 +480,34 @@ mod tests {
             ..Report::default()
         });
         assert!(text.contains("43.8%"), "{text}");
+    }
+
+    #[test]
+    fn a_direct_run_has_latency_but_no_tiers_routing_or_cost() {
+        let outcomes: Vec<Outcome> = (0..4)
+            .map(|i| Outcome {
+                id: format!("d{i}"),
+                label_tier: Some(1 + (i % 2) as u8),
+                ttft_ms: Some(f64::from(i) + 1.0),
+                total_ms: Some(f64::from(i) + 10.0),
+                completion_tokens: 7,
+                attempts: 1,
+                ..Outcome::default()
+            })
+            .collect();
+        let r = summarise_run("direct", &outcomes, 1.0);
+        assert_eq!((r.sent, r.completed, r.unfinished), (4, 4, 0));
+        assert_eq!((r.tier1, r.tier2), (0, 0));
+        assert!(r.confusion.is_none() && r.accuracy.is_none() && r.score_quality.is_none());
+        assert!(r.per_tier.is_empty());
+        assert_eq!((r.ttft_ms.count, r.ttft_ms.max), (4, 4.0));
+        assert_eq!(r.completion_tokens, 28);
+        assert!(sweep(&outcomes, 8.0).is_empty());
+        let text = render_text(&Report {
+            runs: vec![r],
+            ..Report::default()
+        });
+        assert!(text.contains("tier split n/a"), "{text}");
     }
 
     #[test]
