@@ -33,7 +33,9 @@ tier_url() {
     esac
 }
 
-bin() { printf '%s/debug/%s' "$CARGO_TARGET_DIR" "$1"; }
+# TRIAGE_PROFILE=release runs the release binaries (benchmarks); the
+# default is the debug build that scripts/setup.sh makes.
+bin() { printf '%s/%s/%s' "$CARGO_TARGET_DIR" "${TRIAGE_PROFILE:-debug}" "$1"; }
 
 # component NAME: sets CMD and HEALTH for NAME.
 component() {
@@ -53,9 +55,14 @@ component() {
         ;;
     sim-tier1 | sim-tier2)
         # Simulated vLLM at realistic latencies: an 8B INT4 and a 70B FP8
-        # server under light load (ttft and inter-token ms).
+        # server under light load (ttft and inter-token ms; overridable with
+        # TRIAGE_SIM<N>_TTFT_MS / TRIAGE_SIM<N>_ITL_MS).
         local n=${1#sim-tier} port ttft itl
-        if [[ $n == 1 ]]; then port=$TRIAGE_SIM1_PORT ttft=40 itl=12; else port=$TRIAGE_SIM2_PORT ttft=120 itl=30; fi
+        if [[ $n == 1 ]]; then
+            port=$TRIAGE_SIM1_PORT ttft=${TRIAGE_SIM1_TTFT_MS:-40} itl=${TRIAGE_SIM1_ITL_MS:-12}
+        else
+            port=$TRIAGE_SIM2_PORT ttft=${TRIAGE_SIM2_TTFT_MS:-120} itl=${TRIAGE_SIM2_ITL_MS:-30}
+        fi
         CMD=("$(bin triage-vllm-sim)" --model "sim-tier$n" --port "$port" --ttft-ms "$ttft" --itl-ms "$itl"
             --output-tokens 16-64)
         HEALTH=http://127.0.0.1:$port/health

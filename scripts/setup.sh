@@ -65,6 +65,7 @@ need_pkg build-essential have_all cc c++ make # llama.cpp, and C parts of Rust c
 need_pkg pkg-config have_all pkg-config
 need_pkg ca-certificates test -e /etc/ssl/certs/ca-certificates.crt
 need_pkg curl have_all curl # health checks of the local stack
+need_pkg shellcheck have_all shellcheck # the test command lints these scripts
 command -v cargo >/dev/null || die "cargo not found. Install Rust $(sed -nE 's/^rust-version = "(.*)"/\1/p' "$TRIAGE_ROOT/Cargo.toml") or newer with rustup (https://rustup.rs), then run this again."
 if ((${#missing[@]} == 0)); then
     skip "all present"

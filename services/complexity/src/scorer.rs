@@ -262,26 +262,10 @@ impl Scorer {
             if p.rule.is_some() {
                 continue;
             }
-            if let Some(hit) = self.cache.get(&p.key) {
-                out[i] = Some(EmbeddingScore {
-                    score: hit.embedding,
-                    source: if hit.settled_by_first_stage {
-                        Source::FirstStage
-                    } else {
-                        Source::Model
-                    },
-                    cached: true,
-                    cached_llm: hit.llm,
-                });
-                continue;
+            match self.score_without_model(p) {
+                Some(e) => out[i] = Some(e),
+                None => pending.push(i),
             }
-            if let Some(fs) = &self.first_stage {
-                if let Some(p1) = fs.settle(&p.tokens.ids) {
-                    out[i] = Some(self.fresh(p, p1, Source::FirstStage));
-                    continue;
-                }
-            }
-            pending.push(i);
         }
         if !pending.is_empty() {
             let ids: Vec<&[u32]> = pending
@@ -295,6 +279,29 @@ impl Scorer {
             }
         }
         Ok(out)
+    }
+
+    /// Step 3 without the transformer: the cached score, or the first
+    /// stage's when it settles the text; `None` when the model is needed
+    /// (or a rule fired, and no score is needed at all).
+    pub fn score_without_model(&self, p: &Prepared) -> Option<EmbeddingScore> {
+        if p.rule.is_some() {
+            return None;
+        }
+        if let Some(hit) = self.cache.get(&p.key) {
+            return Some(EmbeddingScore {
+                score: hit.embedding,
+                source: if hit.settled_by_first_stage {
+                    Source::FirstStage
+                } else {
+                    Source::Model
+                },
+                cached: true,
+                cached_llm: hit.llm,
+            });
+        }
+        let p1 = self.first_stage.as_ref()?.settle(&p.tokens.ids)?;
+        Some(self.fresh(p, p1, Source::FirstStage))
     }
 
     fn fresh(&self, p: &Prepared, score: f64, source: Source) -> EmbeddingScore {

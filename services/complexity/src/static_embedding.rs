@@ -167,7 +167,9 @@ impl StaticTable {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = path.with_extension("tmp");
+        // Per-process temporary name: processes starting cold at once each
+        // write their own copy, and the renames are atomic.
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         f.write_all(MAGIC)?;
         f.write_all(&(self.vocab_size() as u32).to_le_bytes())?;

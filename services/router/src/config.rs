@@ -102,7 +102,7 @@ impl Default for BatchingConfig {
     fn default() -> Self {
         Self {
             max_batch: 16,
-            max_wait: Duration::from_millis(5),
+            max_wait: Duration::from_millis(2),
             concurrency: 4,
             model_threads: 1,
             score_timeout: Duration::from_secs(10),

@@ -186,37 +186,64 @@ impl Router {
             .zip(ratings)
             .map(|(item, llm)| match item {
                 Err(e) => failure(format!("truncation: {e}")),
-                Ok((p, e)) => {
-                    let decision = scorer.decide(&p, e.as_ref(), &llm);
-                    Routed {
-                        decision: policy::scored(decision, scorer.blend().threshold),
-                        info: RouteInfo {
-                            cache_hit: e.is_some_and(|e| e.cached),
-                            first_stage: e.is_some_and(|e| e.source == Source::FirstStage),
-                            model: e.is_some_and(|e| e.source == Source::Model && !e.cached),
-                            rating_failure: match llm {
-                                LlmScore::Failed(_) => rating_failure_kind(&llm),
-                                _ => None,
-                            },
-                            router_failure: false,
-                        },
-                    }
-                }
+                Ok((p, e)) => finish(&scorer, &p, e, llm),
             })
             .collect()
     }
 
+    /// Routes what needs neither the transformer nor an LLM call — policy
+    /// overrides, rule matches, cached scores and texts the first stage
+    /// settles — and leaves the rest (`None`) to [`Router::route`]. This
+    /// is cheap CPU work (tokenising, table lookups), so the service
+    /// publishes these at once instead of holding them behind another
+    /// request's model pass. Decisions are the ones `route` would make.
+    pub fn route_without_model(&self, requests: &[Request]) -> Vec<Option<Routed>> {
+        requests
+            .iter()
+            .map(|r| {
+                let routed = match policy::plan(r, &self.policy) {
+                    Plan::Fixed(d) => Routed {
+                        decision: d,
+                        info: RouteInfo::default(),
+                    },
+                    Plan::Score => {
+                        let scorer = self.scorer.as_ref().ok()?;
+                        let p = scorer.prepare(&text_to_score(&r.chat_messages())).ok()?;
+                        let (e, llm) = if p.rule.is_some() {
+                            (None, LlmScore::Off)
+                        } else {
+                            let e = scorer.score_without_model(&p)?;
+                            let llm = self.known_llm(&e)?;
+                            (Some(e), llm)
+                        };
+                        finish(scorer, &p, e, llm)
+                    }
+                };
+                Some(Routed {
+                    decision: policy::apply_shadow(routed.decision, &self.policy),
+                    info: routed.info,
+                })
+            })
+            .collect()
+    }
+
+    /// The LLM score when no call is needed: none configured, a text the
+    /// first stage settled (clear-cut), or a rating remembered with the
+    /// cached score. `None`: the rater must be asked.
+    fn known_llm(&self, e: &EmbeddingScore) -> Option<LlmScore> {
+        if self.rater.is_none() || e.source == Source::FirstStage {
+            return Some(LlmScore::Off);
+        }
+        e.cached_llm.map(LlmScore::Score)
+    }
+
     async fn rate(&self, scorer: &Scorer, p: &Prepared, e: &EmbeddingScore) -> LlmScore {
+        if let Some(known) = self.known_llm(e) {
+            return known;
+        }
         let Some(rater) = &self.rater else {
             return LlmScore::Off;
         };
-        // What the first stage settled is clear-cut: no LLM call either.
-        if e.source == Source::FirstStage {
-            return LlmScore::Off;
-        }
-        if let Some(v) = e.cached_llm {
-            return LlmScore::Score(v);
-        }
         let Ok(_permit) = self.rating_slots.acquire().await else {
             return LlmScore::Failed("error".into());
         };
@@ -227,6 +254,21 @@ impl Router {
             }
             Err(err) => LlmScore::Failed(err.kind().to_string()),
         }
+    }
+}
+
+/// The decision and its metrics from a scored text.
+fn finish(scorer: &Scorer, p: &Prepared, e: Option<EmbeddingScore>, llm: LlmScore) -> Routed {
+    let decision = scorer.decide(p, e.as_ref(), &llm);
+    Routed {
+        decision: policy::scored(decision, scorer.blend().threshold),
+        info: RouteInfo {
+            cache_hit: e.is_some_and(|e| e.cached),
+            first_stage: e.is_some_and(|e| e.source == Source::FirstStage),
+            model: e.is_some_and(|e| e.source == Source::Model && !e.cached),
+            rating_failure: rating_failure_kind(&llm),
+            router_failure: false,
+        },
     }
 }
 

@@ -259,36 +259,60 @@ impl Worker {
         let (suspect, fresh): (Vec<Admitted>, Vec<Admitted>) = admitted
             .into_iter()
             .partition(|a| a.envelope.deliveries > 1 && a.envelope.deliveries * 2 > max_deliver);
+        // What needs no model pass (overrides, rules, cached or clear-cut
+        // texts) is published at once, not held behind the batch's model
+        // pass; the rest is scored together.
         let requests: Vec<Request> = fresh.iter().map(|a| a.request.clone()).collect();
-        let routed = match std::panic::AssertUnwindSafe(self.router.route(&requests))
-            .catch_unwind()
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                error!("routing panicked; the batch goes to tier 2");
-                requests
-                    .iter()
-                    .map(|_| fallback("routing panicked", &self.router))
-                    .collect()
-            }
-        };
-        let suspect_routed: Vec<Routed> = suspect
-            .iter()
-            .map(|a| {
-                warn!(request_id = %a.request.id, deliveries = a.envelope.deliveries, "redelivered repeatedly; not scored");
-                fallback(&format!("redelivered {} times", a.envelope.deliveries), &self.router)
-            })
-            .collect();
-        let all = fresh
-            .into_iter()
-            .chain(suspect)
-            .zip(routed.into_iter().chain(suspect_routed));
-        let publishes = all.map(|(a, r)| {
-            let span = a.span.clone();
-            self.publish(a, r).instrument(span)
+        let quick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.router.route_without_model(&requests)
+        }))
+        .unwrap_or_else(|_| {
+            error!("routing without the model panicked; the batch takes the full path");
+            vec![None; requests.len()]
         });
-        futures::future::join_all(publishes).await;
+        let mut early = Vec::new();
+        let mut late = Vec::new();
+        for (a, q) in fresh.into_iter().zip(quick) {
+            match q {
+                Some(r) => early.push((a, r)),
+                None => late.push(a),
+            }
+        }
+        let suspect_routed = suspect.into_iter().map(|a| {
+            warn!(request_id = %a.request.id, deliveries = a.envelope.deliveries, "redelivered repeatedly; not scored");
+            let r = fallback(&format!("redelivered {} times", a.envelope.deliveries), &self.router);
+            (a, r)
+        });
+        let publish_early =
+            futures::future::join_all(early.into_iter().chain(suspect_routed).map(|(a, r)| {
+                let span = a.span.clone();
+                self.publish(a, r).instrument(span)
+            }));
+        let route_late = async {
+            if late.is_empty() {
+                return;
+            }
+            let requests: Vec<Request> = late.iter().map(|a| a.request.clone()).collect();
+            let routed = match std::panic::AssertUnwindSafe(self.router.route(&requests))
+                .catch_unwind()
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    error!("routing panicked; the batch goes to tier 2");
+                    requests
+                        .iter()
+                        .map(|_| fallback("routing panicked", &self.router))
+                        .collect()
+                }
+            };
+            futures::future::join_all(late.into_iter().zip(routed).map(|(a, r)| {
+                let span = a.span.clone();
+                self.publish(a, r).instrument(span)
+            }))
+            .await;
+        };
+        futures::join!(publish_early, route_late);
     }
 
     /// Decodes, resolves the reply subject and validates. Anything refused

@@ -216,3 +216,72 @@ async fn first_stage_settles_clear_cut_prompts_without_the_transformer() {
     }
     assert!(!settled.is_empty(), "some of these are clear-cut");
 }
+
+#[tokio::test]
+async fn routing_without_the_model_agrees_with_the_full_path_and_leaves_the_rest() {
+    // Two routers on separate scorers without a cache: one takes the quick
+    // path first, the other only the full path.
+    let fresh = || {
+        let scorer = Scorer::new(ScorerConfig {
+            cache_capacity: 0,
+            ..ScorerConfig::default()
+        })
+        .unwrap();
+        let policy = PolicyConfig {
+            tenant_tiers: [("batch".to_string(), 1u8)].into_iter().collect(),
+            ..PolicyConfig::default()
+        };
+        Router::new(
+            Ok(Arc::new(scorer)),
+            Some(Arc::new(Fixed(Ok(0.9)))),
+            4,
+            1,
+            policy,
+            Duration::from_secs(60),
+        )
+    };
+    let (quick, full) = (fresh(), fresh());
+    let mut reqs: Vec<Request> = [
+        PLAIN,
+        "Write a limerick about a cat.",
+        "What is the capital of Australia?",
+        "Summarise the plot of Hamlet.",
+        "Translate 'good morning' into French.",
+        "Describe the water cycle for a ten-year-old.",
+        "Solve $x^2 - 5x + 6 = 0$.",
+        "Compare the fiscal policies of Louis XVI with those of his ministers Turgot and Necker, and explain why they failed.",
+    ]
+    .iter()
+    .map(|p| Request::from_prompt(*p))
+    .collect();
+    let mut pinned = Request::from_prompt("Explain quantum entanglement in depth.");
+    pinned.tenant = Some("batch".into());
+    reqs.push(pinned);
+
+    let early = quick.route_without_model(&reqs);
+    let expected = full.route(&reqs).await;
+    let mut decided = 0;
+    for ((e, x), req) in early.iter().zip(&expected).zip(&reqs) {
+        match e {
+            Some(e) => {
+                decided += 1;
+                assert_eq!(e.decision, x.decision, "{:?}", req.prompt);
+                assert!(!e.info.model, "no transformer on the quick path");
+            }
+            // Left for the full path: exactly what needs the transformer
+            // (and then the LLM rating).
+            None => {
+                assert!(x.info.model, "{:?} needed no model", req.prompt);
+                assert!(x.decision.reasons.contains(&"llm=0.90".to_string()));
+            }
+        }
+    }
+    // The rule, the tenant pin and the settled prompts are decided early.
+    assert!(early[6]
+        .as_ref()
+        .is_some_and(|r| r.decision.reasons == ["rule:math"]));
+    assert!(early[8]
+        .as_ref()
+        .is_some_and(|r| r.decision.tier == Tier::Small));
+    assert!(decided >= 3, "only {decided} decided without the model");
+}
