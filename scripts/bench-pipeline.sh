@@ -21,9 +21,12 @@
 #      to first token; the sustained rate is the last step whose p99 stays
 #      within twice that, with under 1% errors and throughput within 10% of
 #      the offered rate.
-#   3. At half the sustained rate it runs the pipeline and then
-#      `triage-replay run --direct` (the same requests, schedule and seed,
-#      straight to sim-tier1) and reports the difference of their p50/p99.
+#   3. At half the sustained rate it runs the pipeline (routed, then the
+#      same requests forced to tier 2 with --baseline: every hop but the
+#      scoring) and then `triage-replay run --direct` (the same requests,
+#      schedule and seed, straight to sim-tier1), and reports the
+#      differences of their p50/p99: Triage's whole overhead, and the part
+#      that is NATS, JetStream and the worker (the plumbing).
 # Writes DIR/summary.json and one replay report per run (default
 # replay-out/bench-pipeline). Needs NATS and Postgres (scripts/setup.sh) and
 # no local stack already running.
@@ -32,8 +35,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$TRIAGE_ROOT"
 
-rates="10 20 40 60 80 100 130 160 200"
-min_count=300 step_seconds=15 half_count=1500 build=1
+rates="2 5 10 20 30 40 50 60 70 80 100"
+min_count=200 step_seconds=10 half_count=600 build=1
 out="replay-out/bench-pipeline"
 while (($#)); do
     case $1 in
@@ -89,10 +92,11 @@ run() {
         return 1
     }
 }
-# field NAME EXPR: a number from $out/NAME/report.json (EXPR on the first run `r`).
+# field NAME EXPR [RUN]: a number from $out/NAME/report.json (EXPR on run
+# number RUN, default 0, as `r`).
 field() {
-    python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["runs"][0]; print(eval(sys.argv[2]))' \
-        "$out/$1/report.json" "$2"
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["runs"][int(sys.argv[3])]; print(eval(sys.argv[2]))' \
+        "$out/$1/report.json" "$2" "${3:-0}"
 }
 
 step "warm-up"
@@ -121,19 +125,23 @@ done_ "sustained $sustained req/s (reference p99 ttft $ref_p99 ms)"
 
 half=$(python3 -c "print($sustained / 2)")
 step "overhead at half the sustained rate ($half req/s, $half_count requests)"
-run half-pipeline --rate "$half" --count "$half_count"
+run half-pipeline --rate "$half" --count "$half_count" --baseline
 run half-direct --rate "$half" --count "$half_count" --direct "http://127.0.0.1:$TRIAGE_SIM1_PORT"
-read -r pp50 pp99 < <(field half-pipeline '"%.2f %.2f" % (r["ttft_ms"]["p50"], r["ttft_ms"]["p99"])')
-read -r dp50 dp99 < <(field half-direct '"%.2f %.2f" % (r["ttft_ms"]["p50"], r["ttft_ms"]["p99"])')
-read -r o50 o99 < <(python3 -c "print('%.2f %.2f' % ($pp50 - $dp50, $pp99 - $dp99))")
-note "pipeline ttft p50 $pp50 ms, p99 $pp99 ms; direct p50 $dp50 ms, p99 $dp99 ms"
-done_ "Triage adds $o50 ms p50, $o99 ms p99 to time to first token"
+p5099='"%.2f %.2f" % (r["ttft_ms"]["p50"], r["ttft_ms"]["p99"])'
+read -r pp50 pp99 < <(field half-pipeline "$p5099" 0)
+read -r bp50 bp99 < <(field half-pipeline "$p5099" 1)
+read -r dp50 dp99 < <(field half-direct "$p5099")
+read -r o50 o99 b50 b99 < <(python3 -c "print('%.2f %.2f %.2f %.2f' % ($pp50 - $dp50, $pp99 - $dp99, $bp50 - $dp50, $bp99 - $dp99))")
+note "time to first token, ms: routed p50 $pp50, p99 $pp99; forced to tier 2 (no scoring) p50 $bp50, p99 $bp99; direct p50 $dp50, p99 $dp99"
+note "plumbing (NATS, JetStream, worker) adds $b50 ms p50, $b99 ms p99"
+done_ "Triage adds $o50 ms p50, $o99 ms p99 to time to first token (plumbing alone $b50 / $b99)"
 
 steps=$(IFS=,; printf '%s' "${steps_json[*]}")
 cat >"$out/summary.json" <<JSON
 {"simulator": {"ttft_ms": $ttft, "itl_ms": $itl}, "steps": [$steps],
  "reference_ttft_p99_ms": $ref_p99, "sustained_rps": $sustained, "half_rate_rps": $half,
- "pipeline_ttft_ms": {"p50": $pp50, "p99": $pp99}, "direct_ttft_ms": {"p50": $dp50, "p99": $dp99},
- "overhead_ttft_ms": {"p50": $o50, "p99": $o99}}
+ "pipeline_ttft_ms": {"p50": $pp50, "p99": $pp99}, "unscored_ttft_ms": {"p50": $bp50, "p99": $bp99},
+ "direct_ttft_ms": {"p50": $dp50, "p99": $dp99},
+ "overhead_ttft_ms": {"p50": $o50, "p99": $o99}, "plumbing_overhead_ttft_ms": {"p50": $b50, "p99": $b99}}
 JSON
 print_summary "bench-pipeline (summary: $out/summary.json)"

@@ -26,10 +26,19 @@ pub struct NatsConfig {
     pub streams: StreamsConfig,
 }
 
+/// The URL when nothing is configured: `TRIAGE_NATS_URL` (shared by every
+/// service and script), else the local server.
+fn default_url() -> String {
+    std::env::var("TRIAGE_NATS_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into())
+}
+
 impl Default for NatsConfig {
     fn default() -> Self {
         Self {
-            url: "nats://127.0.0.1:4222".into(),
+            url: default_url(),
             user: None,
             password: None,
             token: None,

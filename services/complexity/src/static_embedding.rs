@@ -228,9 +228,11 @@ pub fn load_or_distill(
     };
     let (vocab, cls, sep) = vocabulary(files).map_err(table_err)?;
     let table = StaticTable::distill(model, vocab, cls, sep)?;
-    table
-        .save(path)
-        .map_err(|e| table_err(format!("cannot save: {e}")))?;
+    // A read-only model directory (a container's mount) is no reason to
+    // fail: the table is in memory, and is distilled again next start.
+    if let Err(e) = table.save(path) {
+        tracing::warn!(path = %path.display(), error = %e, "static token table distilled but not saved");
+    }
     Ok(table)
 }
 

@@ -101,9 +101,6 @@ pub fn reference_prices() -> Vec<Price> {
 impl Default for LedgerConfig {
     fn default() -> Self {
         let mut nats = NatsConfig::default();
-        if let Ok(url) = std::env::var("TRIAGE_NATS_URL") {
-            nats.url = url;
-        }
         nats.name = Some("triage-ledger".into());
         Self {
             database: DatabaseConfig::default(),
