@@ -100,8 +100,10 @@ pub fn reference_prices() -> Vec<Price> {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        let mut nats = NatsConfig::default();
-        nats.name = Some("triage-ledger".into());
+        let nats = NatsConfig {
+            name: Some("triage-ledger".into()),
+            ..NatsConfig::default()
+        };
         Self {
             database: DatabaseConfig::default(),
             nats,
