@@ -40,6 +40,16 @@ fn router(rater: Option<Arc<dyn SelfRater>>, policy: PolicyConfig) -> Router {
 
 const PLAIN: &str = "Why does warmth make you feel tired?";
 
+/// Everyday prompts, several of them clear-cut for the first stage.
+const EVERYDAY: [&str; 6] = [
+    PLAIN,
+    "Write a limerick about a cat.",
+    "What is the capital of Australia?",
+    "Summarise the plot of Hamlet.",
+    "Translate 'good morning' into French.",
+    "Describe the water cycle for a ten-year-old.",
+];
+
 #[tokio::test]
 async fn same_request_same_score_bit_for_bit_whatever_the_batch() {
     let r = router(None, PolicyConfig::default());
@@ -184,15 +194,7 @@ async fn first_stage_settles_clear_cut_prompts_without_the_transformer() {
     // Every dev-like prompt gets a first-stage score; with the band
     // [0.35, 0.65) most are settled, and what is settled says so.
     let r = router(Some(Arc::new(Fixed(Ok(0.9)))), PolicyConfig::default());
-    let prompts = [
-        PLAIN,
-        "Write a limerick about a cat.",
-        "What is the capital of Australia?",
-        "Summarise the plot of Hamlet.",
-        "Translate 'good morning' into French.",
-        "Describe the water cycle for a ten-year-old.",
-    ];
-    let reqs: Vec<Request> = prompts.iter().map(|p| Request::from_prompt(*p)).collect();
+    let reqs: Vec<Request> = EVERYDAY.iter().map(|p| Request::from_prompt(*p)).collect();
     let out = r.route(&reqs).await;
     let settled: Vec<_> = out.iter().filter(|o| o.info.first_stage).collect();
     for o in &settled {
@@ -241,19 +243,14 @@ async fn routing_without_the_model_agrees_with_the_full_path_and_leaves_the_rest
         )
     };
     let (quick, full) = (fresh(), fresh());
-    let mut reqs: Vec<Request> = [
-        PLAIN,
-        "Write a limerick about a cat.",
-        "What is the capital of Australia?",
-        "Summarise the plot of Hamlet.",
-        "Translate 'good morning' into French.",
-        "Describe the water cycle for a ten-year-old.",
-        "Solve $x^2 - 5x + 6 = 0$.",
-        "Compare the fiscal policies of Louis XVI with those of his ministers Turgot and Necker, and explain why they failed.",
-    ]
-    .iter()
-    .map(|p| Request::from_prompt(*p))
-    .collect();
+    let mut reqs: Vec<Request> = EVERYDAY
+        .iter()
+        .chain(&[
+            "Solve $x^2 - 5x + 6 = 0$.",
+            "Compare the fiscal policies of Louis XVI with those of his ministers Turgot and Necker, and explain why they failed.",
+        ])
+        .map(|p| Request::from_prompt(*p))
+        .collect();
     let mut pinned = Request::from_prompt("Explain quantum entanglement in depth.");
     pinned.tenant = Some("batch".into());
     reqs.push(pinned);
