@@ -67,22 +67,10 @@ impl Outbox<'_> {
     /// failure is an error: the reply subject is fire-and-forget by design.
     pub async fn finish(&self, reply: &Reply) -> Result<(), BusError> {
         if self.keep_result {
-            let subject = self.ns.result(&self.id);
             let h = envelope::outgoing(self.encoding, None);
-            with_retries("kept result", || async {
-                self.js
-                    .publish_with_headers(
-                        subject.clone(),
-                        h.clone(),
-                        encode(self.encoding, reply).into(),
-                    )
-                    .await
-                    .map_err(|e| js_err(format!("publish to {subject}"), e))?
-                    .await
-                    .map_err(|e| js_err(format!("ack of publish to {subject}"), e))
-                    .map(drop)
-            })
-            .await?;
+            let payload = encode(self.encoding, reply);
+            self.publish_durable("kept result", self.ns.result(&self.id), h, payload)
+                .await?;
             self.metrics.published("result");
         }
         if let Some(subject) = &self.reply_to {
@@ -97,20 +85,10 @@ impl Outbox<'_> {
     /// Publishes a usage event on `llm.usage` with its idempotent message
     /// id, waiting for JetStream's ack.
     pub async fn usage(&self, event: &UsageEvent) -> Result<(), BusError> {
-        let subject = self.ns.usage();
-        let msg_id = event.msg_id();
-        let h = envelope::outgoing(self.encoding, Some(&msg_id));
+        let h = envelope::outgoing(self.encoding, Some(&event.msg_id()));
         let payload = encode(self.encoding, event);
-        with_retries("usage event", || async {
-            self.js
-                .publish_with_headers(subject.clone(), h.clone(), payload.clone().into())
-                .await
-                .map_err(|e| js_err(format!("publish to {subject}"), e))?
-                .await
-                .map_err(|e| js_err(format!("ack of publish to {subject}"), e))
-                .map(drop)
-        })
-        .await?;
+        self.publish_durable("usage event", self.ns.usage(), h, payload)
+            .await?;
         self.metrics.published("usage");
         Ok(())
     }
@@ -157,18 +135,9 @@ impl Outbox<'_> {
             h.insert(headers::REPLY_TO, reply.as_str());
         }
         h.insert(ATTEMPT_BASE_HEADER, attempt_base.to_string().as_str());
-        let subject = self.ns.tier(Tier::Large);
         let payload = encode(self.encoding, &routed);
-        with_retries("escalation", || async {
-            self.js
-                .publish_with_headers(subject.clone(), h.clone(), payload.clone().into())
-                .await
-                .map_err(|e| js_err(format!("publish to {subject}"), e))?
-                .await
-                .map_err(|e| js_err(format!("ack of publish to {subject}"), e))
-                .map(drop)
-        })
-        .await?;
+        self.publish_durable("escalation", self.ns.tier(Tier::Large), h, payload)
+            .await?;
         self.metrics.published("escalation");
         self.metrics.escalation(reason);
         Ok(())
@@ -185,6 +154,30 @@ fn js_err(op: impl Into<String>, e: impl std::fmt::Display) -> BusError {
 /// Retries a durable publish a few times (JetStream leader changes and
 /// short outages), so one hiccup does not turn into a redelivery and a
 /// second generation.
+impl Outbox<'_> {
+    /// Publishes to a stream and waits for JetStream's ack, retrying with
+    /// backoff (the payload is shared between tries, not copied).
+    async fn publish_durable(
+        &self,
+        what: &str,
+        subject: String,
+        headers: async_nats::HeaderMap,
+        payload: Vec<u8>,
+    ) -> Result<(), BusError> {
+        let payload = bytes::Bytes::from(payload);
+        with_retries(what, || async {
+            self.js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await
+                .map_err(|e| js_err(format!("publish to {subject}"), e))?
+                .await
+                .map_err(|e| js_err(format!("ack of publish to {subject}"), e))
+                .map(drop)
+        })
+        .await
+    }
+}
+
 async fn with_retries<F, Fut>(what: &str, mut publish: F) -> Result<(), BusError>
 where
     F: FnMut() -> Fut,
