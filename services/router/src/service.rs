@@ -262,14 +262,16 @@ impl Worker {
         // What needs no model pass (overrides, rules, cached or clear-cut
         // texts) is published at once, not held behind the batch's model
         // pass; the rest is scored together.
+        // Tokenising a batch of long prompts is milliseconds of CPU: off the
+        // async threads, like the model pass.
         let requests: Vec<Request> = fresh.iter().map(|a| a.request.clone()).collect();
-        let quick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.router.route_without_model(&requests)
-        }))
-        .unwrap_or_else(|_| {
-            error!("routing without the model panicked; the batch takes the full path");
-            vec![None; requests.len()]
-        });
+        let router = self.router.clone();
+        let quick = tokio::task::spawn_blocking(move || router.route_without_model(&requests))
+            .await
+            .unwrap_or_else(|_| {
+                error!("routing without the model panicked; the batch takes the full path");
+                vec![None; fresh.len()]
+            });
         let mut early = Vec::new();
         let mut late = Vec::new();
         for (a, q) in fresh.into_iter().zip(quick) {
