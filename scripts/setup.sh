@@ -3,7 +3,8 @@
 # something must be installed): system packages, NATS with JetStream,
 # PostgreSQL with the `triage` database, the Python venv with the client's
 # packages, the models (sha256-checked), llama.cpp's llama-server, and the
-# Rust workspace build. Every step is skipped when its result is already
+# Rust workspace build, then the router's static token table. Every step is
+# skipped when its result is already
 # there, so a second run takes seconds.
 #
 # Environment (defaults in scripts/env.sh):
@@ -345,6 +346,25 @@ if [[ ${TRIAGE_SETUP_SKIP_BUILD:-0} == 1 ]]; then
 else
     (cd "$TRIAGE_ROOT" && cargo build --workspace --all-targets) || die "cargo build --workspace --all-targets failed (see the errors above)"
     done_ "cargo build --workspace --all-targets (target $CARGO_TARGET_DIR)"
+fi
+
+# ---------------------------------------------------------------------------
+# The router's first stage needs a table distilled once from the model. The
+# first scorer to load makes it; doing it here keeps that minute out of the
+# first test run or service start (and out of several at once).
+step "static token table (router first stage)"
+table=$TRIAGE_MODELS/all-MiniLM-L6-v2/static-token-embeddings.bin
+router_bin=$CARGO_TARGET_DIR/debug/triage-router
+if [[ -f $table ]]; then
+    skip "present ($table)"
+elif [[ ! -x $router_bin ]]; then
+    skip "no triage-router build yet; the first scorer to load distils it"
+else
+    printf '{"id":"setup","prompt":"warm-up"}\n' >"$TRIAGE_RUN/setup-warmup.jsonl"
+    "$router_bin" score --input "$TRIAGE_RUN/setup-warmup.jsonl" --output /dev/null >/dev/null ||
+        die "triage-router could not load the scorer (see above)"
+    [[ -f $table ]] || die "the scorer loaded but $table was not written"
+    done_ "distilled $table"
 fi
 
 print_summary "Set-up finished"
