@@ -4,8 +4,7 @@
 # PostgreSQL with the `triage` database, the Python venv with the client's
 # packages, the models (sha256-checked), llama.cpp's llama-server, and the
 # Rust workspace build, then the router's static token table. Every step is
-# skipped when its result is already
-# there, so a second run takes seconds.
+# skipped when its result is already there, so a second run takes seconds.
 #
 # Environment (defaults in scripts/env.sh):
 #   TRIAGE_CACHE         models, venv, builds, run files   ($HOME/.cache/triage)
