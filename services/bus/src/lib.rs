@@ -4,7 +4,7 @@
 //! there: connecting ([`connect`]), creating the streams idempotently
 //! ([`streams`]), reading and writing headers with W3C trace context
 //! ([`envelope`], [`trace`]), answering on reply subjects ([`reply`]),
-//! dead-lettering ([`dead`]), durable pull consumers ([`consumer`]) and the
+//! publishing durably with retries ([`publish`]), dead-lettering ([`dead`]), durable pull consumers ([`consumer`]) and the
 //! client API that tests, replay and the demo use ([`client`]).
 
 pub mod client;
@@ -13,6 +13,7 @@ pub mod connect;
 pub mod consumer;
 pub mod dead;
 pub mod envelope;
+pub mod publish;
 pub mod reply;
 pub mod streams;
 pub mod trace;

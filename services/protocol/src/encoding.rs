@@ -82,6 +82,17 @@ pub enum DecodeError {
     },
 }
 
+impl DecodeError {
+    /// The error code a client or dead letter gets for this failure: one
+    /// mapping for every service that decodes a message.
+    pub fn error_code(&self) -> crate::ErrorCode {
+        match self {
+            DecodeError::UnsupportedVersion { .. } => crate::ErrorCode::UnsupportedVersion,
+            _ => crate::ErrorCode::InvalidRequest,
+        }
+    }
+}
+
 /// Encodes a message.
 pub fn encode<T: Serialize>(encoding: Encoding, value: &T) -> Vec<u8> {
     match encoding {
