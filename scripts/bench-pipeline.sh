@@ -51,7 +51,7 @@ while (($#)); do
     esac
     shift
 done
-data=${TRIAGE_DATA_DIR:-$TRIAGE_ROOT/../shared/data}/routing-dev.jsonl
+data=$TRIAGE_DATA_DIR/routing-dev.jsonl
 [[ -f $data ]] || { echo "bench-pipeline: $data not found (set TRIAGE_DATA_DIR)" >&2; exit 1; }
 
 export TRIAGE_PROFILE=release TRIAGE_BACKEND=sim

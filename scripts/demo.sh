@@ -3,7 +3,7 @@
 # downloads and builds, with progress), brings up NATS and Postgres (if
 # needed), two model servers standing in for the vLLM tiers, the router with
 # the real embedding model, a worker per tier, the ledger writer and the cost
-# exporter; replays a sample of shared/data/routing-dev.jsonl through it,
+# exporter; replays a sample of data/routing-dev.jsonl through it,
 # streams a few answers to the terminal and prints the report (terminal,
 # JSON and an HTML page with plots). Stops what it started at the end.
 #
@@ -37,7 +37,7 @@ while (($#)); do
     shift
 done
 [[ -n $sample ]] || { [[ $TRIAGE_BACKEND == sim ]] && sample=200 || sample=12; }
-data=${TRIAGE_DATA_DIR:-$TRIAGE_ROOT/../shared/data}/routing-dev.jsonl
+data=$TRIAGE_DATA_DIR/routing-dev.jsonl
 [[ -f $data ]] || { echo "demo: $data not found (set TRIAGE_DATA_DIR to the folder holding routing-dev.jsonl)" >&2; exit 1; }
 
 stack=$TRIAGE_ROOT/scripts/local-stack.sh

@@ -12,6 +12,8 @@ export TRIAGE_CACHE=${TRIAGE_CACHE:-$HOME/.cache/triage}
 export TRIAGE_VENV=${TRIAGE_VENV:-$TRIAGE_CACHE/venv}
 export TRIAGE_MODELS=${TRIAGE_MODELS:-$TRIAGE_CACHE/models}
 export TRIAGE_RUN=${TRIAGE_RUN:-$TRIAGE_CACHE/run}
+# The labelled prompts (shipped in the repository; point elsewhere to use your own).
+export TRIAGE_DATA_DIR=${TRIAGE_DATA_DIR:-$TRIAGE_ROOT/data}
 export TRIAGE_LLAMA_SERVER=${TRIAGE_LLAMA_SERVER:-$TRIAGE_CACHE/bin/llama-server}
 
 export TRIAGE_NATS_URL=${TRIAGE_NATS_URL:-nats://127.0.0.1:4222}

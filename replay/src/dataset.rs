@@ -1,5 +1,5 @@
 //! Replay input: a JSONL of requests in the format of
-//! `shared/data/routing-dev.jsonl` (read by the router's own
+//! `data/routing-dev.jsonl` (read by the router's own
 //! [`PromptRow`]), plus what a replay also uses: `max_tokens`, `tenant`
 //! and, in traces written by `record`, `timestamp_ms`.
 

@@ -237,11 +237,9 @@ impl Pipeline {
 }
 
 fn dataset(dir: &Path, n: usize) -> PathBuf {
-    let data = std::env::var("TRIAGE_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("../shared/data"));
+    let data = triage_complexity::dataset::data_dir();
     let text = std::fs::read_to_string(data.join("routing-dev.jsonl"))
-        .expect("shared/data/routing-dev.jsonl beside the repository (or TRIAGE_DATA_DIR)");
+        .expect("data/routing-dev.jsonl in the repository (or TRIAGE_DATA_DIR)");
     // A spread of sources: every 37th row.
     let rows: Vec<&str> = text.lines().step_by(37).take(n).collect();
     let path = dir.join("sample.jsonl");

@@ -10,20 +10,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 /// `n` labelled rows spread over routing-dev.jsonl.
 fn dataset(dir: &Path, n: usize) -> PathBuf {
-    let data = std::env::var("TRIAGE_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("../shared/data"));
+    let data = triage_complexity::dataset::data_dir();
     let text = std::fs::read_to_string(data.join("routing-dev.jsonl"))
-        .expect("shared/data/routing-dev.jsonl beside the repository (or TRIAGE_DATA_DIR)");
+        .expect("data/routing-dev.jsonl in the repository (or TRIAGE_DATA_DIR)");
     let rows: Vec<&str> = text.lines().step_by(41).take(n).collect();
     assert_eq!(rows.len(), n);
     let path = dir.join("labelled.jsonl");

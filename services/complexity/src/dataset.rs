@@ -1,15 +1,25 @@
-//! JSONL files of prompts, as in `shared/data/routing-dev.jsonl`: one
+//! JSONL files of prompts, as in `data/routing-dev.jsonl`: one
 //! object a line with `id`, `prompt` or `messages`, and for labelled data
 //! `label_tier`, `small_ok`, `large_ok`.
 
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use triage_protocol::ChatMessage;
 
 use crate::calibration::Outcome;
 use crate::prompt_text::text_to_score;
+
+/// The folder of the labelled prompt files: `TRIAGE_DATA_DIR` when set,
+/// else the repository's `data/` (shipped with the source, so tests,
+/// benchmarks and the demo need nothing beside the clone).
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("TRIAGE_DATA_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data"))
+}
 
 /// One line of a prompts file. Other fields are ignored.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -1,5 +1,5 @@
 //! Truncation with MiniLM's real tokenizer on the 200 long prompts of
-//! `shared/data/prompt-lengths.jsonl`: the windowed fast path must keep
+//! `data/prompt-lengths.jsonl`: the windowed fast path must keep
 //! exactly the first tokens a full tokenisation gives.
 
 use std::path::PathBuf;
@@ -9,10 +9,7 @@ use triage_complexity::dataset::read_rows;
 use triage_complexity::{ModelFiles, Truncator};
 
 fn data_file() -> PathBuf {
-    let dir = std::env::var_os("TRIAGE_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    dir.join("prompt-lengths.jsonl")
+    triage_complexity::dataset::data_dir().join("prompt-lengths.jsonl")
 }
 
 #[test]
@@ -23,7 +20,7 @@ fn long_prompts_keep_exactly_their_first_tokens() {
     }
     let path = data_file();
     let rows = read_rows(&path)
-        .unwrap_or_else(|e| panic!("{e} (set TRIAGE_DATA_DIR to the shared data directory)"));
+        .unwrap_or_else(|e| panic!("{e} (TRIAGE_DATA_DIR overrides the repository's data/)"));
     assert_eq!(rows.len(), 200);
     let mut full = Tokenizer::from_file(files.tokenizer()).unwrap();
     full.with_truncation(None).unwrap();

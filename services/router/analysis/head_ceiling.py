@@ -5,10 +5,10 @@ the same MiniLM vectors, of the dataset's own category/source tier-2 rates
 defaults.
 
     cargo run --release -p triage-complexity --example export_embeddings -- \
-        ../shared/data/routing-dev.jsonl /tmp/emb.jsonl
+        data/routing-dev.jsonl /tmp/emb.jsonl
     python3 -m venv /tmp/analysis && /tmp/analysis/bin/pip install numpy scikit-learn
     /tmp/analysis/bin/python services/router/analysis/head_ceiling.py \
-        ../shared/data/routing-dev.jsonl /tmp/emb.jsonl
+        data/routing-dev.jsonl /tmp/emb.jsonl
 
 Folds: 5-fold stratified, 3 repeats, seeds 20261124.. (as `triage-router train`).
 """

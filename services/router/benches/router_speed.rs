@@ -4,10 +4,9 @@
 //!
 //! `cargo bench -p triage-router --bench router_speed` (needs NATS at
 //! TRIAGE_NATS_URL and the model in $TRIAGE_CACHE). Options via env:
-//! BENCH_REQUESTS (default 256), BENCH_DATA_DIR (default ../shared/data).
+//! BENCH_REQUESTS (default 256), TRIAGE_DATA_DIR (default: the repository's data/).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,9 +43,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 /// Distinct prompts cut to about `tokens` model tokens (real text from the
 /// dev set and the long-prompt file).
 fn prompts(truncator: &Truncator, n: usize) -> Vec<String> {
-    let dir = std::env::var_os("BENCH_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    let dir = triage_complexity::dataset::data_dir();
     let mut rows = read_rows(&dir.join("prompt-lengths.jsonl")).expect("prompt-lengths.jsonl");
     rows.extend(read_rows(&dir.join("routing-dev.jsonl")).expect("routing-dev.jsonl"));
     let mut out = Vec::new();
@@ -348,9 +345,7 @@ async fn main() {
         .await;
         println!("{label}: routing delay at {rate:.1}/s: p50 {p50:.1} ms, p99 {p99:.1} ms, mean {mean:.1} ms");
     }
-    let dir = std::env::var_os("BENCH_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    let dir = triage_complexity::dataset::data_dir();
     let dev: Vec<String> = read_rows(&dir.join("routing-dev.jsonl"))
         .unwrap()
         .iter()

@@ -56,7 +56,7 @@ enum Command {
     /// penalty by cross-validated APGR, and write the weights file (JSON).
     /// Deterministic: the same input gives the same file.
     Train {
-        /// Labelled JSONL, e.g. ../shared/data/routing-dev.jsonl.
+        /// Labelled JSONL, e.g. data/routing-dev.jsonl.
         #[arg(long)]
         input: PathBuf,
         /// Weights file to write (the shipped one is
