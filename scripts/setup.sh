@@ -2,9 +2,10 @@
 # One idempotent set-up step for a fresh Debian machine (run as root when
 # something must be installed): system packages, NATS with JetStream,
 # PostgreSQL with the `triage` database, the Python venv with the client's
-# packages, the models (sha256-checked), llama.cpp's llama-server, and the
-# Rust workspace build, then the router's static token table. Every step is
-# skipped when its result is already there, so a second run takes seconds.
+# packages, the JavaScript client's npm packages, the models (sha256-checked),
+# llama.cpp's llama-server, and the Rust workspace build, then the router's
+# static token table. Every step is skipped when its result is already there,
+# so a second run takes seconds.
 #
 # Environment (defaults in scripts/env.sh):
 #   TRIAGE_CACHE         models, venv, builds, run files   ($HOME/.cache/triage)
@@ -61,6 +62,8 @@ is_local_host "$db_host" && need_pkg postgresql have_all pg_ctlcluster
 need_pkg postgresql-client have_all psql pg_isready
 need_pkg prometheus have_all promtool # promtool checks the ledger's alert rules
 need_pkg python3-venv "${TRIAGE_PYTHON:-python3}" -c 'import venv, ensurepip'
+need_pkg nodejs have_all node # the JavaScript client and its tests
+need_pkg npm have_all npm
 need_pkg build-essential have_all cc c++ make # llama.cpp, and C parts of Rust crates
 need_pkg pkg-config have_all pkg-config
 need_pkg ca-certificates test -e /etc/ssl/certs/ca-certificates.crt
@@ -168,6 +171,20 @@ else
     "$py" -m pip install -q -r "$REQUIREMENTS" || die "pip install -r $REQUIREMENTS failed"
     printf '%s\n' "$want" >"$stamp"
     done_ "${made}installed $(grep -vE '^\s*(#|$)' "$REQUIREMENTS" | paste -sd' ')"
+fi
+
+# ---------------------------------------------------------------------------
+step "JavaScript client packages"
+# clients/js/node_modules from the lock file (integrity-checked by npm).
+js_dir=$TRIAGE_ROOT/clients/js
+js_stamp=$js_dir/node_modules/.triage-lock.sha256
+js_want=$(sha256sum "$js_dir/package-lock.json" | cut -d' ' -f1)
+if [[ -f $js_stamp && $(<"$js_stamp") == "$js_want" ]]; then
+    skip "packages of clients/js/package-lock.json present"
+else
+    npm ci --prefix "$js_dir" --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci in $js_dir failed"
+    printf '%s\n' "$js_want" >"$js_stamp"
+    done_ "installed $(cd "$js_dir" && node -p 'Object.entries(require("./package.json").dependencies).map(([n, v]) => n + "@" + v).join(" ")')"
 fi
 
 # ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command (and CI's, via .ci/run): set up, then run every
 # test suite — the Rust workspace (cargo-nextest when installed, else cargo
-# test; doc tests with cargo test), the Python client's tests and a lint of
+# test; doc tests with cargo test), the Python and JavaScript clients' tests and a lint of
 # these scripts (when the shellcheck tool is installed). Runs all
 # suites even when one fails, prints a summary, exits non-zero on any failure.
 #
@@ -48,6 +48,7 @@ if command -v shellcheck >/dev/null; then
     suite "shell scripts (shellcheck)" shellcheck -x -P SCRIPTDIR/.. -S warning scripts/*.sh .ci/run
 fi
 suite "Python client tests" "$TRIAGE_VENV/bin/python" -m unittest discover -s clients/python/tests -v
+suite "JavaScript client tests" node --test clients/js/test/
 
 print_summary "Test summary ($(awk -v ms=$(($(_now_ms) - total_start)) 'BEGIN { printf "%.0f", ms / 1000 }') s in all)"
 if ((${#failed[@]})); then

@@ -2,7 +2,7 @@
 //! the real embedding model, a worker per tier, the ledger writer (all as
 //! child processes of the built binaries) and two vLLM simulators; replay
 //! drives it in each mode, records a trace, survives an interrupt, and the
-//! Python example client gets a streamed answer from it.
+//! Python and JavaScript example clients get a streamed answer from it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -273,7 +273,7 @@ async fn wait_ready(p: &Pipeline) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_modes_record_interrupt_and_python_client_end_to_end() {
+async fn replay_modes_record_interrupt_and_example_clients_end_to_end() {
     let p = start().await;
     wait_ready(&p).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -490,6 +490,33 @@ async fn replay_modes_record_interrupt_and_python_client_end_to_end() {
     assert!(
         stdout.contains("[tier ") && stdout.contains("model sim-"),
         "the client prints the completion: {stdout}"
+    );
+
+    // The JavaScript example client (npm `nats`), against the same pipeline.
+    let o = Command::new("node")
+        .arg(repo_root().join("clients/js/triage_client.mjs"))
+        .args([
+            "--prefix",
+            &p.prefix,
+            "--nats-url",
+            &nats_url(),
+            "--max-tokens",
+            "8",
+            "--timeout",
+            "60",
+            "Say hello.",
+        ])
+        .output()
+        .expect("node, with clients/js/node_modules installed by scripts/setup.sh");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("[tier ") && stdout.contains("model sim-"),
+        "the JavaScript client prints the completion: {stdout}"
     );
 
     p.teardown().await;
