@@ -120,8 +120,16 @@ url_path() {
 }
 is_local_host() { [[ $1 == 127.0.0.1 || $1 == localhost || $1 == ::1 ]]; }
 
-# mask_url URL: the URL with any password replaced by ***, for printing.
-mask_url() { printf '%s' "$1" | sed -E 's#(://[^/:@]*:)[^@/]*@#\1***@#'; }
+# mask_url URL: the URL (or comma-separated list) with every credential
+# replaced by ***, for printing: the same rules as triage_runtime::mask_url
+# (user:password@, a NATS token@, secret-named query parameters), which a
+# Rust test checks this against.
+mask_url() {
+    printf '%s' "$1" | sed -E \
+        -e 's#((^|,|://)[^/@,:?]*):[^,/?\#]*@#\1:***@#g' \
+        -e 's#((^|,)((nats|tls|ws|wss)://)?)[^/@,:?]+@#\1***@#g' \
+        -e 's#([?&][^=&\#,]*([Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]|[Ss][Ee][Cc][Rr][Ee][Tt]|[Tt][Oo][Kk][Ee][Nn]|[Aa][Pp][Ii]_?[Kk][Ee][Yy]|[Cc][Rr][Ee][Dd][Ss])[^=&\#,]*=)[^&\#,]+#\1***#g'
+}
 
 # nats_info HOST PORT: prints the server's INFO line; fails if nothing
 # answers within 5 s (an unroutable host must not hang the set-up).

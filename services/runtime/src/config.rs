@@ -9,6 +9,8 @@ use figment::Figment;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::masking::{is_secret_name, mask_url};
+
 /// Configuration that cannot be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -39,8 +41,6 @@ where
         .map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
-const SECRET_KEYS: [&str; 6] = ["password", "secret", "token", "api_key", "apikey", "creds"];
-
 /// The configuration as pretty JSON with secrets masked: values of keys
 /// that name a secret, and passwords embedded in URLs.
 pub fn masked<T: Serialize>(config: &T) -> String {
@@ -53,34 +53,13 @@ fn mask_value(value: &mut serde_json::Value, secret: bool) {
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map.iter_mut() {
-                let k = k.to_ascii_lowercase();
-                mask_value(v, secret || SECRET_KEYS.iter().any(|s| k.contains(s)));
+                mask_value(v, secret || is_secret_name(k));
             }
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(|v| mask_value(v, secret)),
         serde_json::Value::String(s) if secret && !s.is_empty() => *s = "***".into(),
-        serde_json::Value::String(s) => *s = mask_url_password(s),
+        serde_json::Value::String(s) => *s = mask_url(s),
         _ => {}
-    }
-}
-
-/// `scheme://user:password@host` → `scheme://user:***@host`; other text
-/// unchanged.
-pub fn mask_url_password(text: &str) -> String {
-    let Some(scheme_end) = text.find("://") else {
-        return text.to_string();
-    };
-    let rest = &text[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => format!(
-            "{}{}:***{}",
-            &text[..scheme_end + 3],
-            &authority[..colon],
-            &rest[at..]
-        ),
-        _ => text.to_string(),
     }
 }
 
