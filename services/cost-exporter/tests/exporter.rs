@@ -65,10 +65,9 @@ async fn metrics_show_booked_spend_shares_and_queue_depth() {
     .await
     .unwrap();
     for i in 0..3 {
-        nats.js
-            .publish(nats.ns.tier(Tier::Small), format!("req {i}").into())
-            .await
-            .unwrap()
+        let payload = format!("req {i}").into();
+        let subject = nats.ns.tier(Tier::Small);
+        triage_bus::publish::once(&nats.js, &subject, Default::default(), payload)
             .await
             .unwrap();
     }

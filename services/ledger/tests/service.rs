@@ -29,7 +29,7 @@ async fn the_service_books_serves_metrics_and_stops_on_sigterm() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_triage-ledger"));
     cmd.arg("run")
         .env("TRIAGE_LEDGER_DATABASE__URL", &db.url)
-        .env("TRIAGE_LEDGER_NATS__URL", nats_url())
+        .env("TRIAGE_LEDGER_NATS__URL", triage_bus::default_nats_url())
         .env("TRIAGE_LEDGER_NATS__PREFIX", nats.ns.prefix().unwrap())
         .env("TRIAGE_LEDGER_METRICS_ADDR", format!("127.0.0.1:{port}"))
         .env("TRIAGE_LEDGER_WRITER__BATCH_WAIT", "10ms")

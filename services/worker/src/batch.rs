@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
-use triage_bus::envelope;
+use triage_bus::{envelope, publish};
 use triage_protocol::{
     decode, encode, headers, Encoding, Namespace, Reply, Request, RoutedRequest, RoutingDecision,
     StreamKind, Tier,
@@ -397,12 +397,11 @@ async fn submit(
             (ns.tier(tier), encode(options.encoding, &routed))
         }
     };
-    js.publish_with_headers(subject.clone(), h, payload.into())
+    // Retried: the message id makes a repeat a no-op, and one hiccup should
+    // not stop the whole batch.
+    publish::durable(js, "batch request", &subject, h, payload.into())
         .await
-        .map_err(nats(&format!("publish to {subject}")))?
-        .await
-        .map_err(nats(&format!("ack of publish to {subject}")))?;
-    Ok(())
+        .map_err(|e| BatchError::Nats(e.to_string()))
 }
 
 fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
