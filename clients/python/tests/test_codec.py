@@ -67,6 +67,7 @@ def rust(message_type: str, payload: bytes, source: str = "msgpack") -> tuple[in
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         check=False,
+        timeout=30,  # a hung codec fails the test instead of hanging the suite
     )
     if done.returncode not in (0, 3):
         raise RuntimeError(f"codec failed ({done.returncode}): {done.stderr.decode()}")

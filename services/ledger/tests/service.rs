@@ -75,8 +75,15 @@ async fn the_service_books_serves_metrics_and_stops_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+    let exited = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let output = tokio::time::timeout(LIMIT, exited)
         .await
+        .unwrap_or_else(|_| {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("triage-ledger still running {LIMIT:?} after SIGTERM");
+        })
         .unwrap()
         .unwrap();
     // Logs go to stdout (the runtime's formatter), errors to stderr.

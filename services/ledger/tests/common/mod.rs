@@ -568,6 +568,20 @@ pub fn spawn_writer(
     (token, metrics, handle)
 }
 
+/// Stops a writer from [`spawn_writer`] and checks it ended cleanly, within
+/// 30 s: a shutdown that never finishes fails here instead of hanging.
+pub async fn stop_writer(
+    stop: tokio_util::sync::CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), triage_ledger::writer::WriterError>>,
+) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .expect("the writer stopped within 30 s of its shutdown")
+        .unwrap()
+        .unwrap();
+}
+
 /// Polls `check` every 50 ms until it holds or `limit` passes.
 pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
