@@ -7,6 +7,8 @@
 #
 #   scripts/test.sh [PACKAGE SELECTION]   e.g. -p triage-protocol (default: --workspace)
 #   TRIAGE_TEST_SKIP_SETUP=1   skip scripts/setup.sh
+#   TRIAGE_TEST_TIMEOUT=60m    limit of the whole Rust suite without cargo-nextest
+#   CI=true                    tests needing the set-up's files fail, never skip (.ci/run sets it)
 set -uo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -38,11 +40,14 @@ suite() {
 # Arguments select packages instead of the whole workspace (e.g. -p triage-protocol).
 scope=("$@")
 ((${#scope[@]})) || scope=(--workspace)
+# nextest reads .config/nextest.toml: a hung test fails after its time limit.
+# cargo test has no per-test limit, so the whole suite gets one instead.
 if cargo nextest --version >/dev/null 2>&1; then
     suite "Rust tests (nextest)" cargo nextest run --no-fail-fast "${scope[@]}"
     suite "Rust doc tests" cargo test --doc "${scope[@]}"
 else
-    suite "Rust tests" cargo test --no-fail-fast "${scope[@]}"
+    warn "cargo-nextest is not installed: no per-test time limit, ${TRIAGE_TEST_TIMEOUT:-60m} for all tests"
+    suite "Rust tests" timeout -k 30s "${TRIAGE_TEST_TIMEOUT:-60m}" cargo test --no-fail-fast "${scope[@]}"
 fi
 if command -v shellcheck >/dev/null; then
     suite "shell scripts (shellcheck)" shellcheck -x -P SCRIPTDIR/.. -S warning scripts/*.sh .ci/run

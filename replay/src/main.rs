@@ -68,8 +68,8 @@ struct ScoreArgs {
 
 #[derive(Args)]
 struct Target {
-    /// NATS server URL.
-    #[arg(long, env = "TRIAGE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL (the default comes from $TRIAGE_NATS_URL, else the local server).
+    #[arg(long, default_value_t = triage_bus::default_nats_url())]
     nats_url: String,
     /// Subject prefix of the deployment (empty: none).
     #[arg(long, env = "TRIAGE_PREFIX", default_value = "")]

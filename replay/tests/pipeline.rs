@@ -5,7 +5,7 @@
 //! Python and JavaScript example clients get a streamed answer from it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -29,10 +29,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn nats_url() -> String {
-    std::env::var("TRIAGE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
 fn admin_db_url() -> String {
@@ -81,7 +77,10 @@ fn service(
 ) -> Service {
     let mut cmd = Command::new(target_bin(bin));
     cmd.args(args)
-        .env(format!("{env_prefix}NATS__URL"), nats_url())
+        .env(
+            format!("{env_prefix}NATS__URL"),
+            triage_bus::default_nats_url(),
+        )
         .env(format!("{env_prefix}NATS__PREFIX"), &p.prefix)
         .env(format!("{env_prefix}METRICS_ADDR"), "127.0.0.1:0")
         .env("RUST_LOG", "info")
@@ -183,24 +182,50 @@ fn uuid_like() -> String {
     format!("{:x}{:08x}", t, std::process::id())
 }
 
+/// Waits for `child` to exit, or kills it and fails after `limit`: a replay
+/// that never finishes fails the test instead of hanging it.
+fn wait_within(child: Child, limit: Duration, what: &str) -> Output {
+    let pid = child.id();
+    let (done, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match exited.recv_timeout(limit) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{what} still running after {limit:?}");
+        }
+    }
+}
+
+/// Longest any replay command here may take.
+const REPLAY_LIMIT: Duration = Duration::from_secs(120);
+
 impl Pipeline {
-    fn replay(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_triage-replay"))
+    fn replay(&self, args: &[&str]) -> Output {
+        let child = Command::new(env!("CARGO_BIN_EXE_triage-replay"))
             .args(args)
             .args([
                 "--prefix",
                 &self.prefix,
                 "--nats-url",
-                &nats_url(),
+                &triage_bus::default_nats_url(),
                 "--database-url",
                 &self.db_url,
             ])
-            .output()
-            .unwrap()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_within(child, REPLAY_LIMIT, &format!("triage-replay {args:?}"))
     }
 
     async fn teardown(self) {
-        let client = async_nats::connect(nats_url()).await.unwrap();
+        let client = async_nats::connect(triage_bus::default_nats_url())
+            .await
+            .unwrap();
         let js = async_nats::jetstream::new(client);
         let ns = triage_protocol::Namespace::new(&self.prefix).unwrap();
         drop(self._services);
@@ -255,7 +280,9 @@ fn report(out: &Path) -> Value {
 /// Waits until the router answers a request end to end (it loads the
 /// embedding model at start).
 async fn wait_ready(p: &Pipeline) {
-    let client = async_nats::connect(nats_url()).await.unwrap();
+    let client = async_nats::connect(triage_bus::default_nats_url())
+        .await
+        .unwrap();
     let triage =
         triage_bus::TriageClient::new(client, triage_protocol::Namespace::new(&p.prefix).unwrap());
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -352,17 +379,20 @@ async fn replay_modes_record_interrupt_and_example_clients_end_to_end() {
 
     // Record while a replay runs, then replay the recorded trace.
     let trace = out("trace.jsonl");
-    let mut recorder = Command::new(env!("CARGO_BIN_EXE_triage-replay"))
+    // --duration: a missed request must not leave it waiting for a fifth.
+    let recorder = Command::new(env!("CARGO_BIN_EXE_triage-replay"))
         .args([
             "record",
             "--output",
             trace.to_str().unwrap(),
             "--count",
             "5",
+            "--duration",
+            "60s",
             "--prefix",
             &p.prefix,
             "--nats-url",
-            &nats_url(),
+            &triage_bus::default_nats_url(),
         ])
         .spawn()
         .unwrap();
@@ -383,7 +413,8 @@ async fn replay_modes_record_interrupt_and_example_clients_end_to_end() {
         out("recorded").to_str().unwrap(),
     ]);
     assert!(o.status.success());
-    assert!(recorder.wait().unwrap().success());
+    let recorded = wait_within(recorder, REPLAY_LIMIT, "triage-replay record");
+    assert!(recorded.status.success());
     let lines: Vec<Value> = std::fs::read_to_string(&trace)
         .unwrap()
         .lines()
@@ -412,7 +443,7 @@ async fn replay_modes_record_interrupt_and_example_clients_end_to_end() {
     assert!(tr["mode"].as_str().unwrap().contains("trace"));
 
     // An interrupted run still writes its report for what finished.
-    let mut long = Command::new(env!("CARGO_BIN_EXE_triage-replay"))
+    let long = Command::new(env!("CARGO_BIN_EXE_triage-replay"))
         .args([
             "run",
             "--input",
@@ -432,7 +463,7 @@ async fn replay_modes_record_interrupt_and_example_clients_end_to_end() {
             "--prefix",
             &p.prefix,
             "--nats-url",
-            &nats_url(),
+            &triage_bus::default_nats_url(),
             "--database-url",
             &p.db_url,
         ])
@@ -446,7 +477,7 @@ async fn replay_modes_record_interrupt_and_example_clients_end_to_end() {
         .status()
         .unwrap()
         .success());
-    let status = long.wait().unwrap();
+    let status = wait_within(long, REPLAY_LIMIT, "the interrupted replay").status;
     assert!(status.success(), "an interrupted run exits cleanly");
     let ir = report(&out("interrupted"));
     let run = &ir["runs"][0];
@@ -472,7 +503,7 @@ async fn replay_modes_record_interrupt_and_example_clients_end_to_end() {
             "--prefix",
             &p.prefix,
             "--nats-url",
-            &nats_url(),
+            &triage_bus::default_nats_url(),
             "--max-tokens",
             "8",
             "--timeout",

@@ -67,6 +67,7 @@ def rust(message_type: str, payload: bytes, source: str = "msgpack") -> tuple[in
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         check=False,
+        timeout=30,  # a hung codec fails the test instead of hanging the suite
     )
     if done.returncode not in (0, 3):
         raise RuntimeError(f"codec failed ({done.returncode}): {done.stderr.decode()}")
@@ -200,8 +201,10 @@ class PythonToRust(unittest.TestCase):
         status, error = rust("request", tc.encode(bad, tc.MSGPACK_MIME))
         self.assertEqual(status, 3)
         self.assertEqual((error["error"], error["field"]), ("invalid_field", "max_tokens"))
+        # The code a Triage service would answer with.
+        self.assertEqual(error["code"], "invalid_request")
         status, error = rust("request", tc.encode(dict(tc.build_request("hi"), version=9), tc.JSON_MIME), "json")
-        self.assertEqual((status, error["error"]), (3, "unsupported_version"))
+        self.assertEqual((status, error["error"], error["code"]), (3, "unsupported_version", "unsupported_version"))
 
 
 class ClientBehaviour(unittest.TestCase):

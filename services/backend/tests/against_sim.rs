@@ -35,23 +35,30 @@ fn request(prompt: &str, max_tokens: u32) -> ChatRequest {
     r
 }
 
-/// Collects a stream without stopping at the first error: (events, final error).
+/// Collects a stream without stopping at the first error: (events, final
+/// error). Fails if the stream has not ended within 60 s.
 async fn drain(
     client: &BackendClient,
     req: &ChatRequest,
 ) -> (Vec<StreamEvent>, Option<BackendError>) {
     let mut stream = client.chat_stream(req);
     let mut events = Vec::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(e) => events.push(e),
-            Err(e) => {
-                assert!(stream.next().await.is_none(), "nothing may follow an error");
-                return (events, Some(e));
+    let read = async {
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(e) => events.push(e),
+                Err(e) => {
+                    assert!(stream.next().await.is_none(), "nothing may follow an error");
+                    return Some(e);
+                }
             }
         }
-    }
-    (events, None)
+        None
+    };
+    let error = tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the stream ended within 60 s");
+    (events, error)
 }
 
 #[tokio::test]

@@ -2,8 +2,9 @@
 //! parses a real server's SSE (role chunk with `content: null`, separate finish chunk, usage
 //! chunk, streamed logprobs) and its error bodies.
 //!
-//! Needs `$TRIAGE_CACHE/bin/llama-server` and the model (made by the project set-up). When
-//! missing: fails under CI (`CI` set), otherwise prints a skip notice.
+//! Needs llama-server (`$TRIAGE_LLAMA_SERVER`, default `$TRIAGE_CACHE/bin/llama-server`) and
+//! the model (made by the project set-up). When missing: fails under CI (`CI` set to anything
+//! but `false`/`0`; `.ci/run` sets it), otherwise prints a skip notice.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -53,10 +54,19 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Whether this is a CI run, where a missing prerequisite is a failure.
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
 /// `Some((binary, model))`, or `None` after printing a skip notice (panics under CI).
 fn prerequisites() -> Option<(PathBuf, PathBuf)> {
     let cache = cache_dir();
-    let binary = cache.join("bin/llama-server");
+    // Where the set-up writes it (scripts/env.sh).
+    let binary = std::env::var_os("TRIAGE_LLAMA_SERVER")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache.join("bin/llama-server"));
     let model = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     for path in [&binary, &model] {
         if !path.exists() {
@@ -65,7 +75,7 @@ fn prerequisites() -> Option<(PathBuf, PathBuf)> {
                  and fetch the models",
                 path.display()
             );
-            if std::env::var_os("CI").is_some() {
+            if under_ci() {
                 panic!("{message}");
             }
             eprintln!("SKIPPED real llama-server test: {message}");
@@ -141,15 +151,27 @@ async fn real_llama_server_stream_parses() {
     let mut summary = StreamSummary::default();
     let mut first_delta_at = None;
     let started = std::time::Instant::now();
-    while let Some(event) = stream.next().await {
-        let event = event.unwrap_or_else(|e| panic!("stream failed: {e}\n{}", server.log_tail()));
-        if let StreamEvent::Malformed { line, reason } = &event {
-            panic!("real server sent a line we cannot parse: {reason}: {line}");
+    let read = async {
+        while let Some(event) = stream.next().await {
+            let event =
+                event.unwrap_or_else(|e| panic!("stream failed: {e}\n{}", server.log_tail()));
+            if let StreamEvent::Malformed { line, reason } = &event {
+                panic!("real server sent a line we cannot parse: {reason}: {line}");
+            }
+            if matches!(event, StreamEvent::Delta { .. }) && first_delta_at.is_none() {
+                first_delta_at = Some(started.elapsed());
+            }
+            summary.apply(event);
         }
-        if matches!(event, StreamEvent::Delta { .. }) && first_delta_at.is_none() {
-            first_delta_at = Some(started.elapsed());
-        }
-        summary.apply(event);
+    };
+    if tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .is_err()
+    {
+        panic!(
+            "the stream did not end within 120 s:\n{}",
+            server.log_tail()
+        );
     }
     eprintln!(
         "llama-server: first delta after {:?}, whole stream {:?}, text {:?}, usage {:?}",

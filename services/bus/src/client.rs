@@ -103,20 +103,14 @@ impl TriageClient {
         request.reply_to = Some(inbox.clone());
         let mut h = crate::envelope::outgoing(self.encoding, Some(&id));
         h.insert(headers::REPLY_TO, inbox.as_str());
-        let submit_err = |e: &dyn std::fmt::Display| ClientError::Submit {
-            id: id.clone(),
-            detail: e.to_string(),
-        };
-        self.js
-            .publish_with_headers(
-                self.ns.requests(),
-                h,
-                encode(self.encoding, &request).into(),
-            )
+        // One try: the application owns its retry policy (and its deadline).
+        let payload = encode(self.encoding, &request).into();
+        crate::publish::once(&self.js, &self.ns.requests(), h, payload)
             .await
-            .map_err(|e| submit_err(&e))?
-            .await
-            .map_err(|e| submit_err(&e))?;
+            .map_err(|e| ClientError::Submit {
+                id: id.clone(),
+                detail: e.to_string(),
+            })?;
         Ok(ReplyStream {
             id,
             subscriber,

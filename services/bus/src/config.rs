@@ -27,8 +27,10 @@ pub struct NatsConfig {
 }
 
 /// The URL when nothing is configured: `TRIAGE_NATS_URL` (shared by every
-/// service and script), else the local server.
-fn default_url() -> String {
+/// service, script and test), else the local server. The one place that
+/// reads it: services get it through [`NatsConfig::default`], command-line
+/// tools and tests call it.
+pub fn default_nats_url() -> String {
     std::env::var("TRIAGE_NATS_URL")
         .ok()
         .filter(|u| !u.trim().is_empty())
@@ -38,7 +40,7 @@ fn default_url() -> String {
 impl Default for NatsConfig {
     fn default() -> Self {
         Self {
-            url: default_url(),
+            url: default_nats_url(),
             user: None,
             password: None,
             token: None,

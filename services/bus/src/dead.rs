@@ -48,12 +48,9 @@ impl DeadLetter<'_> {
             headers::DEAD_DELIVERIES,
             self.deliveries.to_string().as_str(),
         );
-        let subject = ns.dead();
-        js.publish_with_headers(subject.clone(), h, self.payload.to_vec().into())
-            .await
-            .map_err(|e| BusError::js(format!("publish to {subject}"), e))?
-            .await
-            .map_err(|e| BusError::js(format!("ack of publish to {subject}"), e))?;
-        Ok(())
+        // One try: each caller decides whether a failure is retried here
+        // (`publish::with_retries`) or the original is handed back.
+        let payload = bytes::Bytes::copy_from_slice(self.payload);
+        crate::publish::once(js, &ns.dead(), h, payload).await
     }
 }

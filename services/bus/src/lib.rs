@@ -4,7 +4,8 @@
 //! there: connecting ([`connect`]), creating the streams idempotently
 //! ([`streams`]), reading and writing headers with W3C trace context
 //! ([`envelope`], [`trace`]), answering on reply subjects ([`reply`]),
-//! publishing durably with retries ([`publish`]), dead-lettering ([`dead`]), durable pull consumers ([`consumer`]) and the
+//! publishing to a stream and waiting for its ack ([`publish`]),
+//! dead-lettering ([`dead`]), durable pull consumers ([`consumer`]) and the
 //! client API that tests, replay and the demo use ([`client`]).
 
 pub mod client;
@@ -19,7 +20,7 @@ pub mod streams;
 pub mod trace;
 
 pub use client::{Answer, ClientError, ReplyStream, TriageClient};
-pub use config::{ConsumerSettings, NatsConfig, StreamLimits, StreamsConfig};
+pub use config::{default_nats_url, ConsumerSettings, NatsConfig, StreamLimits, StreamsConfig};
 pub use connect::connect;
 pub use dead::DeadLetter;
 pub use envelope::Envelope;

@@ -13,10 +13,6 @@ use triage_protocol::{
     ReplyPolicy, Request, StreamKind, Tier, Usage,
 };
 
-fn nats_url() -> String {
-    std::env::var("TRIAGE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
 /// A namespace of its own per test, so tests run in parallel and never
 /// touch a real deployment's streams.
 fn test_namespace() -> Namespace {
@@ -25,7 +21,7 @@ fn test_namespace() -> Namespace {
 
 async fn setup() -> (async_nats::Client, jetstream::Context, Namespace) {
     let config = NatsConfig {
-        url: nats_url(),
+        url: triage_bus::default_nats_url(),
         ..NatsConfig::default()
     };
     let client = triage_bus::connect(&config)
@@ -207,7 +203,11 @@ async fn client_submits_durably_and_assembles_the_answer_in_both_encodings() {
         assert_eq!(answer.chunks, 2);
         assert_eq!(answer.completion.unwrap().usage.total_tokens(), 5);
     }
-    worker.await.unwrap();
+    // A request the stand-in missed would leave it waiting for ever.
+    tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("the stand-in worker answered both requests within 30 s")
+        .unwrap();
     // Work-queue retention: acked requests are gone.
     let mut requests = js
         .get_stream(ns.stream_name(StreamKind::Requests))
@@ -255,12 +255,17 @@ async fn an_error_reply_and_a_silent_backend_surface_as_typed_client_errors() {
         .unwrap();
         let mut batch = consumer.fetch().max_messages(2).messages().await.unwrap();
         let mut subject = None;
-        while let Some(Ok(m)) = batch.next().await {
-            let r: Request = triage_protocol::decode(Encoding::MsgPack, &m.payload).unwrap();
-            if r.id == stream.id() {
-                subject = r.reply_to;
+        let read = async {
+            while let Some(Ok(m)) = batch.next().await {
+                let r: Request = triage_protocol::decode(Encoding::MsgPack, &m.payload).unwrap();
+                if r.id == stream.id() {
+                    subject = r.reply_to;
+                }
             }
-        }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the fetch ended within 10 s");
         subject.unwrap()
     };
     let reply = Reply::Error(ErrorReply::new(

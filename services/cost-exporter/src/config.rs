@@ -57,11 +57,10 @@ pub struct ExporterConfig {
 
 impl Default for ExporterConfig {
     fn default() -> Self {
-        let mut nats = NatsConfig::default();
-        if let Ok(url) = std::env::var("TRIAGE_NATS_URL") {
-            nats.url = url;
-        }
-        nats.name = Some("triage-cost-exporter".into());
+        let nats = NatsConfig {
+            name: Some("triage-cost-exporter".into()),
+            ..NatsConfig::default()
+        };
         let defaults = SnapshotOptions::default();
         Self {
             database: DatabaseConfig {

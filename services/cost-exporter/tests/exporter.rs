@@ -65,10 +65,9 @@ async fn metrics_show_booked_spend_shares_and_queue_depth() {
     .await
     .unwrap();
     for i in 0..3 {
-        nats.js
-            .publish(nats.ns.tier(Tier::Small), format!("req {i}").into())
-            .await
-            .unwrap()
+        let payload = format!("req {i}").into();
+        let subject = nats.ns.tier(Tier::Small);
+        triage_bus::publish::once(&nats.js, &subject, Default::default(), payload)
             .await
             .unwrap();
     }
@@ -158,7 +157,10 @@ async fn metrics_show_booked_spend_shares_and_queue_depth() {
     assert_eq!(v(r#"triage_cost_exporter_up{source="nats"}"#), 1.0);
 
     shutdown.cancel();
-    refresh.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), refresh)
+        .await
+        .expect("the refresher stopped within 30 s of its shutdown")
+        .unwrap();
     nats.cleanup().await;
     db.drop().await;
 }
@@ -243,13 +245,16 @@ async fn the_service_serves_metrics_and_stops_on_sigterm() {
     );
     assert!(!text.contains("triage_spend_anomaly_ratio "), "{text}");
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let pid = child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+    let exited = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let output = tokio::time::timeout(Duration::from_secs(30), exited)
         .await
+        .unwrap_or_else(|_| {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("triage-cost-exporter still running 30 s after SIGTERM");
+        })
         .unwrap()
         .unwrap();
     // Logs go to stdout (the runtime's formatter), errors to stderr.

@@ -33,7 +33,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use triage_protocol::{decode, headers, DecodeError, Encoding, ErrorCode, Namespace, UsageEvent};
+use triage_protocol::{decode, headers, Encoding, ErrorCode, Namespace, UsageEvent};
 
 use crate::entry::Rejection;
 use crate::store::{Booked, Store, StoreError};
@@ -469,10 +469,7 @@ impl Writer {
                 }
                 Err(e) => dead.push(DeadItem {
                     index,
-                    code: match e {
-                        DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
-                        _ => ErrorCode::InvalidRequest,
-                    },
+                    code: e.error_code(),
                     reason: format!("undecodable usage event: {e}"),
                 }),
             }

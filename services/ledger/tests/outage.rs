@@ -123,8 +123,7 @@ async fn postgres_outage_mid_stream_loses_and_doubles_nothing() {
         .unwrap();
     assert_eq!(booked, TOTAL as i64);
 
-    stop.cancel();
-    handle.await.unwrap().unwrap();
+    stop_writer(stop, handle).await;
     if let Ok(nats) = Arc::try_unwrap(nats) {
         nats.cleanup().await;
     }

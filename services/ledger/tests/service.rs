@@ -29,7 +29,7 @@ async fn the_service_books_serves_metrics_and_stops_on_sigterm() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_triage-ledger"));
     cmd.arg("run")
         .env("TRIAGE_LEDGER_DATABASE__URL", &db.url)
-        .env("TRIAGE_LEDGER_NATS__URL", nats_url())
+        .env("TRIAGE_LEDGER_NATS__URL", triage_bus::default_nats_url())
         .env("TRIAGE_LEDGER_NATS__PREFIX", nats.ns.prefix().unwrap())
         .env("TRIAGE_LEDGER_METRICS_ADDR", format!("127.0.0.1:{port}"))
         .env("TRIAGE_LEDGER_WRITER__BATCH_WAIT", "10ms")
@@ -75,8 +75,15 @@ async fn the_service_books_serves_metrics_and_stops_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+    let exited = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let output = tokio::time::timeout(LIMIT, exited)
         .await
+        .unwrap_or_else(|_| {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("triage-ledger still running {LIMIT:?} after SIGTERM");
+        })
         .unwrap()
         .unwrap();
     // Logs go to stdout (the runtime's formatter), errors to stderr.

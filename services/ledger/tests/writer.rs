@@ -107,8 +107,7 @@ async fn events_are_booked_once_at_the_price_in_force() {
     assert_eq!(rollup, expected_cost);
     assert_books_balance(db.pool()).await;
 
-    stop.cancel();
-    handle.await.unwrap().unwrap();
+    stop_writer(stop, handle).await;
     nats.cleanup().await;
     db.drop().await;
 }
@@ -138,8 +137,7 @@ async fn a_full_redelivery_books_nothing_new() {
         count_rows(&pool).await == 500
     })
     .await;
-    stop.cancel();
-    handle.await.unwrap().unwrap();
+    stop_writer(stop, handle).await;
     let totals_before: Vec<(i16, String, i64, Decimal)> =
         sqlx::query_as("SELECT tier, status, requests, cost FROM usage_totals ORDER BY 1, 2")
             .fetch_all(db.pool())
@@ -159,8 +157,7 @@ async fn a_full_redelivery_books_nothing_new() {
         async move { m.events_with("duplicate") == 500 }
     })
     .await;
-    stop.cancel();
-    handle.await.unwrap().unwrap();
+    stop_writer(stop, handle).await;
 
     assert_eq!(count_rows(db.pool()).await, 500);
     let totals_after: Vec<(i16, String, i64, Decimal)> =
@@ -271,8 +268,7 @@ async fn malformed_events_are_dead_lettered_with_the_reason() {
         info.num_pending == 0 && info.num_ack_pending == 0
     })
     .await;
-    stop.cancel();
-    handle.await.unwrap().unwrap();
+    stop_writer(stop, handle).await;
     nats.cleanup().await;
     db.drop().await;
 }

@@ -10,9 +10,11 @@
 //! Reads the message from stdin (MessagePack by default), decodes it with
 //! `triage_protocol::decode` into the Rust type and writes that value
 //! re-encoded (JSON by default) to stdout. On a decoding error it prints
-//! `{"error": KIND, "field": FIELD, "message": TEXT}` to stdout and exits
-//! with status 3, KIND being one of `malformed`, `missing_field`,
-//! `invalid_field`, `unsupported_version`. Usage errors exit with status 2.
+//! `{"error": KIND, "field": FIELD, "code": CODE, "message": TEXT}` to
+//! stdout and exits with status 3, KIND being one of `malformed`,
+//! `missing_field`, `invalid_field`, `unsupported_version`, and CODE the
+//! error code a Triage service answers that failure with
+//! (`DecodeError::error_code`). Usage errors exit with status 2.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -89,5 +91,11 @@ fn describe(err: &DecodeError) -> String {
         DecodeError::InvalidField { field, .. } => ("invalid_field", Some(field.as_str())),
         DecodeError::UnsupportedVersion { .. } => ("unsupported_version", None),
     };
-    serde_json::json!({ "error": kind, "field": field, "message": err.to_string() }).to_string()
+    serde_json::json!({
+        "error": kind,
+        "field": field,
+        "code": err.error_code().as_str(),
+        "message": err.to_string(),
+    })
+    .to_string()
 }

@@ -180,7 +180,17 @@ impl Path {
     }
 
     async fn wait_for(&self, n: usize) {
-        while self.arrived.load(std::sync::atomic::Ordering::SeqCst) < n {
+        // A lost request fails the run instead of hanging it.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let arrived = self.arrived.load(std::sync::atomic::Ordering::SeqCst);
+            if arrived >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {arrived} of {n} requests routed within 5 minutes"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -302,7 +312,7 @@ fn first_stage(texts: &[String]) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let url = std::env::var("TRIAGE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let url = triage_bus::default_nats_url();
     let n = env_usize("BENCH_REQUESTS", 256);
     let scorer = Scorer::new(ScorerConfig {
         cache_capacity: 0,

@@ -7,7 +7,7 @@
 //! - [`policy`]: tier overrides, tenant pins, shadow mode, failure fallback;
 //! - [`self_rating`]: the optional LLM complexity rating;
 //! - [`routing`]: the scoring of a batch, shared by service and offline;
-//! - [`service`]: the NATS JetStream worker (`triage-router run`);
+//! - [`service`]: the NATS JetStream service (`triage-router run`);
 //! - [`metrics`]: its Prometheus metrics;
 //! - [`offline`]: `train`, `score` and `calibrate`.
 

@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use triage_protocol::RoutingDecision;
+use triage_runtime::metrics::Registrar;
 
 use crate::routing::RouteInfo;
 
@@ -48,73 +49,63 @@ pub struct RouterMetrics {
     pub shadow_disagreements: Counter,
     /// `dead_letters_total{kind}`.
     pub dead_letters: Family<KindLabel, Counter>,
-    /// `publish_failures_total`: republishes not confirmed (message nak'ed).
+    /// `publish_failures_total`: republishes not confirmed after retries
+    /// (message nak'ed).
     pub publish_failures: Counter,
 }
 
 impl RouterMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            decisions: Family::default(),
-            errors: Family::default(),
-            score: Histogram::new(linear_buckets(0.05, 0.05, 20)),
-            routing_delay: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
-            cache: Family::default(),
-            self_rating_failures: Family::default(),
-            shadow_disagreements: Counter::default(),
-            dead_letters: Family::default(),
-            publish_failures: Counter::default(),
-        };
-        let r = registry.sub_registry_with_prefix("triage_router");
-        r.register(
-            "decisions",
-            "Routing decisions by tier sent to and deciding reason",
-            m.decisions.clone(),
-        );
-        r.register("errors", "Error replies by code", m.errors.clone());
-        r.register(
-            "score",
-            "Blended complexity score of scored requests",
-            m.score.clone(),
-        );
-        r.register(
-            "routing_delay_seconds",
-            "From receiving a request to JetStream confirming its republish",
-            m.routing_delay.clone(),
-        );
-        r.register(
-            "batch_size",
-            "Messages per micro-batch",
-            m.batch_size.clone(),
-        );
-        r.register(
-            "cache_lookups",
-            "Score cache lookups by result",
-            m.cache.clone(),
-        );
-        r.register(
-            "self_rating_failures",
-            "LLM self-ratings that failed (the embedding score stood alone)",
-            m.self_rating_failures.clone(),
-        );
-        r.register(
-            "shadow_disagreements",
-            "Shadow-mode decisions that differ from the tier used",
-            m.shadow_disagreements.clone(),
-        );
-        r.register(
-            "dead_letters",
-            "Messages sent to llm.dead by reason",
-            m.dead_letters.clone(),
-        );
-        r.register(
-            "publish_failures",
-            "Republishes JetStream did not confirm (the request is redelivered)",
-            m.publish_failures.clone(),
-        );
-        m
+        let mut r = Registrar::new(registry, "triage_router");
+        Self {
+            decisions: r.add(
+                "decisions",
+                "Routing decisions by tier sent to and deciding reason",
+                Family::default(),
+            ),
+            errors: r.add("errors", "Error replies by code", Family::default()),
+            score: r.add(
+                "score",
+                "Blended complexity score of scored requests",
+                Histogram::new(linear_buckets(0.05, 0.05, 20)),
+            ),
+            routing_delay: r.add(
+                "routing_delay_seconds",
+                "From receiving a request to JetStream confirming its republish",
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ),
+            batch_size: r.add(
+                "batch_size",
+                "Messages per micro-batch",
+                Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            ),
+            cache: r.add(
+                "cache_lookups",
+                "Score cache lookups by result",
+                Family::default(),
+            ),
+            self_rating_failures: r.add(
+                "self_rating_failures",
+                "LLM self-ratings that failed (the embedding score stood alone)",
+                Family::default(),
+            ),
+            shadow_disagreements: r.add(
+                "shadow_disagreements",
+                "Shadow-mode decisions that differ from the tier used",
+                Counter::default(),
+            ),
+            dead_letters: r.add(
+                "dead_letters",
+                "Messages sent to llm.dead by reason",
+                Family::default(),
+            ),
+            publish_failures: r.add(
+                "publish_failures",
+                "Republishes JetStream did not confirm (the request is redelivered)",
+                Counter::default(),
+            ),
+        }
     }
 
     /// Records one routed request.

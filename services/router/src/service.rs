@@ -1,4 +1,4 @@
-//! `triage-router run`: the JetStream worker.
+//! `triage-router run`: the JetStream service.
 //!
 //! One durable pull consumer on `llm.requests`, shared by every replica.
 //! Messages are collected into micro-batches (up to `max_batch` or
@@ -20,11 +20,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
-use triage_bus::{consumer, DeadLetter, Envelope};
+use triage_bus::{consumer, publish, DeadLetter, Envelope};
 use triage_complexity::scorer::Scorer;
 use triage_protocol::{
-    decode, encode, DecodeError, ErrorCode, ErrorReply, Namespace, Reply, ReplySubjectError,
-    Request, RoutedRequest, StreamKind, SCHEMA_VERSION,
+    decode, encode, ErrorCode, ErrorReply, Namespace, Reply, ReplySubjectError, Request,
+    RoutedRequest, StreamKind, SCHEMA_VERSION,
 };
 
 use crate::config::RouterConfig;
@@ -36,6 +36,9 @@ use crate::validation::validate;
 
 /// The service name in dead letters and logs.
 pub const SERVICE: &str = "router";
+
+/// The pull consumer's message stream.
+type Messages = jetstream::consumer::pull::Stream;
 
 /// How long shutdown keeps handing back messages already pulled.
 const SHUTDOWN_RETURN_WINDOW: Duration = Duration::from_millis(300);
@@ -89,8 +92,9 @@ pub async fn build_router(config: &RouterConfig) -> anyhow::Result<Router> {
     ))
 }
 
-/// What every batch task shares.
-struct Worker {
+/// Admits, routes and republishes one micro-batch at a time; what every
+/// batch task shares.
+struct BatchProcessor {
     client: async_nats::Client,
     js: jetstream::Context,
     ns: Namespace,
@@ -138,7 +142,7 @@ pub async fn serve(
         "routing"
     );
     let slots = Arc::new(Semaphore::new(config.batching.concurrency));
-    let worker = Arc::new(Worker {
+    let processor = Arc::new(BatchProcessor {
         client,
         js,
         ns,
@@ -160,15 +164,7 @@ pub async fn serve(
             }
             Some(Ok(m)) => m,
         };
-        let mut batch = vec![(first, Instant::now())];
-        let deadline = tokio::time::Instant::now() + max_wait;
-        while batch.len() < max_batch {
-            match tokio::time::timeout_at(deadline, messages.next()).await {
-                Ok(Some(Ok(m))) => batch.push((m, Instant::now())),
-                Ok(Some(Err(e))) => warn!(error = %e, "pull consumer error"),
-                Ok(None) | Err(_) => break,
-            }
-        }
+        let batch = fill_batch(first, &mut messages, max_batch, max_wait).await;
         let permit = tokio::select! {
             p = Arc::clone(&slots).acquire_owned() => p?,
             _ = shutdown.cancelled() => {
@@ -176,10 +172,10 @@ pub async fn serve(
                 break;
             }
         };
-        let w = Arc::clone(&worker);
+        let processor = Arc::clone(&processor);
         tasks.spawn(async move {
             let _permit = permit;
-            w.process(batch).await;
+            processor.process(batch).await;
         });
         while let Some(done) = tasks.try_join_next() {
             if let Err(e) = done {
@@ -187,8 +183,33 @@ pub async fn serve(
             }
         }
     }
-    // Hand back what was pulled but not started, so another replica takes
-    // it now rather than after ack_wait.
+    drain(messages, tasks).await;
+    info!("stopped");
+    Ok(())
+}
+
+/// The batch `first` opens: more messages until `max_batch` or `max_wait`.
+async fn fill_batch(
+    first: Message,
+    messages: &mut Messages,
+    max_batch: usize,
+    max_wait: Duration,
+) -> Vec<(Message, Instant)> {
+    let mut batch = vec![(first, Instant::now())];
+    let deadline = tokio::time::Instant::now() + max_wait;
+    while batch.len() < max_batch {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(Ok(m))) => batch.push((m, Instant::now())),
+            Ok(Some(Err(e))) => warn!(error = %e, "pull consumer error"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// Hands back what was pulled but not started, so another replica takes it
+/// now rather than after ack_wait, then waits for the batches in flight.
+async fn drain(mut messages: Messages, mut tasks: JoinSet<()>) {
     let mut unstarted = Vec::new();
     while let Ok(Some(Ok(m))) = tokio::time::timeout(SHUTDOWN_RETURN_WINDOW, messages.next()).await
     {
@@ -202,8 +223,6 @@ pub async fn serve(
             error!(error = %e, "batch task failed");
         }
     }
-    info!("stopped");
-    Ok(())
 }
 
 async fn return_unstarted(messages: Vec<Message>) {
@@ -223,7 +242,7 @@ struct Admitted {
     span: tracing::Span,
 }
 
-impl Worker {
+impl BatchProcessor {
     async fn process(&self, batch: Vec<(Message, Instant)>) {
         self.metrics.batch_size.observe(batch.len() as f64);
         let mut admitted = Vec::with_capacity(batch.len());
@@ -324,10 +343,7 @@ impl Worker {
         let mut request: Request = match decode(envelope.encoding, &message.payload) {
             Ok(r) => r,
             Err(e) => {
-                let code = match e {
-                    DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
-                    _ => ErrorCode::InvalidRequest,
-                };
+                let code = e.error_code();
                 // The body is unreadable: only the header can name a reply subject.
                 let reply = envelope.reply_subject(None, policy, &self.ns).ok();
                 warn!(error = %e, "undecodable request");
@@ -480,19 +496,10 @@ impl Worker {
         };
         let headers =
             triage_bus::envelope::outgoing(envelope.encoding, Some(&format!("route:{id}")));
-        let confirmed = match self
-            .js
-            .publish_with_headers(
-                subject.clone(),
-                headers,
-                encode(envelope.encoding, &body).into(),
-            )
-            .await
-        {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match confirmed {
+        // Retried in place: the message id makes a repeat a no-op, and a
+        // redelivery would score the request again.
+        let payload = encode(envelope.encoding, &body).into();
+        match publish::durable(&self.js, "routed request", &subject, headers, payload).await {
             Ok(()) => {
                 if let Err(e) = consumer::ack_confirmed(&message).await {
                     // Republished but not acked: it comes back and the
@@ -505,7 +512,7 @@ impl Worker {
             }
             Err(e) => {
                 self.metrics.publish_failures.inc();
-                warn!(request_id = %id, %subject, error = %e, "republish not confirmed; handing the request back");
+                warn!(request_id = %id, %subject, error = %e, "republish not confirmed after retries; handing the request back");
                 if let Err(e) = consumer::nak(&message, Some(Duration::from_secs(1))).await {
                     warn!(request_id = %id, error = %e, "nak failed; the request returns after ack_wait");
                 }

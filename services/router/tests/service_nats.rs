@@ -11,8 +11,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::StreamExt;
 use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use triage_bus::{NatsConfig, StreamsConfig, TriageClient};
+use triage_bus::{publish, NatsConfig, StreamsConfig, TriageClient};
 use triage_complexity::scorer::{Scorer, ScorerConfig};
 use triage_complexity::ModelFiles;
 use triage_protocol::{
@@ -24,8 +25,15 @@ use triage_router::metrics::RouterMetrics;
 use triage_router::{service, Router};
 use triage_vllm_sim::{FaultConfig, SimConfig};
 
-fn nats_url() -> String {
-    std::env::var("TRIAGE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+/// Shuts a router from `Env::start` down and checks it ended cleanly, within
+/// 30 s: a drain that never finishes fails here instead of hanging.
+async fn stop_router(stop: CancellationToken, task: JoinHandle<anyhow::Result<()>>) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the router drained and stopped within 30 s")
+        .unwrap()
+        .unwrap();
 }
 
 /// One scorer for all tests (loading the model takes a moment).
@@ -51,12 +59,14 @@ struct Env {
 impl Env {
     async fn new() -> Self {
         let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
-        let client = async_nats::connect(nats_url())
+        let client = async_nats::connect(triage_bus::default_nats_url())
             .await
-            .unwrap_or_else(|e| panic!("NATS at {} is needed: {e}", nats_url()));
+            .unwrap_or_else(|e| {
+                panic!("NATS at {} is needed: {e}", triage_bus::default_nats_url())
+            });
         let mut config = RouterConfig {
             nats: NatsConfig {
-                url: nats_url(),
+                url: triage_bus::default_nats_url(),
                 prefix: prefix.clone(),
                 streams: StreamsConfig::small(),
                 ..NatsConfig::default()
@@ -114,7 +124,8 @@ impl Env {
             shutdown.clone(),
         ));
         // Ready when its consumer exists.
-        for _ in 0..200 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
             if let Ok(s) = self
                 .js
                 .get_stream(self.ns.stream_name(StreamKind::Requests))
@@ -124,19 +135,24 @@ impl Env {
                     break;
                 }
             }
+            assert!(
+                tokio::time::Instant::now() < deadline && !task.is_finished(),
+                "the router's consumer did not appear within 10 s"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         (shutdown, task)
     }
 
     async fn publish(&self, request: &Request) {
-        self.js
-            .publish(
-                self.ns.requests(),
-                encode(Encoding::MsgPack, request).into(),
-            )
-            .await
-            .unwrap()
+        let payload = encode(Encoding::MsgPack, request).into();
+        self.publish_raw(async_nats::HeaderMap::new(), payload)
+            .await;
+    }
+
+    /// Publishes to `llm.requests` and waits for the stream's ack.
+    async fn publish_raw(&self, headers: async_nats::HeaderMap, payload: bytes::Bytes) {
+        publish::once(&self.js, &self.ns.requests(), headers, payload)
             .await
             .unwrap();
     }
@@ -231,16 +247,8 @@ async fn routes_a_mixed_set_like_the_offline_scorer() {
     for r in &sent {
         env.publish(r).await;
     }
-    env.js
-        .publish_with_headers(
-            env.ns.requests(),
-            h,
-            encode(Encoding::Json, &json_req).into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    env.publish_raw(h, encode(Encoding::Json, &json_req).into())
+        .await;
 
     let offline = Router::new(
         Ok(scorer()),
@@ -287,8 +295,7 @@ async fn routes_a_mixed_set_like_the_offline_scorer() {
         by_id("plain-0").score.to_bits()
     );
 
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    stop_router(stop, task).await;
     env.cleanup().await;
 }
 
@@ -330,16 +337,8 @@ async fn validation_errors_are_answered_and_undecodable_messages_dead_lettered()
     let mut sub = env.client.subscribe(inbox.clone()).await.unwrap();
     let mut h = async_nats::HeaderMap::new();
     h.insert(headers::REPLY_TO, inbox.as_str());
-    env.js
-        .publish_with_headers(
-            env.ns.requests(),
-            h,
-            bytes::Bytes::from_static(b"\xc1not msgpack"),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    env.publish_raw(h, bytes::Bytes::from_static(b"\xc1not msgpack"))
+        .await;
     let m = tokio::time::timeout(Duration::from_secs(20), sub.next())
         .await
         .unwrap()
@@ -349,15 +348,11 @@ async fn validation_errors_are_answered_and_undecodable_messages_dead_lettered()
         other => panic!("{other:?}"),
     }
     // And without any reply subject: only the dead letter.
-    env.js
-        .publish(
-            env.ns.requests(),
-            bytes::Bytes::from_static(b"{not json either"),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    env.publish_raw(
+        async_nats::HeaderMap::new(),
+        bytes::Bytes::from_static(b"{not json either"),
+    )
+    .await;
     let dead = env
         .js
         .get_stream(env.ns.stream_name(StreamKind::Dead))
@@ -393,8 +388,7 @@ async fn validation_errors_are_answered_and_undecodable_messages_dead_lettered()
     // Nothing was routed.
     assert!(env.all_routed(0).await.is_empty());
 
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    stop_router(stop, task).await;
     env.cleanup().await;
 }
 
@@ -460,8 +454,7 @@ async fn self_rating_failure_falls_back_to_the_embedding() {
         );
         assert_eq!(r.routing.tier, alone.decision.tier);
     }
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    stop_router(stop, task).await;
     sim.shutdown(Duration::from_secs(1)).await;
     env.cleanup().await;
 }
@@ -498,8 +491,7 @@ async fn shadow_mode_sends_everything_to_the_default_tier() {
             "recorded decision"
         );
     }
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    stop_router(stop, task).await;
     env.cleanup().await;
 }
 
@@ -548,7 +540,6 @@ async fn a_router_killed_mid_load_loses_no_request() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(req.info().await.unwrap().state.messages, 0);
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    stop_router(stop, task).await;
     env.cleanup().await;
 }

@@ -1,4 +1,5 @@
-//! The Prometheus endpoint every service exposes.
+//! The Prometheus endpoint every service exposes, and [`Registrar`], which
+//! services build their metrics structs with.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tokio_util::sync::CancellationToken;
 
 /// Serves `GET /metrics` (OpenMetrics text) and `GET /health` on `addr`
@@ -48,5 +49,50 @@ async fn render(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Registers metrics under one prefix and hands each back, so a service's
+/// metrics struct is one expression in which every metric's name, help and
+/// type stand together, written once.
+pub struct Registrar<'a> {
+    registry: &'a mut Registry,
+}
+
+impl<'a> Registrar<'a> {
+    /// Metrics named `<prefix>_<name>` in `registry`.
+    pub fn new(registry: &'a mut Registry, prefix: &str) -> Self {
+        Self {
+            registry: registry.sub_registry_with_prefix(prefix),
+        }
+    }
+
+    /// Registers `metric` as `name` with `help` and returns it (metrics are
+    /// handles: the registry and the caller share the same values).
+    pub fn add<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.registry.register(name, help, metric.clone());
+        metric
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::metrics::counter::Counter;
+
+    use super::*;
+
+    #[test]
+    fn added_metrics_are_prefixed_and_shared_with_the_registry() {
+        let mut registry = Registry::default();
+        let mut r = Registrar::new(&mut registry, "triage_test");
+        let requests: Counter = r.add("requests", "Requests handled", Counter::default());
+        requests.inc_by(3);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("# HELP triage_test_requests Requests handled"),
+            "{text}"
+        );
+        assert!(text.contains("triage_test_requests_total 3"), "{text}");
     }
 }

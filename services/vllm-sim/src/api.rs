@@ -178,7 +178,7 @@ pub struct TopLogprob {
 /// Usage block.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Usage {
-    /// Prompt tokens (approximation, see `tokens`).
+    /// Prompt tokens (the approximation of `triage-token-estimate`).
     pub prompt_tokens: u32,
     /// Total = prompt + completion.
     pub total_tokens: u32,

@@ -5,7 +5,8 @@
 //! `GET /health`, `GET /metrics` with vLLM's metric names) so that Triage's tier workers,
 //! router and tests can run without a GPU, with controllable latency, queueing, context limit
 //! and fault injection. Generated text is deterministic pseudo-text (see [`text`]); token
-//! counts use a documented approximation (see [`tokens`]).
+//! counts use the documented approximation of `triage-token-estimate`, the one the tier
+//! worker uses when a backend reports no usage.
 //!
 //! Tests start it in-process:
 //!
@@ -28,7 +29,6 @@ pub mod metrics;
 pub mod rng;
 pub mod server;
 pub mod text;
-pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -26,7 +26,6 @@ use crate::faults::FaultState;
 use crate::metrics::SimMetrics;
 use crate::rng::{fnv1a, mix, SimRng, FNV_OFFSET};
 use crate::text::{generate, GenParams, Generation};
-use crate::tokens::count_chat_tokens;
 
 const LATENCY_SALT: u64 = 0x1a7e;
 const ID_SALT: u64 = 0x1d;
@@ -344,7 +343,8 @@ fn plan(
             )
         })
         .collect();
-    let prompt_tokens = count_chat_tokens(texts.iter().map(|(r, c)| (r.as_str(), c.as_str())));
+    let prompt_tokens =
+        triage_token_estimate::count_chat(texts.iter().map(|(r, c)| (r.as_str(), c.as_str())));
     let max_len = config.max_model_len;
     let max_tokens = match max_tokens {
         Some(m) if prompt_tokens + m > max_len => {

@@ -1,7 +1,7 @@
 //! Deterministic pseudo-text: what the simulated model "generates".
 //!
 //! Tokens are words from a small embedded list (at most 7 letters, so each is one token
-//! under [`crate::tokens::count_tokens`]) and occasional `,` / `.` marks. Everything — words,
+//! under `triage_token_estimate::count`) and occasional `,` / `.` marks. Everything — words,
 //! natural length, logprobs — comes from one [`SimRng`] seeded by the caller (the server seeds
 //! it from the instance seed, the request's `seed`, the prompt text and the choice index).
 
@@ -194,7 +194,6 @@ fn top_candidates(rng: &mut SimRng, chosen: &str, logprob: f64, k: u32) -> Vec<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokens::count_tokens;
 
     fn params(stop: &[String]) -> GenParams<'_> {
         GenParams {
@@ -232,7 +231,7 @@ mod tests {
         for seed in 0..50 {
             let g = generate(&mut SimRng::new(seed), &params(&[]));
             assert_eq!(
-                count_tokens(&g.text()) as usize,
+                triage_token_estimate::count(&g.text()) as usize,
                 g.tokens.len(),
                 "{}",
                 g.text()

@@ -20,8 +20,17 @@ fn chat_body(content: &str, max_tokens: u32, stream: bool) -> Value {
     })
 }
 
+/// An HTTP client whose every request, body included, ends within 30 s: a
+/// stream that stalls fails its test instead of hanging it.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 async fn post(sim: &SimHandle, body: &Value) -> reqwest::Response {
-    reqwest::Client::new()
+    http()
         .post(format!("{}/v1/chat/completions", sim.url()))
         .json(body)
         .send()
@@ -242,7 +251,7 @@ async fn over_max_model_len_gives_vllms_exact_400() {
 #[tokio::test]
 async fn error_faults_from_script_and_runtime_switch() {
     let sim = spawn(config(4)).await.unwrap();
-    let client = reqwest::Client::new();
+    let client = http();
     let resp = client
         .post(format!("{}/sim/faults", sim.url()))
         .json(&json!({"script": [{"error": 500}, {"error": 503}, "ok"]}))
@@ -356,7 +365,7 @@ fn frames_len(text: &str) -> usize {
 #[tokio::test]
 async fn health_models_and_metrics() {
     let sim = spawn(config(4)).await.unwrap();
-    let client = reqwest::Client::new();
+    let client = http();
     let health = client
         .get(format!("{}/health", sim.url()))
         .send()
@@ -426,7 +435,7 @@ async fn requests_beyond_max_num_seqs_wait() {
     first_body.next().await.unwrap().unwrap(); // holds the only slot now
     let url = sim.url().to_owned();
     let second = tokio::spawn(async move {
-        let resp = reqwest::Client::new()
+        let resp = http()
             .post(format!("{url}/v1/chat/completions"))
             .json(&chat_body("second", 3, true))
             .send()
@@ -538,7 +547,7 @@ async fn graceful_shutdown_lets_streams_finish() {
     sim.shutdown(Duration::from_secs(10)).await;
     let (text, broken) = reader.await.unwrap();
     assert!(!broken && text.ends_with("data: [DONE]\n\n"));
-    assert!(reqwest::get(format!("{url}/health")).await.is_err());
+    assert!(http().get(format!("{url}/health")).send().await.is_err());
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
-use triage_bus::envelope;
+use triage_bus::{envelope, publish};
 use triage_protocol::{
     decode, encode, headers, Encoding, Namespace, Reply, Request, RoutedRequest, RoutingDecision,
     StreamKind, Tier,
@@ -180,12 +180,38 @@ fn nats<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> BatchError + '_ {
     move |e| BatchError::Nats(format!("{what}: {e}"))
 }
 
+/// The results file, opened for appending.
 struct Output {
     file: std::fs::File,
     path: PathBuf,
 }
 
 impl Output {
+    /// Opens (or creates) `path`, cutting off a partial last line left by an
+    /// interrupted run; returns it with the ids already written.
+    fn open(path: &Path) -> Result<(Self, HashSet<String>), BatchError> {
+        let existing = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        let (written, valid_len) = written_ids(&existing);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        if valid_len < existing.len() {
+            tracing::warn!(
+                bytes = existing.len() - valid_len,
+                "cutting off a partial last line left by an interrupted run"
+            );
+            file.set_len(valid_len as u64).map_err(io_err(path))?;
+        }
+        let path = path.to_path_buf();
+        Ok((Self { file, path }, written))
+    }
+
     fn write(&mut self, reply: &Reply) -> Result<(), BatchError> {
         let mut line = serde_json::to_vec(reply).expect("a reply serialises to JSON");
         line.push(b'\n');
@@ -207,45 +233,7 @@ pub async fn run(
         line,
         reason,
     })?;
-    let existing = match std::fs::read_to_string(&options.output) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io_err(&options.output)(e)),
-    };
-    let (written, valid_len) = written_ids(&existing);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&options.output)
-        .map_err(io_err(&options.output))?;
-    if valid_len < existing.len() {
-        tracing::warn!(
-            bytes = existing.len() - valid_len,
-            "cutting off a partial last line left by an interrupted run"
-        );
-        file.set_len(valid_len as u64)
-            .map_err(io_err(&options.output))?;
-    }
-    let mut out = Output {
-        file,
-        path: options.output.clone(),
-    };
-
-    let mut report = BatchReport {
-        total: requests.len(),
-        ..BatchReport::default()
-    };
-    let bar = progress_bar(options.progress, requests.len() as u64);
-    let mut todo: VecDeque<Request> = VecDeque::new();
-    for r in requests {
-        if written.contains(&r.id) {
-            report.already_written += 1;
-        } else {
-            todo.push_back(r);
-        }
-    }
-    bar.set_position(report.already_written as u64);
-
+    let (out, written) = Output::open(&options.output)?;
     let js = jetstream::new(client.clone());
     let results = js
         .get_stream(ns.stream_name(StreamKind::Results))
@@ -256,90 +244,48 @@ pub async fn run(
         .subscribe(inbox.clone())
         .await
         .map_err(nats("subscribe to the reply inbox"))?;
+    let mut report = BatchReport {
+        total: requests.len(),
+        ..BatchReport::default()
+    };
+    let bar = progress_bar(options.progress, requests.len() as u64);
+    let mut todo = VecDeque::new();
+    for r in requests {
+        if written.contains(&r.id) {
+            report.already_written += 1;
+        } else {
+            todo.push_back(r);
+        }
+    }
+    bar.set_position(report.already_written as u64);
+    let mut batch = Batch {
+        js,
+        results,
+        ns,
+        options,
+        inbox,
+        out,
+        report,
+        bar,
+        todo,
+        outstanding: HashMap::new(),
+    };
 
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + options.timeout;
-    let mut outstanding: HashMap<String, Instant> = HashMap::new();
     let mut poll = tokio::time::interval(options.poll_interval.max(Duration::from_millis(10)));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-    let lookup = |id: String| {
-        let results = results.clone();
-        let subject = ns.result(&id);
-        async move {
-            match results.get_last_raw_message_by_subject(&subject).await {
-                Ok(m) => {
-                    let encoding = Encoding::from_content_type(
-                        m.headers.get(headers::CONTENT_TYPE).map(|v| v.as_str()),
-                    );
-                    match decode::<Reply>(encoding, &m.payload) {
-                        Ok(r) => Ok(Some(r)),
-                        Err(e) => Err(BatchError::Nats(format!(
-                            "undecodable result {subject}: {e}"
-                        ))),
-                    }
-                }
-                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-                Err(e) => Err(BatchError::Nats(format!("look up {subject}: {e}"))),
-            }
-        }
-    };
-
-    let record = |reply: &Reply, report: &mut BatchReport, out: &mut Output| {
-        match reply {
-            Reply::Completion(_) => report.completed += 1,
-            _ => report.errors += 1,
-        }
-        bar.inc(1);
-        bar.set_message(format!("{} ok, {} errors", report.completed, report.errors));
-        out.write(reply)
-    };
-
     loop {
-        // Fill the window: recover what is already kept, submit the rest.
-        while outstanding.len() < options.window.max(1) && !shutdown.is_cancelled() {
-            let Some(request) = todo.pop_front() else {
-                break;
-            };
-            if let Some(reply) = lookup(request.id.clone()).await? {
-                report.recovered += 1;
-                record(&reply, &mut report, &mut out)?;
-                continue;
-            }
-            submit(&js, ns, options, &inbox, request.clone()).await?;
-            report.submitted += 1;
-            outstanding.insert(request.id, Instant::now());
-        }
-        if outstanding.is_empty() && (todo.is_empty() || shutdown.is_cancelled()) {
+        batch.fill_window(shutdown).await?;
+        if batch.outstanding.is_empty() && (batch.todo.is_empty() || shutdown.is_cancelled()) {
             break;
         }
         tokio::select! {
             m = replies.next() => {
                 let Some(m) = m else { break };
-                let encoding = Encoding::from_content_type(
-                    m.headers.as_ref().and_then(|h| h.get(headers::CONTENT_TYPE)).map(|v| v.as_str()),
-                );
-                if let Ok(reply) = decode::<Reply>(encoding, &m.payload) {
-                    if let Some(id) = final_id(&reply) {
-                        if outstanding.remove(id).is_some() {
-                            record(&reply, &mut report, &mut out)?;
-                        }
-                    }
-                }
+                batch.on_reply(&m)?;
             }
-            _ = poll.tick() => {
-                let due: Vec<String> = outstanding
-                    .iter()
-                    .filter(|(_, at)| at.elapsed() >= options.poll_interval)
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                for id in due {
-                    if let Some(reply) = lookup(id.clone()).await? {
-                        outstanding.remove(&id);
-                        record(&reply, &mut report, &mut out)?;
-                    }
-                }
-            }
+            _ = poll.tick() => batch.look_up_due().await?,
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(timeout = ?options.timeout, "batch timed out; run again to resume");
                 break;
@@ -348,20 +294,140 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
         }
     }
-    out.file.sync_all().map_err(io_err(&options.output))?;
-    report.missing = outstanding
-        .into_keys()
-        .chain(todo.into_iter().map(|r| r.id))
-        .collect();
-    report.missing.sort();
-    bar.finish_with_message(format!(
-        "{} ok, {} errors, {} missing in {:.1?}",
-        report.completed,
-        report.errors,
-        report.missing.len(),
-        started.elapsed()
-    ));
-    Ok(report)
+    batch.finish(started)
+}
+
+/// One run's state: what is left to submit, what awaits its result, and
+/// where results go.
+struct Batch<'a> {
+    js: jetstream::Context,
+    results: jetstream::stream::Stream,
+    ns: &'a Namespace,
+    options: &'a BatchOptions,
+    inbox: String,
+    out: Output,
+    report: BatchReport,
+    bar: ProgressBar,
+    todo: VecDeque<Request>,
+    outstanding: HashMap<String, Instant>,
+}
+
+impl Batch<'_> {
+    /// Fills the window: recovers what is already kept, submits the rest.
+    async fn fill_window(&mut self, shutdown: &CancellationToken) -> Result<(), BatchError> {
+        while self.outstanding.len() < self.options.window.max(1) && !shutdown.is_cancelled() {
+            let Some(request) = self.todo.pop_front() else {
+                break;
+            };
+            if let Some(reply) = self.lookup(&request.id).await? {
+                self.report.recovered += 1;
+                self.record(&reply)?;
+                continue;
+            }
+            submit(
+                &self.js,
+                self.ns,
+                self.options,
+                &self.inbox,
+                request.clone(),
+            )
+            .await?;
+            self.report.submitted += 1;
+            self.outstanding.insert(request.id, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// A message on the inbox: recorded if it is the final reply of a
+    /// request still awaited.
+    fn on_reply(&mut self, m: &async_nats::Message) -> Result<(), BatchError> {
+        let encoding = Encoding::from_content_type(
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(headers::CONTENT_TYPE))
+                .map(|v| v.as_str()),
+        );
+        if let Ok(reply) = decode::<Reply>(encoding, &m.payload) {
+            if let Some(id) = final_id(&reply) {
+                if self.outstanding.remove(id).is_some() {
+                    self.record(&reply)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks up, in the results stream, the requests awaited longer than
+    /// the poll interval (the durable path: a lost reply is found here).
+    async fn look_up_due(&mut self) -> Result<(), BatchError> {
+        let due: Vec<String> = self
+            .outstanding
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= self.options.poll_interval)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            if let Some(reply) = self.lookup(&id).await? {
+                self.outstanding.remove(&id);
+                self.record(&reply)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The kept result of `id`, if the results stream has one.
+    async fn lookup(&self, id: &str) -> Result<Option<Reply>, BatchError> {
+        let subject = self.ns.result(id);
+        match self.results.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => {
+                let encoding = Encoding::from_content_type(
+                    m.headers.get(headers::CONTENT_TYPE).map(|v| v.as_str()),
+                );
+                decode::<Reply>(encoding, &m.payload)
+                    .map(Some)
+                    .map_err(|e| BatchError::Nats(format!("undecodable result {subject}: {e}")))
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(BatchError::Nats(format!("look up {subject}: {e}"))),
+        }
+    }
+
+    /// Writes a result and counts it.
+    fn record(&mut self, reply: &Reply) -> Result<(), BatchError> {
+        match reply {
+            Reply::Completion(_) => self.report.completed += 1,
+            _ => self.report.errors += 1,
+        }
+        self.bar.inc(1);
+        self.bar.set_message(format!(
+            "{} ok, {} errors",
+            self.report.completed, self.report.errors
+        ));
+        self.out.write(reply)
+    }
+
+    /// Syncs the output and reports what is still missing.
+    fn finish(self, started: Instant) -> Result<BatchReport, BatchError> {
+        self.out
+            .file
+            .sync_all()
+            .map_err(io_err(&self.options.output))?;
+        let mut report = self.report;
+        report.missing = self
+            .outstanding
+            .into_keys()
+            .chain(self.todo.into_iter().map(|r| r.id))
+            .collect();
+        report.missing.sort();
+        self.bar.finish_with_message(format!(
+            "{} ok, {} errors, {} missing in {:.1?}",
+            report.completed,
+            report.errors,
+            report.missing.len(),
+            started.elapsed()
+        ));
+        Ok(report)
+    }
 }
 
 async fn submit(
@@ -397,12 +463,11 @@ async fn submit(
             (ns.tier(tier), encode(options.encoding, &routed))
         }
     };
-    js.publish_with_headers(subject.clone(), h, payload.into())
+    // Retried: the message id makes a repeat a no-op, and one hiccup should
+    // not stop the whole batch.
+    publish::durable(js, "batch request", &subject, h, payload.into())
         .await
-        .map_err(nats(&format!("publish to {subject}")))?
-        .await
-        .map_err(nats(&format!("ack of publish to {subject}")))?;
-    Ok(())
+        .map_err(|e| BatchError::Nats(e.to_string()))
 }
 
 fn progress_bar(enabled: bool, total: u64) -> ProgressBar {

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use triage_runtime::metrics::Registrar;
 
 /// `tier`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,95 +117,74 @@ impl WorkerMetrics {
     /// Creates the metrics for `tier` and registers them.
     pub fn register(tier: u8, registry: &mut Registry) -> Self {
         let latency = || Histogram::new(exponential_buckets(0.001, 2.0, 18));
-        let m = Self {
+        let mut r = Registrar::new(registry, "triage_worker");
+        Self {
             tier,
-            ttft: Family::new_with_constructor(latency),
-            generation: Family::new_with_constructor(latency),
-            tokens: Family::default(),
-            backend_in_flight: Family::default(),
-            in_flight: Family::default(),
-            retries: Family::default(),
-            restarts: Family::default(),
-            escalations: Family::default(),
-            errors: Family::default(),
-            requests: Family::default(),
-            malformed: Family::default(),
-            backend_healthy: Family::default(),
-            prewarms: Family::default(),
-            published: Family::default(),
-            consumer_pending: Family::default(),
-            consumer_ack_pending: Family::default(),
-        };
-        let r = registry.sub_registry_with_prefix("triage_worker");
-        r.register(
-            "ttft_seconds",
-            "Time to first token from the start of the attempt",
-            m.ttft.clone(),
-        );
-        r.register(
-            "generation_seconds",
-            "Generation time of answered attempts",
-            m.generation.clone(),
-        );
-        r.register("tokens", "Tokens by kind", m.tokens.clone());
-        r.register(
-            "backend_in_flight",
-            "Generations running per backend",
-            m.backend_in_flight.clone(),
-        );
-        r.register(
-            "in_flight",
-            "Requests being handled by this replica",
-            m.in_flight.clone(),
-        );
-        r.register(
-            "retries",
-            "Retried backend calls by cause",
-            m.retries.clone(),
-        );
-        r.register(
-            "restarts",
-            "Streams restarted as a new attempt after text was sent",
-            m.restarts.clone(),
-        );
-        r.register(
-            "escalations",
-            "Requests escalated to tier 2 by reason",
-            m.escalations.clone(),
-        );
-        r.register("errors", "Error replies by code", m.errors.clone());
-        r.register(
-            "requests",
-            "Requests handled by outcome",
-            m.requests.clone(),
-        );
-        r.register(
-            "malformed_chunks",
-            "Malformed SSE lines skipped",
-            m.malformed.clone(),
-        );
-        r.register(
-            "backend_healthy",
-            "1 when the backend takes requests (breaker closed)",
-            m.backend_healthy.clone(),
-        );
-        r.register("prewarms", "Pre-warm requests sent", m.prewarms.clone());
-        r.register(
-            "published_messages",
-            "NATS messages published by kind",
-            m.published.clone(),
-        );
-        r.register(
-            "consumer_pending",
-            "Messages waiting in the tier's queue (not yet delivered)",
-            m.consumer_pending.clone(),
-        );
-        r.register(
-            "consumer_ack_pending",
-            "Messages delivered to the tier's workers and not yet acked",
-            m.consumer_ack_pending.clone(),
-        );
-        m
+            ttft: r.add(
+                "ttft_seconds",
+                "Time to first token from the start of the attempt",
+                Family::new_with_constructor(latency),
+            ),
+            generation: r.add(
+                "generation_seconds",
+                "Generation time of answered attempts",
+                Family::new_with_constructor(latency),
+            ),
+            tokens: r.add("tokens", "Tokens by kind", Family::default()),
+            backend_in_flight: r.add(
+                "backend_in_flight",
+                "Generations running per backend",
+                Family::default(),
+            ),
+            in_flight: r.add(
+                "in_flight",
+                "Requests being handled by this replica",
+                Family::default(),
+            ),
+            retries: r.add(
+                "retries",
+                "Retried backend calls by cause",
+                Family::default(),
+            ),
+            restarts: r.add(
+                "restarts",
+                "Streams restarted as a new attempt after text was sent",
+                Family::default(),
+            ),
+            escalations: r.add(
+                "escalations",
+                "Requests escalated to tier 2 by reason",
+                Family::default(),
+            ),
+            errors: r.add("errors", "Error replies by code", Family::default()),
+            requests: r.add("requests", "Requests handled by outcome", Family::default()),
+            malformed: r.add(
+                "malformed_chunks",
+                "Malformed SSE lines skipped",
+                Family::default(),
+            ),
+            backend_healthy: r.add(
+                "backend_healthy",
+                "1 when the backend takes requests (breaker closed)",
+                Family::default(),
+            ),
+            prewarms: r.add("prewarms", "Pre-warm requests sent", Family::default()),
+            published: r.add(
+                "published_messages",
+                "NATS messages published by kind",
+                Family::default(),
+            ),
+            consumer_pending: r.add(
+                "consumer_pending",
+                "Messages waiting in the tier's queue (not yet delivered)",
+                Family::default(),
+            ),
+            consumer_ack_pending: r.add(
+                "consumer_ack_pending",
+                "Messages delivered to the tier's workers and not yet acked",
+                Family::default(),
+            ),
+        }
     }
 
     /// Labels for `backend`.

@@ -2,13 +2,11 @@
 //! and for usage when a backend reports none.
 //!
 //! With a Hugging Face `tokenizer.json` configured (the served model's own),
-//! counts are the model's. Without one, a documented approximation is used
-//! (the same rule as `triage-vllm-sim`, so tests are exact against it):
-//! a run of `L` letters/digits counts `1 + (L - 1) / 7` tokens, every other
-//! non-whitespace character one token, whitespace nothing. A chat prompt
-//! adds 3 tokens per message (role and separators) and 3 for the assistant
-//! header. Either way the chat-template overhead is approximate, so the
-//! check leaves the final word to the backend: a 400 it still sends becomes
+//! counts are the model's. Without one, the documented approximation of
+//! `triage-token-estimate` is used — the simulator's rule too, so tests are
+//! exact against it; its error against a real tokenizer is measured there.
+//! Either way the chat-template overhead is approximate, so the check leaves
+//! the final word to the backend: a 400 it still sends becomes
 //! `context_length_exceeded` with its message quoted.
 
 use std::path::Path;
@@ -70,43 +68,23 @@ impl TokenCounter {
     /// Tokens in `text`.
     pub fn count(&self, text: &str) -> u32 {
         match self {
-            TokenCounter::Approximate => approximate(text),
+            TokenCounter::Approximate => triage_token_estimate::count(text),
             TokenCounter::Tokenizer(t) => t
                 .encode(text, false)
                 .map(|e| e.len() as u32)
-                .unwrap_or_else(|_| approximate(text)),
+                .unwrap_or_else(|_| triage_token_estimate::count(text)),
         }
     }
 
     /// Tokens of a chat prompt, template overhead included.
     pub fn count_chat(&self, messages: &[ChatMessage]) -> u32 {
-        3 + messages
-            .iter()
-            .map(|m| 3 + self.count(&m.role) + self.count(&m.content))
-            .sum::<u32>()
+        triage_token_estimate::count_chat_with(
+            messages
+                .iter()
+                .map(|m| (m.role.as_str(), m.content.as_str())),
+            |text| self.count(text),
+        )
     }
-}
-
-fn approximate(text: &str) -> u32 {
-    let mut tokens = 0u32;
-    let mut run = 0u32;
-    for c in text.chars() {
-        if c.is_alphanumeric() {
-            run += 1;
-            continue;
-        }
-        if run > 0 {
-            tokens += 1 + (run - 1) / 7;
-            run = 0;
-        }
-        if !c.is_whitespace() {
-            tokens += 1;
-        }
-    }
-    if run > 0 {
-        tokens += 1 + (run - 1) / 7;
-    }
-    tokens
 }
 
 /// The usage to report for an attempt: the backend's when it sent one,
@@ -152,12 +130,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn approximation_matches_the_documented_rule() {
+    fn approximation_is_the_shared_estimate_with_template_overhead() {
         let c = TokenCounter::Approximate;
-        assert_eq!(c.count(""), 0);
-        assert_eq!(c.count("hello world"), 2);
         assert_eq!(c.count("hello, world!"), 4);
-        assert_eq!(c.count("internationally"), 3);
         assert_eq!(
             c.count_chat(&[ChatMessage::user("hi")]),
             3 + 3 + 1 + 1,
@@ -195,21 +170,22 @@ mod tests {
     }
 
     #[test]
-    fn a_real_tokenizer_loads_when_present() {
-        // The MiniLM tokenizer the set-up fetches; skipped when absent (unit
-        // tests must not need the cache).
-        let cache = std::env::var("TRIAGE_CACHE")
+    fn a_real_tokenizer_counts_and_a_missing_one_is_an_error() {
+        // The MiniLM tokenizer the set-up fetches: missing, this fails
+        // (like every test needing the set-up's files), it never skips.
+        let cache = std::env::var_os("TRIAGE_CACHE")
+            .filter(|d| !d.is_empty())
             .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| {
-                std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
                     .join(".cache/triage")
             });
         let path = cache.join("models/all-MiniLM-L6-v2/tokenizer.json");
-        if !path.exists() {
-            return;
-        }
-        let c = TokenCounter::load(Some(&path)).unwrap();
+        let c = TokenCounter::load(Some(&path))
+            .unwrap_or_else(|e| panic!("{e} (run the project set-up, which fetches it)"));
         assert_eq!(c.count("hello world"), 2);
+        // WordPiece splits what the approximation counts as one token.
+        assert_eq!(c.count("tokenizers"), 3);
         assert!(TokenCounter::load(Some(Path::new("/nonexistent.json"))).is_err());
     }
 }

@@ -408,15 +408,11 @@ pub struct TestNats {
     marker: String,
 }
 
-pub fn nats_url() -> String {
-    std::env::var("TRIAGE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
 impl TestNats {
     pub async fn create() -> TestNats {
         let prefix = format!("t{}", random_suffix());
         let ns = triage_protocol::Namespace::new(&prefix).unwrap();
-        let client = async_nats::connect(nats_url())
+        let client = async_nats::connect(triage_bus::default_nats_url())
             .await
             .expect("connect to NATS (is nats-server running?)");
         let js = async_nats::jetstream::new(client.clone());
@@ -476,19 +472,16 @@ impl TestNats {
         if let Some(id) = msg_id {
             h.insert(triage_protocol::headers::MSG_ID, id);
         }
-        self.js
-            .publish_with_headers(self.ns.usage(), h, payload.to_vec().into())
+        triage_bus::publish::once(&self.js, &self.ns.usage(), h, payload.to_vec().into())
             .await
-            .expect("publish")
-            .await
-            .expect("publish ack");
+            .expect("publish");
     }
 
     /// Publishes many events without waiting for each ack in turn.
     pub async fn publish_many(&self, events: &[UsageEvent]) {
+        let subject = self.ns.usage();
         for chunk in events.chunks(2000) {
-            let mut acks = Vec::with_capacity(chunk.len());
-            for e in chunk {
+            let publishes = chunk.iter().map(|e| {
                 let mut h = async_nats::HeaderMap::new();
                 h.insert(
                     triage_protocol::headers::CONTENT_TYPE,
@@ -496,16 +489,11 @@ impl TestNats {
                 );
                 h.insert(triage_protocol::headers::MSG_ID, e.msg_id().as_str());
                 let payload = triage_protocol::encode(triage_protocol::Encoding::MsgPack, e);
-                acks.push(
-                    self.js
-                        .publish_with_headers(self.ns.usage(), h, payload.into())
-                        .await
-                        .expect("publish"),
-                );
-            }
-            for a in acks {
-                a.await.expect("publish ack");
-            }
+                triage_bus::publish::once(&self.js, &subject, h, payload.into())
+            });
+            futures::future::try_join_all(publishes)
+                .await
+                .expect("publish");
         }
     }
 
@@ -578,6 +566,20 @@ pub fn spawn_writer(
     );
     let handle = tokio::spawn(writer.run(token.clone()));
     (token, metrics, handle)
+}
+
+/// Stops a writer from [`spawn_writer`] and checks it ended cleanly, within
+/// 30 s: a shutdown that never finishes fails here instead of hanging.
+pub async fn stop_writer(
+    stop: tokio_util::sync::CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), triage_ledger::writer::WriterError>>,
+) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .expect("the writer stopped within 30 s of its shutdown")
+        .unwrap()
+        .unwrap();
 }
 
 /// Polls `check` every 50 ms until it holds or `limit` passes.
