@@ -530,7 +530,7 @@ async fn replay_modes_record_interrupt_and_example_clients_end_to_end() {
             "--prefix",
             &p.prefix,
             "--nats-url",
-            &nats_url(),
+            &triage_bus::default_nats_url(),
             "--max-tokens",
             "8",
             "--timeout",
