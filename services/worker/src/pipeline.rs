@@ -19,6 +19,7 @@ use crate::admit::{Admission, Admitter, Decoded};
 use crate::deliver::Deliverer;
 use crate::generate::{Generator, Job, Outcome};
 use crate::metrics::WorkerMetrics;
+use crate::outbox::Outbox;
 
 /// What became of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +137,7 @@ impl Pipeline {
         }
     }
 
-    fn outbox(&self, env: &Envelope, request: &Decoded) -> crate::outbox::Outbox<'_> {
+    fn outbox(&self, env: &Envelope, request: &Decoded) -> Outbox<'_> {
         let r = &request.routed.request;
         self.deliver.outbox(
             env.encoding,
