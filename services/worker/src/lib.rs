@@ -5,30 +5,49 @@
 //! every request ends in exactly one completion or one clear error, and no
 //! accepted request is lost.
 //!
-//! Pure logic, unit-tested without servers: [`retry`] (what is retried and
-//! for how long), [`breaker`] and [`pool::pick`] (backend choice),
-//! [`coalesce`] (chunk coalescing), [`early_exit`] (the confidence gate),
-//! [`attempt`] (attempt numbering across crashes and escalation) and
-//! [`tokens`] (token counting and usage estimation). I/O at the edges:
-//! [`pool`] (health checks, pre-warm), [`generation`] (one delivery's
-//! backend calls), [`outbox`] (everything published), [`handler`] (one
-//! message, decode to ack), [`worker`] (the consumer loop) and [`batch`]
-//! (the `batch` command). See README.md for behaviour and configuration.
+//! A delivered message passes through stages one way; each takes values
+//! and returns a value, and none imports another (see README.md for the
+//! diagram):
+//!
+//! - [`consume`]: the consumer loop (fetch with free slots only, one task
+//!   per message, shutdown and drain);
+//! - [`pipeline`]: one message through the stages, then ack or nak;
+//! - [`admit`]: decode, reply subject, finished-ids look-up, refusals →
+//!   an [`admit::Admission`];
+//! - [`generate`]: the attempt loop (backend choice, retries, early exit,
+//!   escalation) → a [`generate::Outcome`];
+//! - [`deliver`]: publishes the ending in its durable order.
+//!
+//! Below them, pure logic unit-tested without servers: [`retry`] (what is
+//! retried and for how long), [`breaker`] and [`pool::pick`] (backend
+//! choice), [`coalesce`] (chunk coalescing), [`early_exit`] (the confidence
+//! gate), [`attempt`] (attempt numbering across crashes and escalation),
+//! [`tokens`] (token counting and usage estimation) and [`failure`] (a final
+//! error). I/O at the edges: [`pool`] (health checks, pre-warm),
+//! [`outbox`] (everything published), [`finished`] (the finished-ids
+//! record), [`worker`] (connecting, background jobs) and [`batch`] (the
+//! `batch` command).
 
+pub mod admit;
 pub mod attempt;
 pub mod batch;
 pub mod breaker;
 pub mod coalesce;
 pub mod config;
+pub mod consume;
+pub mod deliver;
 pub mod early_exit;
-pub mod generation;
-pub mod handler;
+pub mod failure;
+pub mod finished;
+pub mod generate;
 pub mod metrics;
 pub mod outbox;
+pub mod pipeline;
 pub mod pool;
 pub mod retry;
 pub mod tokens;
 pub mod worker;
 
 pub use config::WorkerConfig;
-pub use worker::{RunSummary, Worker, WorkerError};
+pub use consume::RunSummary;
+pub use worker::{Worker, WorkerError};

@@ -191,10 +191,11 @@ async fn more_requests_than_capacity_wait_in_jetstream_and_all_complete() {
         done
     };
     tokio::pin!(collect);
+    let wait = Deadline::after(LONG, "all 8 queued requests answered");
     let results = loop {
         tokio::select! {
             done = &mut collect => break done,
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+            _ = wait.poll_again() => {
                 max_running = max_running.max(backend.stats().running);
                 let (pending, ack_pending) = world.queue_depth(Tier::Small).await;
                 saw_queued |= pending > 0;
@@ -303,8 +304,8 @@ async fn an_interrupted_batch_resumes_without_losing_or_repeating_requests() {
     torn.push_str("{\"type\":\"completion\",\"id\":\"job-");
     std::fs::write(&output, torn).unwrap();
 
-    // Second run, through the binary: resumes.
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_triage-worker"))
+    // Second run, through the binary: resumes (killed if it overstays).
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_triage-worker"))
         .args([
             "batch",
             "--subject",
@@ -319,8 +320,11 @@ async fn an_interrupted_batch_resumes_without_losing_or_repeating_requests() {
         .arg(&output)
         .envs(child_env(&world, &[&backend]))
         .stdin(Stdio::null())
-        .status()
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(LONG, second)
         .await
+        .unwrap_or_else(|_| panic!("the resumed batch did not finish within {LONG:?}"))
         .unwrap();
     assert!(status.success(), "{status:?}");
 

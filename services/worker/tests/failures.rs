@@ -344,8 +344,9 @@ async fn the_circuit_breaker_takes_a_failing_backend_out_and_back_in() {
         .unwrap();
     let label = flaky.url().trim_start_matches("http://").to_string();
     let gauge = format!("triage_worker_backend_healthy{{tier=\"1\",backend=\"{label}\"}}");
+    let wait = Deadline::after(LONG, "the breaker to take the failing backend out");
     while worker.metric(&gauge) != Some(0.0) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        wait.poll_again().await;
     }
     // While it is out every request goes to the other backend.
     let before = flaky.stats().requests_received;
@@ -360,8 +361,9 @@ async fn the_circuit_breaker_takes_a_failing_backend_out_and_back_in() {
     assert_eq!(flaky.stats().requests_received, before);
     // Healthy again: probed after open_for and back in service.
     flaky.set_faults(FaultConfig::none()).unwrap();
+    let wait = Deadline::after(LONG, "the probe to put the healed backend back");
     while worker.metric(&gauge) != Some(1.0) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        wait.poll_again().await;
     }
     worker.stop().await;
     world.teardown().await;
@@ -474,8 +476,9 @@ async fn idle_backends_are_prewarmed() {
     let mut config = world.config(&[&backend]);
     config.prewarm.idle_after = Duration::from_millis(200);
     let worker = world.start(config, Tier::Small).await;
+    let wait = Deadline::after(LONG, "a pre-warm request to complete");
     while backend.stats().completed == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        wait.poll_again().await;
     }
     assert!(worker
         .metrics()
@@ -500,15 +503,17 @@ async fn a_redelivered_escalated_request_is_not_answered_twice() {
     };
     let _first = world.submit(Tier::Small, request.clone()).await;
     // Escalated and acked (the record is written before the ack).
+    let wait = Deadline::after(LONG, "the request escalated to tier 2 and acked on tier 1");
     while world.tier_messages(Tier::Large).await == 0 || world.tier_messages(Tier::Small).await > 0
     {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        wait.poll_again().await;
     }
     let calls = small.stats().requests_received;
     // The same message again, as after a crash between escalation and ack.
     let _second = world.submit(Tier::Small, request).await;
+    let wait = Deadline::after(LONG, "the redelivered copy acked on tier 1");
     while world.tier_messages(Tier::Small).await > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        wait.poll_again().await;
     }
     assert_eq!(
         small.stats().requests_received,

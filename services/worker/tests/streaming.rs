@@ -78,8 +78,9 @@ async fn json_requests_are_answered_in_json_and_without_coalescing_every_delta_i
         .submit_with(Tier::Small, prompt("json please"), Encoding::Json)
         .await;
     let mut chunks = 0;
+    let deadline = tokio::time::Instant::now() + LONG;
     loop {
-        let m = tokio::time::timeout(LONG, futures::StreamExt::next(&mut replies.sub))
+        let m = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut replies.sub))
             .await
             .unwrap()
             .unwrap();
@@ -178,13 +179,14 @@ async fn kept_results_go_to_the_results_stream_even_without_a_reply_subject() {
         .get_stream(world.ns.stream_name(StreamKind::Results))
         .await
         .unwrap();
+    let wait = Deadline::after(LONG, "the kept result on the results stream");
     let kept = loop {
         match stream
             .get_last_raw_message_by_subject(&world.ns.result("kept-1"))
             .await
         {
             Ok(m) => break m,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => wait.poll_again().await,
         }
     };
     match decode::<Reply>(Encoding::MsgPack, &kept.payload).unwrap() {
@@ -217,8 +219,9 @@ async fn a_redelivered_answered_request_is_acked_without_generating_again() {
     // The same message again, as after a crash between the answer and the ack.
     let mut second = world.submit(Tier::Small, request).await;
     // Wait until the queue is empty: the duplicate was acked.
+    let wait = Deadline::after(LONG, "the duplicate acked");
     while world.tier_messages(Tier::Small).await > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        wait.poll_again().await;
     }
     assert!(second.extra(Duration::from_millis(300)).await.is_empty());
     assert_eq!(backend.stats().requests_received, 1, "generated once");
@@ -348,12 +351,13 @@ async fn undecodable_messages_and_forbidden_reply_subjects_are_dead_lettered() {
     world
         .publish_routed(Tier::Small, &routed, Encoding::MsgPack)
         .await;
+    let wait = Deadline::after(LONG, "both messages dead-lettered");
     let dead = loop {
         let d = world.stream_messages(StreamKind::Dead).await;
         if d.len() == 2 {
             break d;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        wait.poll_again().await;
     };
     for d in &dead {
         assert_eq!(

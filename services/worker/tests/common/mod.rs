@@ -253,14 +253,10 @@ impl World {
     /// a worker does last (after the final reply, the kept result, the usage
     /// event and the finished record).
     pub async fn settled(&self) {
-        let deadline = tokio::time::Instant::now() + LONG;
+        let wait = Deadline::after(LONG, "every request acked");
         while self.tier_messages(Tier::Small).await > 0 || self.tier_messages(Tier::Large).await > 0
         {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "requests still unacked after {LONG:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            wait.poll_again().await;
         }
     }
 
@@ -282,9 +278,15 @@ pub struct RunningWorker {
 }
 
 impl RunningWorker {
+    /// Signals shutdown and waits for the run to end (at most [`LONG`]:
+    /// the tests' grace period is far shorter).
     pub async fn stop(self) -> RunSummary {
         self.shutdown.cancel();
-        self.handle.await.unwrap().unwrap()
+        tokio::time::timeout(LONG, self.handle)
+            .await
+            .unwrap_or_else(|_| panic!("the worker did not stop within {LONG:?} of shutdown"))
+            .unwrap()
+            .unwrap()
     }
 
     pub fn metrics(&self) -> String {
@@ -439,3 +441,36 @@ pub fn prompt(text: &str) -> Request {
 }
 
 pub const LONG: Duration = Duration::from_secs(30);
+
+/// How often polling loops look again.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// The deadline of one polling loop: call [`Deadline::poll_again`] where
+/// the loop would sleep, and a condition that never comes fails the test
+/// with `what` instead of hanging it.
+pub struct Deadline {
+    at: tokio::time::Instant,
+    after: Duration,
+    what: &'static str,
+}
+
+impl Deadline {
+    pub fn after(after: Duration, what: &'static str) -> Self {
+        Self {
+            at: tokio::time::Instant::now() + after,
+            after,
+            what,
+        }
+    }
+
+    /// Sleeps [`POLL`], or panics once the deadline has passed.
+    pub async fn poll_again(&self) {
+        assert!(
+            tokio::time::Instant::now() < self.at,
+            "waited {:?} for {}: it did not happen",
+            self.after,
+            self.what
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}

@@ -1,0 +1,135 @@
+//! The deliver stage: publishes how a request ended, each step durable
+//! before the next, so a crash anywhere loses nothing and answers nothing
+//! twice:
+//!
+//! - answer: final reply (and kept result, awaited) → usage event (awaited,
+//!   idempotent message id) → finished-ids record;
+//! - failure: dead letter (if asked) → error reply (and kept result) →
+//!   finished-ids record;
+//! - escalation: the copy for tier 2 (awaited, de-duplicated by its message
+//!   id) → escalation record;
+//! - invalid message: error reply (if a reply subject is known) → dead letter.
+//!
+//! The ack comes after, from the caller. A crash before the record means a
+//! redelivery generates again with a higher attempt; after it, the
+//! redelivery is acked without generating. An error here (JetStream did not
+//! take a durable publish) means: hand the message back.
+
+use triage_bus::{BusError, Envelope};
+use triage_protocol::{
+    Completion, Encoding, ErrorCode, ErrorReply, Reply, RoutedRequest, Tier, UsageEvent,
+};
+
+use crate::failure::Failure;
+use crate::finished::FinishedIds;
+use crate::outbox::{Outbox, Publisher};
+
+/// What the deliver stage needs: the NATS handles and the finished record.
+pub struct Deliverer {
+    /// The tier served (noted in the finished record).
+    pub tier: Tier,
+    /// Where things are published.
+    pub publisher: Publisher,
+    /// Requests answered or escalated for good.
+    pub finished: FinishedIds,
+}
+
+impl Deliverer {
+    /// The answer channels of request `id` (see [`Publisher::outbox`]).
+    pub fn outbox(
+        &self,
+        encoding: Encoding,
+        id: String,
+        reply_to: Option<String>,
+        keep_result: bool,
+    ) -> Outbox<'_> {
+        self.publisher.outbox(encoding, id, reply_to, keep_result)
+    }
+
+    /// The final answer and its usage, then the record.
+    pub async fn answer(
+        &self,
+        outbox: &Outbox<'_>,
+        completion: Completion,
+        usage: &UsageEvent,
+    ) -> Result<(), BusError> {
+        let attempt = completion.attempt;
+        outbox.finish(&Reply::Completion(completion)).await?;
+        outbox.usage(usage).await?;
+        let note = format!("completed tier={} attempt={attempt}", self.tier);
+        self.record_finished(&outbox.id, &note).await;
+        Ok(())
+    }
+
+    /// A final error: dead letter if asked, reply (and kept result), record.
+    pub async fn failure(
+        &self,
+        outbox: &Outbox<'_>,
+        env: &Envelope,
+        payload: &[u8],
+        failure: Failure,
+    ) -> Result<(), BusError> {
+        let Failure {
+            code,
+            message: reason,
+            dead_letter,
+        } = failure;
+        tracing::warn!(%code, %reason, "request failed");
+        self.publisher.metrics.error(code);
+        if dead_letter {
+            self.publisher
+                .dead_letter(env, payload, code, &reason)
+                .await?;
+        }
+        let reply = Reply::Error(ErrorReply::new(outbox.id.clone(), code, reason));
+        outbox.finish(&reply).await?;
+        self.record_finished(&outbox.id, &format!("error code={code}"))
+            .await;
+        Ok(())
+    }
+
+    /// The copy for tier 2, then the escalation record.
+    pub async fn escalation(
+        &self,
+        outbox: &Outbox<'_>,
+        env: &Envelope,
+        routed: &RoutedRequest,
+        reason: &str,
+        attempt_base: u32,
+    ) -> Result<(), BusError> {
+        outbox.escalate(env, routed, reason, attempt_base).await?;
+        let note = format!("escalated {reason}");
+        if let Err(e) = self.finished.mark_escalated(&outbox.id, &note).await {
+            tracing::warn!(error = %e, "escalation record not written");
+        }
+        Ok(())
+    }
+
+    /// A message that is not a usable request: tell `tell` (a checked
+    /// reply subject, if one is known), and dead-letter it.
+    pub async fn invalid(
+        &self,
+        env: &Envelope,
+        payload: &[u8],
+        code: ErrorCode,
+        reason: &str,
+        tell: Option<&str>,
+    ) -> Result<(), BusError> {
+        let p = &self.publisher;
+        if let Some(subject) = tell {
+            let reply = Reply::Error(ErrorReply::new("", code, reason));
+            // Best effort: the dead letter below is what must not be lost.
+            let _ = p.reply(subject, env.encoding, &reply).await;
+        }
+        p.metrics.error(code);
+        p.dead_letter(env, payload, code, reason).await
+    }
+
+    async fn record_finished(&self, id: &str, note: &str) {
+        if let Err(e) = self.finished.put(id, note).await {
+            // The ack still follows: without it the request would be generated
+            // again; the record only guards the window between answer and ack.
+            tracing::warn!(error = %e, "finished-ids record not written");
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! One delivered message through the stages, in one direction:
+//!
+//! ```text
+//! message ─▶ admit ─▶ generate ─▶ deliver ─▶ ack / nak
+//! ```
+//!
+//! [`Pipeline`] holds each stage's own context and hands each stage only
+//! that; the stages do not know each other. This module is the only place
+//! that reads one stage's result and chooses the next step.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use triage_bus::{consumer, BusError, Envelope};
+
+use crate::admit::{Admission, Admitter, Decoded};
+use crate::deliver::Deliverer;
+use crate::generate::{Generator, Job, Outcome};
+use crate::metrics::WorkerMetrics;
+use crate::outbox::Outbox;
+
+/// What became of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Acked: answered, failed for good, escalated or a duplicate.
+    Acked,
+    /// Handed back for redelivery.
+    Nakked,
+}
+
+/// The stages of one worker.
+pub struct Pipeline {
+    /// Decode and check.
+    pub admit: Admitter,
+    /// Backend calls.
+    pub generate: Generator,
+    /// Publishing the ending.
+    pub deliver: Deliverer,
+    /// In-flight and outcome counts.
+    pub metrics: WorkerMetrics,
+    /// How often a long generation signals "in progress".
+    pub progress_interval: Duration,
+}
+
+/// After the stages: ack (with the outcome counted), or hand back.
+enum Step {
+    Ack(&'static str),
+    Nak,
+}
+
+impl Pipeline {
+    /// Handles one message; `cancel` fires when the shutdown grace is over.
+    pub async fn handle(
+        &self,
+        message: jetstream::Message,
+        cancel: &CancellationToken,
+    ) -> Disposition {
+        let env = Envelope::of(&message);
+        let span = tracing::info_span!(
+            "request",
+            tier = self.generate.tier.number(),
+            id = tracing::field::Empty,
+            delivery = env.deliveries,
+            attempt = tracing::field::Empty,
+        );
+        triage_bus::trace::adopt_parent(&span, &env.headers);
+        let in_flight = self
+            .metrics
+            .in_flight
+            .get_or_create(&self.metrics.tier())
+            .clone();
+        in_flight.inc();
+        let result = self.stages(&message, &env, cancel).instrument(span).await;
+        in_flight.dec();
+        self.settle(&message, result).await
+    }
+
+    /// Admit → generate → deliver.
+    async fn stages(
+        &self,
+        message: &jetstream::Message,
+        env: &Envelope,
+        cancel: &CancellationToken,
+    ) -> Result<Step, BusError> {
+        let received_at = Instant::now();
+        let _alive = KeepAlive::start(message, self.progress_interval);
+        let payload = &message.payload[..];
+        let (request, first_attempt) = match self.admit.admit(env, payload).await {
+            Admission::Admitted {
+                request,
+                first_attempt,
+            } => (request, first_attempt),
+            Admission::Duplicate => return Ok(Step::Ack("duplicate")),
+            Admission::Invalid(invalid) => {
+                let tell = invalid.tell.as_deref();
+                self.deliver
+                    .invalid(env, payload, invalid.code, &invalid.reason, tell)
+                    .await?;
+                return Ok(Step::Ack("invalid"));
+            }
+            Admission::Refused { request, failure } => {
+                let outbox = self.outbox(env, &request);
+                self.deliver.failure(&outbox, env, payload, failure).await?;
+                return Ok(Step::Ack("error"));
+            }
+        };
+        let outbox = self.outbox(env, &request);
+        let job = Job {
+            routed: &request.routed,
+            outbox: &outbox,
+            first_attempt,
+            received_at,
+            cancel,
+        };
+        match self.generate.generate(&job).await {
+            Outcome::Answered { completion, usage } => {
+                self.deliver.answer(&outbox, *completion, &usage).await?;
+                Ok(Step::Ack("completed"))
+            }
+            Outcome::Failed(failure) => {
+                self.deliver.failure(&outbox, env, payload, failure).await?;
+                Ok(Step::Ack("error"))
+            }
+            Outcome::Escalate {
+                reason,
+                attempt_base,
+            } => {
+                let routed = &request.routed;
+                self.deliver
+                    .escalation(&outbox, env, routed, reason, attempt_base)
+                    .await?;
+                Ok(Step::Ack("escalated"))
+            }
+            Outcome::HandBack => Ok(Step::Nak),
+        }
+    }
+
+    fn outbox(&self, env: &Envelope, request: &Decoded) -> Outbox<'_> {
+        let r = &request.routed.request;
+        self.deliver.outbox(
+            env.encoding,
+            r.id.clone(),
+            request.reply_to.clone(),
+            r.keep_result,
+        )
+    }
+
+    /// Acks or naks the message as the stages decided.
+    async fn settle(
+        &self,
+        message: &jetstream::Message,
+        result: Result<Step, BusError>,
+    ) -> Disposition {
+        match result {
+            Ok(Step::Ack(outcome)) => {
+                if let Err(e) = consumer::ack_confirmed(message).await {
+                    // The work is durable; a redelivery finds the finished record.
+                    tracing::warn!(error = %e, "ack not confirmed");
+                }
+                self.metrics.outcome(outcome);
+                Disposition::Acked
+            }
+            Ok(Step::Nak) | Err(_) => {
+                // Handed back on shutdown: at once, for another replica. After a
+                // NATS failure: a little later, so a persistent fault does not
+                // spin through the deliveries.
+                let delay = result.is_err().then_some(Duration::from_secs(1));
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "publishing failed; handed back for a retry");
+                }
+                if let Err(e) = consumer::nak(message, delay).await {
+                    tracing::warn!(error = %e, "nak failed; the message returns after the ack wait");
+                }
+                self.metrics.outcome("handed_back");
+                Disposition::Nakked
+            }
+        }
+    }
+}
+
+/// Keeps a long-running message alive with in-progress acks until dropped.
+struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl KeepAlive {
+    fn start(message: &jetstream::Message, every: Duration) -> Self {
+        let message = message.clone();
+        Self(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = consumer::in_progress(&message).await {
+                    tracing::warn!(error = %e, "in-progress ack failed");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
