@@ -59,7 +59,8 @@ pub enum BusError {
 }
 
 impl BusError {
-    pub(crate) fn js(op: impl Into<String>, err: impl std::fmt::Display) -> Self {
+    /// A failed JetStream call: `op` says what was attempted.
+    pub fn js(op: impl Into<String>, err: impl std::fmt::Display) -> Self {
         BusError::JetStream {
             op: op.into(),
             detail: err.to_string(),

@@ -28,7 +28,7 @@ use triage_worker::config::{BackendSpec, WorkerConfig};
 use triage_worker::Worker;
 
 fn nats_url() -> String {
-    std::env::var("TRIAGE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+    triage_bus::default_nats_url()
 }
 
 fn us(d: Duration) -> u64 {

@@ -71,13 +71,12 @@ pub struct WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        let mut nats = NatsConfig::default();
-        if let Ok(url) = std::env::var("TRIAGE_NATS_URL") {
-            nats.url = url;
-        }
-        nats.name = Some("triage-worker".into());
         Self {
-            nats,
+            // NatsConfig's default already reads TRIAGE_NATS_URL.
+            nats: NatsConfig {
+                name: Some("triage-worker".into()),
+                ..NatsConfig::default()
+            },
             reply_policy: ReplyPolicy::default(),
             consumer: ConsumerConfig::default(),
             backend_urls: "http://127.0.0.1:8000".into(),

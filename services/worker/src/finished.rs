@@ -55,7 +55,7 @@ impl FinishedIds {
             .get(key)
             .await
             .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
-            .map_err(|e| kv_error("finished-ids get", e))
+            .map_err(|e| BusError::js("finished-ids get", e))
     }
 
     async fn write(&self, key: String, note: &str) -> Result<(), BusError> {
@@ -63,13 +63,6 @@ impl FinishedIds {
             .put(key, note.to_string().into())
             .await
             .map(drop)
-            .map_err(|e| kv_error("finished-ids put", e))
-    }
-}
-
-fn kv_error(op: &str, e: impl std::fmt::Display) -> BusError {
-    BusError::JetStream {
-        op: op.to_string(),
-        detail: e.to_string(),
+            .map_err(|e| BusError::js("finished-ids put", e))
     }
 }

@@ -252,3 +252,9 @@ impl WorkerMetrics {
         self.escalations.get_or_create(&self.reason(reason)).inc();
     }
 }
+
+impl std::fmt::Debug for WorkerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerMetrics")
+    }
+}

@@ -131,12 +131,6 @@ impl Drop for Lease {
     }
 }
 
-impl std::fmt::Debug for WorkerMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WorkerMetrics")
-    }
-}
-
 /// The tier's backends.
 #[derive(Debug)]
 pub struct BackendPool {

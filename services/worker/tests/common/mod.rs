@@ -21,7 +21,7 @@ use triage_worker::config::{BackendSpec, WorkerConfig};
 use triage_worker::{RunSummary, Worker};
 
 pub fn nats_url() -> String {
-    std::env::var("TRIAGE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+    triage_bus::default_nats_url()
 }
 
 /// Stream limits for tests: JetStream reserves `max_bytes` up front, and
