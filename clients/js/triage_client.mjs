@@ -244,12 +244,19 @@ export async function* submit(nc, request, { prefix = "", contentType = MSGPACK_
     const h = natsHeaders();
     for (const [k, v] of Object.entries(requestHeaders(request, inbox, contentType))) h.set(k, v);
     const target = subject(prefix, "llm.requests");
+    let ack;
     try {
-      await nc.jetstream().publish(target, encode(request, contentType), { headers: h, timeout: 10_000 });
+      ack = await nc.jetstream().publish(target, encode(request, contentType), { headers: h, timeout: 10_000 });
     } catch (e) {
       throw new SubmitError(
         `JetStream did not accept the request on ${target}: ${e.message} (is Triage running? its services create the streams)`,
       );
+    }
+    if (ack.duplicate) {
+      // The stream kept an earlier request with this id and dropped this one:
+      // its answer goes to that first submission, none would come here.
+      yield duplicateError(request.id);
+      return;
     }
     for await (const msg of sub) {
       let reply;
@@ -266,6 +273,19 @@ export async function* submit(nc, request, { prefix = "", contentType = MSGPACK_
     sub.unsubscribe();
   }
   throw new TimeoutError(timedOut ? `no final answer within ${timeoutMs / 1000} s` : "the reply subscription ended before the final answer");
+}
+
+/** The error a client reports when JetStream de-duplicated its publish. */
+export function duplicateError(id) {
+  return {
+    type: "error",
+    id,
+    code: "duplicate_request",
+    message:
+      `request ${id} was already accepted (the stream de-duplicated this submission by its id); ` +
+      "its answer goes to the first submission: send a new request with a new id",
+    retryable: false,
+  };
 }
 
 export class SubmitError extends Error {}

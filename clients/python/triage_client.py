@@ -212,6 +212,18 @@ class AnswerPrinter:
         return None
 
 
+def duplicate_error(request_id: str) -> dict[str, Any]:
+    """The error a client reports when JetStream de-duplicated its publish."""
+    return {
+        "type": "error",
+        "id": request_id,
+        "code": "duplicate_request",
+        "message": f"request {request_id} was already accepted (the stream de-duplicated this submission "
+        "by its id); its answer goes to the first submission: send a new request with a new id",
+        "retryable": False,
+    }
+
+
 async def submit(
     url: str,
     request: dict[str, Any],
@@ -253,6 +265,10 @@ async def submit(
         except NatsTimeout:
             printer.err.write(f"JetStream did not confirm the publish to {target} within 10 s\n")
             return 3
+        if ack.duplicate:
+            # The stream kept an earlier request with this id and dropped this
+            # one: its answer goes to that first submission, none would come here.
+            return printer.handle(duplicate_error(request["id"]))
         printer.err.write(f"[request {request['id']} accepted: stream {ack.stream}, seq {ack.seq}; waiting on {inbox}]\n")
         deadline = time.monotonic() + timeout
         while True:

@@ -460,6 +460,9 @@ fn client_error_code(e: &ClientError) -> String {
         ClientError::Timeout { .. } => "client_timeout".into(),
         ClientError::Decode { .. } => "undecodable_reply".into(),
         ClientError::Reply(r) => r.code.as_str().into(),
+        ClientError::Duplicate { .. } => {
+            triage_protocol::ErrorCode::DuplicateRequest.as_str().into()
+        }
         ClientError::Closed(_) => "subscription_closed".into(),
     }
 }

@@ -523,22 +523,30 @@ async fn replay_modes_record_interrupt_and_example_clients_end_to_end() {
         "the client prints the completion: {stdout}"
     );
 
-    // The JavaScript example client (npm `nats`), against the same pipeline.
-    let o = Command::new("node")
-        .arg(repo_root().join("clients/js/triage_client.mjs"))
-        .args([
-            "--prefix",
-            &p.prefix,
-            "--nats-url",
-            &triage_bus::default_nats_url(),
-            "--max-tokens",
-            "8",
-            "--timeout",
-            "60",
-            "Say hello.",
-        ])
-        .output()
-        .expect("node, with clients/js/node_modules installed by scripts/setup.sh");
+    // The JavaScript example client (npm `nats`), against the same pipeline;
+    // then both clients again with its request id, which the stream has
+    // just seen: an immediate `duplicate_request`, not a wait for nothing.
+    let js_id = format!("js-{}", p.prefix);
+    let js_client = |id: &str| {
+        Command::new("node")
+            .arg(repo_root().join("clients/js/triage_client.mjs"))
+            .args([
+                "--prefix",
+                &p.prefix,
+                "--nats-url",
+                &triage_bus::default_nats_url(),
+                "--id",
+                id,
+                "--max-tokens",
+                "8",
+                "--timeout",
+                "60",
+                "Say hello.",
+            ])
+            .output()
+            .expect("node, with clients/js/node_modules installed by scripts/setup.sh")
+    };
+    let o = js_client(&js_id);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),
@@ -549,6 +557,18 @@ async fn replay_modes_record_interrupt_and_example_clients_end_to_end() {
         stdout.contains("[tier ") && stdout.contains("model sim-"),
         "the JavaScript client prints the completion: {stdout}"
     );
+    let again = js_client(&js_id);
+    let py_again = Command::new(venv.join("bin/python"))
+        .arg(repo_root().join("clients/python/triage_client.py"))
+        .args(["--prefix", &p.prefix, "--nats-url", &triage_bus::default_nats_url()])
+        .args(["--id", &js_id, "--timeout", "60", "Say hello."])
+        .output()
+        .unwrap();
+    for (client, o) in [("JavaScript", again), ("Python", py_again)] {
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{client}: {stderr}");
+        assert!(stderr.contains("duplicate_request"), "{client}: {stderr}");
+    }
 
     p.teardown().await;
 }

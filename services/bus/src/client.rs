@@ -41,6 +41,18 @@ pub enum ClientError {
     /// Triage answered with an error.
     #[error("request {}: {} ({})", .0.id, .0.message, .0.code)]
     Reply(ErrorReply),
+    /// A request with this id was accepted moments ago (within the stream's
+    /// duplicate window) and this one was dropped: its answer goes to the
+    /// first submission. Ids are idempotency keys; a new request needs a new id.
+    #[error(
+        "duplicate_request: request {id} was already accepted (the stream de-duplicated this \
+         submission by its id); its answer goes to the first submission — send a new request \
+         with a new id, or keep_result to fetch a result later"
+    )]
+    Duplicate {
+        /// The request id.
+        id: String,
+    },
     /// The subscription ended before a final message.
     #[error("reply subscription for {0} closed before a final message")]
     Closed(String),
@@ -105,12 +117,17 @@ impl TriageClient {
         h.insert(headers::REPLY_TO, inbox.as_str());
         // One try: the application owns its retry policy (and its deadline).
         let payload = encode(self.encoding, &request).into();
-        crate::publish::once(&self.js, &self.ns.requests(), h, payload)
+        let ack = crate::publish::acked(&self.js, &self.ns.requests(), h, payload)
             .await
             .map_err(|e| ClientError::Submit {
                 id: id.clone(),
                 detail: e.to_string(),
             })?;
+        if ack.duplicate {
+            // The stream kept the first request with this id (its
+            // `Nats-Msg-Id`) and dropped this one: no answer would come.
+            return Err(ClientError::Duplicate { id });
+        }
         Ok(ReplyStream {
             id,
             subscriber,

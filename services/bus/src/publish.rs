@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
@@ -36,12 +37,22 @@ pub async fn once(
     headers: HeaderMap,
     payload: Bytes,
 ) -> Result<(), BusError> {
+    acked(js, subject, headers, payload).await.map(drop)
+}
+
+/// One publish, returning the stream's ack (which says, for one, whether
+/// the stream dropped the message as a duplicate of its `Nats-Msg-Id`).
+pub async fn acked(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<PublishAck, BusError> {
     js.publish_with_headers(subject.to_string(), headers, payload)
         .await
         .map_err(|e| BusError::js(format!("publish to {subject}"), e))?
         .await
         .map_err(|e| BusError::js(format!("ack of publish to {subject}"), e))
-        .map(drop)
 }
 
 /// Runs `publish` until it succeeds or has failed `1 + RETRIES` times.

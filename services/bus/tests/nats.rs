@@ -6,7 +6,8 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use triage_bus::streams::{desired_config, ensure_stream, provision, Provisioned};
 use triage_bus::{
-    consumer, ConsumerSettings, DeadLetter, Envelope, NatsConfig, StreamsConfig, TriageClient,
+    consumer, ClientError, ConsumerSettings, DeadLetter, Envelope, NatsConfig, StreamsConfig,
+    TriageClient,
 };
 use triage_protocol::{
     encode, headers, Chunk, Completion, Encoding, ErrorCode, ErrorReply, Namespace, Reply,
@@ -331,5 +332,25 @@ async fn dead_letters_keep_the_payload_and_say_why() {
         .unwrap()
         .as_str()
         .contains("key must be a string"));
+    teardown(&js, &ns).await;
+}
+
+/// A second submission with an id the stream has just seen is dropped by
+/// JetStream (de-duplication by `Nats-Msg-Id`): the client says so at once
+/// instead of waiting for an answer that goes to the first submission.
+#[tokio::test]
+async fn a_resubmitted_id_is_a_duplicate_error_not_a_silent_wait() {
+    let (client, js, ns) = setup().await;
+    provision(&js, &ns, &StreamsConfig::small()).await.unwrap();
+    let triage = TriageClient::new(client, ns.clone());
+    let mut request = Request::from_prompt("hello");
+    request.id = format!("dup-{}", uuid::Uuid::now_v7());
+    let first = triage.submit(request.clone(), Duration::from_secs(5)).await;
+    assert!(first.is_ok(), "{:?}", first.err());
+    match triage.submit(request.clone(), Duration::from_secs(5)).await {
+        Err(ClientError::Duplicate { id }) => assert_eq!(id, request.id),
+        Err(other) => panic!("expected ClientError::Duplicate, got {other}"),
+        Ok(_) => panic!("expected ClientError::Duplicate, got an accepted submission"),
+    }
     teardown(&js, &ns).await;
 }

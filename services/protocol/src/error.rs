@@ -30,11 +30,14 @@ pub enum ErrorCode {
     MaxDeliveriesExceeded,
     /// A bug or an unexpected state in Triage itself.
     Internal,
+    /// A request with this id was accepted before: ids are idempotency keys.
+    /// The message says what became of the first one.
+    DuplicateRequest,
 }
 
 impl ErrorCode {
     /// Every code, for schema and documentation checks.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnsupportedVersion,
         ErrorCode::EmptyPrompt,
@@ -47,6 +50,7 @@ impl ErrorCode {
         ErrorCode::BackendUnavailable,
         ErrorCode::MaxDeliveriesExceeded,
         ErrorCode::Internal,
+        ErrorCode::DuplicateRequest,
     ];
 
     /// The wire spelling.
@@ -64,6 +68,7 @@ impl ErrorCode {
             ErrorCode::BackendUnavailable => "backend_unavailable",
             ErrorCode::MaxDeliveriesExceeded => "max_deliveries_exceeded",
             ErrorCode::Internal => "internal",
+            ErrorCode::DuplicateRequest => "duplicate_request",
         }
     }
 

@@ -56,8 +56,17 @@ pub enum Admission {
         /// The first attempt number of this delivery.
         first_attempt: u32,
     },
-    /// Answered or escalated before: ack without generating again.
+    /// Answered or escalated before, and this is a redelivery of that same
+    /// message (a crash before its ack): ack without generating again.
     Duplicate,
+    /// Answered or escalated before, and this is a new message reusing the
+    /// id: tell its sender what became of the first one, generate nothing.
+    Repeat {
+        /// The new request.
+        request: Decoded,
+        /// The finished record of the first one.
+        note: String,
+    },
     /// Refused before any backend call: an error reply.
     Refused {
         /// The request.
@@ -93,8 +102,14 @@ impl Admitter {
             Ok(request) => request,
             Err(invalid) => return Admission::Invalid(invalid),
         };
-        if self.answered_before(&request.routed.request.id).await {
-            return Admission::Duplicate;
+        if let Some(note) = self.answered_before(&request.routed.request.id).await {
+            // A first delivery of a finished id is a new publish (a client
+            // retry after the streams' duplicate window): it gets an answer.
+            return if env.deliveries <= 1 {
+                Admission::Repeat { request, note }
+            } else {
+                Admission::Duplicate
+            };
         }
         let refused = refusal(&request.routed.request, env.deliveries, self.max_deliveries);
         if let Some(failure) = refused {
@@ -137,7 +152,8 @@ impl Admitter {
     /// Answered before (a crash between the final answer and the ack), or
     /// escalated before (a crash between the escalation and the ack)? A
     /// failed look-up generates: answering twice beats not answering.
-    async fn answered_before(&self, id: &str) -> bool {
+    /// Returns the record's note.
+    async fn answered_before(&self, id: &str) -> Option<String> {
         let escalated = async {
             if self.tier == Tier::Small {
                 self.finished.escalated(id).await
@@ -148,13 +164,13 @@ impl Admitter {
         let (finished, escalated) = tokio::join!(self.finished.get(id), escalated);
         match finished.and_then(|f| escalated.map(|e| f.or(e))) {
             Ok(Some(note)) => {
-                tracing::info!(%note, "already answered or escalated: acked without generating again");
-                true
+                tracing::info!(%note, "already answered or escalated: not generated again");
+                Some(note)
             }
-            Ok(None) => false,
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "finished-ids look-up failed; generating");
-                false
+                None
             }
         }
     }

@@ -88,6 +88,33 @@ impl Deliverer {
         Ok(())
     }
 
+    /// A reused request id: a `duplicate_request` error on the new reply
+    /// subject only. Nothing is recorded or kept: the first request's record
+    /// and kept result stay as they are.
+    pub async fn repeat(&self, outbox: &Outbox<'_>, note: &str) {
+        let code = ErrorCode::DuplicateRequest;
+        let mut message = format!(
+            "request id {:?} was already handled ({note}); a request id is an idempotency key: \
+             send a new request with a new id",
+            outbox.id
+        );
+        if outbox.keep_result {
+            message.push_str(&format!(
+                "; its kept result is on {}",
+                self.publisher.ns.result(&outbox.id)
+            ));
+        }
+        tracing::warn!(%code, %note, "request id reused");
+        self.publisher.metrics.error(code);
+        outbox
+            .reply(&Reply::Error(ErrorReply::new(
+                outbox.id.clone(),
+                code,
+                message,
+            )))
+            .await;
+    }
+
     /// The copy for tier 2, then the escalation record.
     pub async fn escalation(
         &self,

@@ -135,13 +135,20 @@ impl Outbox<'_> {
             publish::durable(&p.js, "kept result", &p.ns.result(&self.id), h, payload).await?;
             p.metrics.published("result");
         }
+        self.reply(reply).await;
+        Ok(())
+    }
+
+    /// Sends a final reply to the reply subject only (if there is one):
+    /// fire-and-forget, like every reply.
+    pub async fn reply(&self, reply: &Reply) {
+        let p = self.publisher;
         if let Some(subject) = &self.reply_to {
             match p.reply(subject, self.encoding, reply).await {
                 Ok(()) => p.metrics.published("final"),
                 Err(e) => tracing::warn!(error = %e, "final reply not sent"),
             }
         }
-        Ok(())
     }
 
     /// Publishes a usage event on `llm.usage` with its idempotent message

@@ -93,6 +93,11 @@ impl Pipeline {
                 first_attempt,
             } => (request, first_attempt),
             Admission::Duplicate => return Ok(Step::Ack("duplicate")),
+            Admission::Repeat { request, note } => {
+                let outbox = self.outbox(env, &request);
+                self.deliver.repeat(&outbox, &note).await;
+                return Ok(Step::Ack("duplicate"));
+            }
             Admission::Invalid(invalid) => {
                 let tell = invalid.tell.as_deref();
                 self.deliver

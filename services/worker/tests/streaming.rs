@@ -374,3 +374,39 @@ async fn undecodable_messages_and_forbidden_reply_subjects_are_dead_lettered() {
     worker.stop().await;
     world.teardown().await;
 }
+
+#[tokio::test]
+async fn a_reused_request_id_is_told_what_happened_to_the_first_not_left_in_silence() {
+    let world = World::new().await;
+    let backend = sim("tier1-sim", 8, 0).await;
+    let worker = world.start(world.config(&[&backend]), Tier::Small).await;
+
+    let mut request = prompt("Why is the sky blue?");
+    request.id = "reused-id-1".into();
+    let first = world
+        .submit(Tier::Small, request.clone())
+        .await
+        .collect(LONG)
+        .await;
+    assert_eq!(first.completion().attempt, 1);
+
+    // The same id again, as a new message (after the streams' duplicate
+    // window a retry is not de-duplicated by JetStream): an answer, at once.
+    let mut again = world.submit(Tier::Small, request).await;
+    let second = again.collect(LONG).await;
+    let error = second.error();
+    assert_eq!(error.code, ErrorCode::DuplicateRequest);
+    assert!(
+        error.message.contains("completed tier=1 attempt=1"),
+        "the error says what became of the first: {}",
+        error.message
+    );
+    assert!(second.chunks.is_empty(), "nothing generated again");
+    assert!(again.extra(Duration::from_millis(300)).await.is_empty());
+
+    // Generated and booked once.
+    world.settled().await;
+    assert_eq!(world.usage_of("reused-id-1").await.len(), 1);
+    worker.stop().await;
+    world.teardown().await;
+}
