@@ -560,7 +560,12 @@ async fn replay_modes_record_interrupt_and_example_clients_end_to_end() {
     let again = js_client(&js_id);
     let py_again = Command::new(venv.join("bin/python"))
         .arg(repo_root().join("clients/python/triage_client.py"))
-        .args(["--prefix", &p.prefix, "--nats-url", &triage_bus::default_nats_url()])
+        .args([
+            "--prefix",
+            &p.prefix,
+            "--nats-url",
+            &triage_bus::default_nats_url(),
+        ])
         .args(["--id", &js_id, "--timeout", "60", "Say hello."])
         .output()
         .unwrap();

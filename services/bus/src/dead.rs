@@ -5,7 +5,7 @@
 //! from where and by whom; re-driving it is publishing the payload back to
 //! `Triage-Dead-Subject`.
 
-use async_nats::jetstream;
+use async_nats::{jetstream, HeaderMap};
 use triage_protocol::{headers, ErrorCode, Namespace};
 
 use crate::BusError;
@@ -29,11 +29,29 @@ pub struct DeadLetter<'a> {
     pub deliveries: u64,
 }
 
+/// The original's headers without JetStream's own `Nats-*` ones: a copied
+/// `Nats-Msg-Id` would make the dead-letter stream drop a second dead letter
+/// of the same request as a duplicate, and a client-supplied
+/// `Nats-Expected-*` could make the publish itself fail.
+fn client_headers(original: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for (name, values) in original.iter() {
+        let name_str: &str = name.as_ref();
+        if name_str.to_ascii_lowercase().starts_with("nats-") {
+            continue;
+        }
+        for value in values {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
+}
+
 impl DeadLetter<'_> {
     /// Publishes to `llm.dead` and waits for JetStream's ack, so the caller
     /// may then ack the original safely.
     pub async fn publish(&self, js: &jetstream::Context, ns: &Namespace) -> Result<(), BusError> {
-        let mut h = self.headers.cloned().unwrap_or_default();
+        let mut h = self.headers.map(client_headers).unwrap_or_default();
         // Header values must be one line.
         let reason: String = self
             .reason

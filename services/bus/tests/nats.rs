@@ -295,6 +295,11 @@ async fn dead_letters_keep_the_payload_and_say_why() {
     provision(&js, &ns, &StreamsConfig::small()).await.unwrap();
     let mut original = async_nats::HeaderMap::new();
     original.insert(headers::CONTENT_TYPE, "application/json");
+    // JetStream's own headers from the client are not copied: a kept
+    // Nats-Msg-Id would de-duplicate the next dead letter of the same id, and
+    // Nats-Expected-Stream would refuse this one.
+    original.insert("Nats-Msg-Id", "client-chosen");
+    original.insert("Nats-Expected-Stream", "SOMEONE_ELSE");
     DeadLetter {
         subject: &ns.requests(),
         payload: b"{broken",
@@ -327,6 +332,7 @@ async fn dead_letters_keep_the_payload_and_say_why() {
         h.get(headers::CONTENT_TYPE).unwrap().as_str(),
         "application/json"
     );
+    assert!(h.get("Nats-Msg-Id").is_none() && h.get("Nats-Expected-Stream").is_none());
     assert!(h
         .get(headers::DEAD_REASON)
         .unwrap()
