@@ -22,8 +22,10 @@ use triage_gateway::Gateway;
 #[derive(Debug, Parser)]
 #[command(name = "triage-gateway", version, about, long_about, after_long_help = CONFIG_HELP)]
 struct Cli {
-    /// TOML configuration file with any of the keys below.
-    #[arg(long, short, env = "TRIAGE_GATEWAY_CONFIG", global = true)]
+    /// TOML configuration file with any of the keys below. (No environment
+    /// variable: every TRIAGE_GATEWAY_* variable is read as a setting, and an
+    /// unknown one is refused, so that typos do not pass silently.)
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
 
     #[command(subcommand)]

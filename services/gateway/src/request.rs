@@ -259,12 +259,14 @@ fn message(path: &str, value: &Value) -> Result<ChatMessage, ApiError> {
         // OpenAI's newer name for the system role; chat templates know `system`.
         "developer" => "system",
         "system" | "user" | "assistant" | "tool" => role,
-        other => return Err(ApiError::invalid(
-            Some(&role_path),
-            format!(
+        other => {
+            return Err(ApiError::invalid(
+                Some(&role_path),
+                format!(
                 "`{role_path}` must be system, developer, user, assistant or tool, got {other:?}"
             ),
-        )),
+            ))
+        }
     };
     let content = content(&format!("{path}.content"), field(m, "content"))?;
     Ok(ChatMessage {

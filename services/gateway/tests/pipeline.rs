@@ -158,11 +158,14 @@ async fn openai_sdk_and_curl_through_the_whole_pipeline() {
     );
     let mut cmd = tokio::process::Command::new(venv_python());
     cmd.arg(tests)
-        .env("TRIAGE_GATEWAY_URL", format!("{}/v1", gw.url));
+        .env("TRIAGE_TEST_GATEWAY_URL", format!("{}/v1", gw.url));
     let out = run(cmd, Duration::from_secs(180)).await;
     assert_success(&out);
     let report = String::from_utf8_lossy(&out.stderr);
-    assert!(report.contains("Ran 7 tests") && report.contains("\nOK"), "{report}");
+    assert!(
+        report.contains("Ran 7 tests") && report.contains("\nOK"),
+        "{report}"
+    );
 
     // curl -N: the frames as they arrive, then [DONE].
     let body = curl_stream(

@@ -1,6 +1,6 @@
 """The gateway through the official `openai` Python package, against a running
 pipeline (router, workers, vLLM simulators). Run by tests/pipeline.rs, which
-starts all of it and passes the gateway's URL in TRIAGE_GATEWAY_URL (e.g.
+starts all of it and passes the gateway's URL in TRIAGE_TEST_GATEWAY_URL (e.g.
 http://127.0.0.1:PORT/v1); the alias `gpt-4o-mini` → triage-tier1 is
 configured there.
 
@@ -12,7 +12,7 @@ import unittest
 
 import openai
 
-BASE_URL = os.environ["TRIAGE_GATEWAY_URL"]
+BASE_URL = os.environ["TRIAGE_TEST_GATEWAY_URL"]
 CLIENT = openai.OpenAI(base_url=BASE_URL, api_key="not-checked-yet", max_retries=0, timeout=60)
 HELLO = [{"role": "user", "content": "Say hello."}]
 
