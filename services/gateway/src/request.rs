@@ -28,6 +28,16 @@ impl Endpoint {
         }
     }
 
+    /// `e` with its `param` named as this endpoint names the input: the
+    /// pipeline's prompt errors say `messages`, which a completions client
+    /// sent as `prompt`.
+    pub fn name_input(self, mut e: ApiError) -> ApiError {
+        if self == Endpoint::Completions && e.param.as_deref() == Some("messages") {
+            e.param = Some("prompt".into());
+        }
+        e
+    }
+
     /// Fields mapped to the protocol; every other field is ignored.
     fn mapped(self) -> &'static [&'static str] {
         match self {
@@ -475,6 +485,19 @@ mod tests {
             "{e}"
         );
         assert!(parse(Endpoint::Chat, b"[1]").is_err());
+    }
+
+    #[test]
+    fn prompt_errors_name_the_endpoints_input_field() {
+        let e = || crate::error::from_code(triage_protocol::ErrorCode::EmptyPrompt, "none");
+        assert_eq!(
+            Endpoint::Completions.name_input(e()).param.as_deref(),
+            Some("prompt")
+        );
+        assert_eq!(
+            Endpoint::Chat.name_input(e()).param.as_deref(),
+            Some("messages")
+        );
     }
 
     #[test]

@@ -186,7 +186,7 @@ fn routing_headers(headers: &mut HeaderMap, c: &Completion) {
 async fn whole(s: &AppState, p: Prepared, request_id: &str) -> Response {
     let answer = match s.client.ask(p.request, s.config.request_timeout).await {
         Ok(a) => a,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return p.endpoint.name_input(e.into()).into_response(),
     };
     let Some(completion) = answer.completion else {
         return ApiError::internal("the answer ended without a completion").into_response();
@@ -223,14 +223,14 @@ async fn next_step(replies: &mut ReplyStream, relay: &mut Relay) -> Step {
 async fn stream(s: &AppState, p: Prepared, request_id: &str, mut ticket: Ticket) -> Response {
     let mut replies = match s.client.submit(p.request, s.config.request_timeout).await {
         Ok(r) => r,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return p.endpoint.name_input(e.into()).into_response(),
     };
     let mut relay = Relay::default();
     let shape = Shape::new(p.endpoint, request_id, &p.model, p.include_usage);
     let mut head = shape.start();
     let mut finished = None;
     match next_step(&mut replies, &mut relay).await {
-        Step::Fail(e) => return e.into_response(),
+        Step::Fail(e) => return p.endpoint.name_input(e).into_response(),
         Step::Text(text) => {
             ticket.first_token();
             head.extend(shape.delta(&text));
