@@ -60,13 +60,14 @@ async fn start_pipeline(world: &World) -> Pipeline {
     let sim = |model: &str, itl_ms: u64| {
         let mut c = SimConfig::instant(model, 12);
         c.ttft_ms = 5;
-        // Tier 1 slower than the worker's 5 ms coalescing, so each token is
-        // its own chunk and a dropped stream has already reached the client.
+        // Tier 1 much slower than the worker's 5 ms coalescing, so its first
+        // tokens reach the client, even on a loaded machine, before a
+        // scripted drop cuts the stream.
         c.itl_ms = itl_ms;
         c
     };
     let sims = (
-        triage_vllm_sim::spawn(sim("sim-small", 20)).await.unwrap(),
+        triage_vllm_sim::spawn(sim("sim-small", 40)).await.unwrap(),
         triage_vllm_sim::spawn(sim("sim-large", 1)).await.unwrap(),
     );
     let stop = CancellationToken::new();
@@ -192,7 +193,7 @@ async fn openai_sdk_and_curl_through_the_whole_pipeline() {
     // A backend connection dropped mid-stream: the worker restarts the
     // generation (attempt 2) after text reached the client.
     let drop_once = FaultConfig {
-        drop_after_chunks: 4,
+        drop_after_chunks: 6,
         script: vec![FaultKind::Drop],
         ..FaultConfig::default()
     };
