@@ -8,14 +8,16 @@
 #   scripts/local-stack.sh status [COMPONENT...]
 #   scripts/local-stack.sh log    COMPONENT      the component's log file path
 #
-# To add a component (router, workers, ledger, ...): add a case to
+# To add a component (router, workers, ledger, gateway, ...): add a case to
 # `component` below that sets CMD (the command line) and HEALTH (an HTTP URL
 # that answers 200 when ready, or empty when the process being alive is enough).
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
-COMPONENTS=(llama-tier1 llama-tier2 sim-tier1 sim-tier2 router worker-tier1 worker-tier2 ledger cost-exporter)
+# The gateway comes first so that `stop` closes the front door before the
+# services behind it.
+COMPONENTS=(gateway llama-tier1 llama-tier2 sim-tier1 sim-tier2 router worker-tier1 worker-tier2 ledger cost-exporter)
 
 # Which servers the workers call: llama (real local models), sim (the vLLM
 # simulators) or vllm (TRIAGE_TIER1_URL / TRIAGE_TIER2_URL, real vLLM).
@@ -93,6 +95,17 @@ component() {
         CMD=(env TRIAGE_COST_EXPORTER_METRICS_ADDR=127.0.0.1:9471 TRIAGE_COST_EXPORTER_NATS__PREFIX="${TRIAGE_PREFIX:-}"
             "$(bin triage-cost-exporter)" run)
         HEALTH=http://127.0.0.1:9471/metrics
+        ;;
+    gateway)
+        # The OpenAI-compatible API on TRIAGE_GATEWAY_LISTEN (127.0.0.1:8080;
+        # every TRIAGE_GATEWAY_* variable is a gateway setting). Healthy only
+        # once NATS answers and the streams exist: start it after the router
+        # or a worker, which create them.
+        local listen=${TRIAGE_GATEWAY_LISTEN:-127.0.0.1:8080}
+        CMD=(env "TRIAGE_GATEWAY_LISTEN=$listen" TRIAGE_GATEWAY_METRICS_ADDR="${TRIAGE_GATEWAY_METRICS_ADDR:-127.0.0.1:9102}"
+            TRIAGE_GATEWAY_NATS__URL="$TRIAGE_NATS_URL" TRIAGE_GATEWAY_NATS__PREFIX="${TRIAGE_PREFIX:-}"
+            "$(bin triage-gateway)" run)
+        HEALTH=http://$listen/health
         ;;
     *) fail "unknown component '$1' (known: ${COMPONENTS[*]})" ;;
     esac

@@ -1,6 +1,8 @@
 //! The Rust client API: submit a request, read its chunks, then a
 //! completion or an error. Tests, replay and the demo all use it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -65,6 +67,14 @@ pub struct TriageClient {
     js: jetstream::Context,
     ns: Namespace,
     encoding: Encoding,
+    reply_prefix: Option<Arc<ReplyPrefix>>,
+}
+
+/// A reply-subject prefix of the client's own and the counter that makes
+/// each request's subject under it unique.
+struct ReplyPrefix {
+    prefix: String,
+    next: AtomicU64,
 }
 
 impl TriageClient {
@@ -76,6 +86,26 @@ impl TriageClient {
             js,
             ns,
             encoding: Encoding::MsgPack,
+            reply_prefix: None,
+        }
+    }
+
+    /// Receives answers on `<prefix>.<n>` (n counting from 1) instead of the
+    /// connection's shared `_INBOX.`, so a service (the HTTP gateway) can be
+    /// given NATS permissions for its own reply subjects only. The prefix must
+    /// be one the workers' reply policy allows.
+    pub fn with_reply_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.reply_prefix = Some(Arc::new(ReplyPrefix {
+            prefix: prefix.into(),
+            next: AtomicU64::new(1),
+        }));
+        self
+    }
+
+    fn reply_subject(&self) -> String {
+        match &self.reply_prefix {
+            Some(p) => format!("{}.{}", p.prefix, p.next.fetch_add(1, Ordering::Relaxed)),
+            None => self.client.new_inbox(),
         }
     }
 
@@ -103,7 +133,7 @@ impl TriageClient {
             request.submitted_at_ms = Some(triage_protocol::now_ms());
         }
         let id = request.id.clone();
-        let inbox = self.client.new_inbox();
+        let inbox = self.reply_subject();
         let subscriber =
             self.client
                 .subscribe(inbox.clone())

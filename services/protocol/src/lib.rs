@@ -20,7 +20,7 @@ pub mod subjects;
 pub use encoding::{decode, encode, DecodeError, Encoding};
 pub use error::ErrorCode;
 pub use message::*;
-pub use reply::{ReplyPolicy, ReplySubjectError};
+pub use reply::{ReplyPolicy, ReplySubjectError, GATEWAY_REPLY_PREFIX};
 pub use subjects::{Namespace, StreamKind};
 
 /// The schema version this build writes and accepts.

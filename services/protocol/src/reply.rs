@@ -2,13 +2,19 @@
 //!
 //! A reply subject comes from the client, so it is untrusted: without this
 //! check a client could make a worker publish into `llm.tier2`, `llm.usage`
-//! or the JetStream API. Only subjects under an allowed prefix (`_INBOX.` by
-//! default) that are concrete (no wildcards) and outside the deployment's
-//! own namespace are answered.
+//! or the JetStream API. Only subjects under an allowed prefix (`_INBOX.`,
+//! NATS clients' inboxes, and `_GW.`, the HTTP gateway's, by default) that
+//! are concrete (no wildcards) and outside the deployment's own namespace
+//! are answered.
 
 use serde::{Deserialize, Serialize};
 
 use crate::subjects::Namespace;
+
+/// The first token of the HTTP gateway's reply subjects
+/// (`_GW.<instance>.<n>`): a prefix of its own rather than the shared
+/// `_INBOX.`, so NATS permissions can give the gateway exactly its replies.
+pub const GATEWAY_REPLY_PREFIX: &str = "_GW";
 
 /// Allowed reply-subject prefixes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +26,7 @@ pub struct ReplyPolicy {
 impl Default for ReplyPolicy {
     fn default() -> Self {
         Self {
-            allowed_prefixes: vec!["_INBOX.".to_string()],
+            allowed_prefixes: vec!["_INBOX.".to_string(), format!("{GATEWAY_REPLY_PREFIX}.")],
         }
     }
 }
@@ -83,6 +89,11 @@ mod tests {
         let p = ReplyPolicy::default();
         let ns = Namespace::default();
         assert!(p.check(&ns, "_INBOX.abc.def").is_ok());
+        assert!(p.check(&ns, "_GW.instance-1.42").is_ok());
+        assert!(
+            p.check(&ns, "_GWX.1").is_err(),
+            "the prefix is a whole token"
+        );
     }
 
     #[test]

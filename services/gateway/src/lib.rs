@@ -1,0 +1,116 @@
+//! `triage-gateway`: an OpenAI-compatible HTTP front door to Triage.
+//!
+//! Each `POST /v1/chat/completions` or `POST /v1/completions` is checked and
+//! translated ([`request`]), its model looked up ([`models`]: `triage-auto`
+//! is routed, `triage-tier1`/`triage-tier2` force a tier), published on
+//! `llm.requests` with the Rust client API (JetStream ack awaited) and a
+//! reply subject of this instance's own (`_GW.<instance>.<n>`), and its
+//! replies are relayed ([`relay`]: no spliced text after a restart) as
+//! OpenAI objects or server-sent events ([`openai`]). Errors are OpenAI's
+//! error bodies with the right status ([`error`]). [`server`] holds the
+//! routes, [`health`] the readiness check, [`metrics`] the Prometheus
+//! metrics.
+
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod models;
+pub mod openai;
+pub mod relay;
+pub mod request;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use triage_bus::TriageClient;
+
+pub use config::GatewayConfig;
+
+use crate::metrics::GatewayMetrics;
+use crate::models::Catalogue;
+use crate::server::AppState;
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A setting is unusable.
+    #[error(transparent)]
+    Config(#[from] config::InvalidConfig),
+    /// NATS is unreachable.
+    #[error(transparent)]
+    Bus(#[from] triage_bus::BusError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A gateway connected to NATS, not yet listening.
+pub struct Gateway {
+    state: Arc<AppState>,
+}
+
+/// A listening gateway.
+pub struct Running {
+    /// The bound API address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The server task; ends after `shutdown` fired and open answers finished.
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Gateway {
+    /// Checks `config`, connects to NATS and registers the metrics.
+    pub async fn connect(
+        config: GatewayConfig,
+        registry: &mut Registry,
+    ) -> Result<Self, GatewayError> {
+        config.validate()?;
+        let catalogue =
+            Catalogue::new(&config.aliases).map_err(|e| config::InvalidConfig(e.to_string()))?;
+        let ns = config.nats.namespace()?;
+        let nats = triage_bus::connect(&config.nats).await?;
+        let reply_prefix = config.instance_reply_prefix();
+        tracing::info!(%reply_prefix, "answers arrive on {reply_prefix}.<n>");
+        let client = TriageClient::new(nats.clone(), ns.clone()).with_reply_prefix(reply_prefix);
+        let state = AppState {
+            client,
+            js: async_nats::jetstream::new(nats.clone()),
+            nats,
+            ns,
+            catalogue,
+            metrics: GatewayMetrics::register(registry),
+            started: triage_protocol::now_ms() / 1000,
+            config,
+        };
+        Ok(Self {
+            state: Arc::new(state),
+        })
+    }
+
+    /// Listens on the configured address until `shutdown` fires, then lets
+    /// open answers finish.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<Running, GatewayError> {
+        let addr = self.state.config.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let app = server::routes(self.state);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        });
+        Ok(Running { addr, task })
+    }
+}

@@ -1,0 +1,409 @@
+//! The gateway against a pipeline played by the test, on the real NATS: the
+//! test reads each request from `llm.requests` and answers on its reply
+//! subject with exactly the replies a scenario needs (a restart after text
+//! was streamed, an error code, silence), which a real worker produces only
+//! by chance.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{http, run, sse_events, streamed_text, venv_python, World};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use triage_protocol::{
+    decode, headers, Chunk, Completion, Encoding, ErrorCode, ErrorReply, Reply, Request,
+    RoutingDecision, Tier, Usage,
+};
+
+/// Reads requests from the namespace's `llm.requests`.
+struct Responder {
+    client: async_nats::Client,
+    sub: async_nats::Subscriber,
+}
+
+impl World {
+    async fn responder(&self) -> Responder {
+        let sub = self.client.subscribe(self.ns.requests()).await.unwrap();
+        self.client.flush().await.unwrap();
+        Responder {
+            client: self.client.clone(),
+            sub,
+        }
+    }
+}
+
+impl Responder {
+    /// Waits for the next request and answers it with `script(id)`.
+    fn answer(
+        mut self,
+        script: impl FnOnce(&str) -> Vec<Reply> + Send + 'static,
+    ) -> tokio::task::JoinHandle<Request> {
+        tokio::spawn(async move {
+            let msg = tokio::time::timeout(Duration::from_secs(20), self.sub.next())
+                .await
+                .expect("a request within 20 s")
+                .expect("subscription open");
+            let encoding = Encoding::from_content_type(
+                msg.headers
+                    .as_ref()
+                    .and_then(|h| h.get(headers::CONTENT_TYPE))
+                    .map(|v| v.as_str()),
+            );
+            let request: Request = decode(encoding, &msg.payload).unwrap();
+            let reply_to = request.reply_to.clone().expect("a reply subject");
+            for reply in script(&request.id) {
+                triage_bus::reply::send(&self.client, &reply_to, encoding, &reply)
+                    .await
+                    .unwrap();
+            }
+            self.client.flush().await.unwrap();
+            request
+        })
+    }
+}
+
+fn chunk(id: &str, attempt: u32, seq: u32, delta: &str) -> Reply {
+    Reply::Chunk(Chunk {
+        id: id.into(),
+        seq,
+        attempt,
+        delta: delta.into(),
+    })
+}
+
+fn completion(id: &str, attempt: u32, chunks: u32, text: Option<&str>) -> Reply {
+    Reply::Completion(Completion {
+        id: id.into(),
+        attempt,
+        finish_reason: "stop".into(),
+        usage: Usage {
+            prompt_tokens: 4,
+            completion_tokens: 2,
+            estimated: false,
+        },
+        tier: Tier::Large,
+        model: "scripted-large".into(),
+        ttft_ms: 1.0,
+        total_ms: 2.0,
+        chunks,
+        text: text.map(str::to_string),
+        routing: Some(RoutingDecision {
+            score: 0.75,
+            ..RoutingDecision::fixed(Tier::Large, "test")
+        }),
+    })
+}
+
+/// The restart script: two chunks of attempt 1, then attempt 17 (a second
+/// delivery) from the start.
+fn restart(id: &str) -> Vec<Reply> {
+    vec![
+        chunk(id, 1, 0, "Hel"),
+        chunk(id, 1, 1, "lo "),
+        chunk(id, 17, 0, "Good"),
+        chunk(id, 17, 1, "bye"),
+        completion(id, 17, 2, Some("Goodbye")),
+    ]
+}
+
+fn chat_body(stream: bool) -> Value {
+    json!({"model": "triage-auto", "messages": [{"role": "user", "content": "Say hello."}], "stream": stream})
+}
+
+#[tokio::test]
+async fn a_restart_mid_stream_ends_it_with_an_error_event_and_never_splices() {
+    let world = World::new().await;
+    let gw = world.gateway(world.gateway_config()).await;
+    let asked = world.responder().await.answer(restart);
+    let r = http()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let id = r.headers()["x-triage-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = r.text().await.unwrap();
+    let request = asked.await.unwrap();
+    assert_eq!(request.id, id);
+    assert!(request.reply_to.as_deref().unwrap().starts_with("_GW."));
+    assert!(request.stream && request.tier.is_none() && request.deadline_ms.is_some());
+
+    let events = sse_events(&body);
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(
+        streamed_text(&events),
+        "Hello ",
+        "only the first attempt's text"
+    );
+    assert!(
+        !body.contains("Good"),
+        "no text of the second attempt: {body}"
+    );
+    let error = &events[events.len() - 2]["error"];
+    assert_eq!(error["code"], "generation_restarted", "{body}");
+    assert_eq!(error["type"], "server_error");
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert!(gw
+        .metrics()
+        .contains("triage_gateway_stream_errors_total{code=\"generation_restarted\"} 1"));
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn a_whole_answer_uses_only_the_final_attempts_text() {
+    let world = World::new().await;
+    let gw = world.gateway(world.gateway_config()).await;
+    let asked = world.responder().await.answer(restart);
+    let r = http()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-triage-tier"], "2");
+    assert_eq!(r.headers()["x-triage-score"], "0.7500");
+    assert_eq!(r.headers()["x-triage-model"], "scripted-large");
+    let body: Value = r.json().await.unwrap();
+    assert!(!asked.await.unwrap().stream);
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["content"], "Goodbye");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6})
+    );
+    assert_eq!(body["triage"]["tier"], 2);
+    assert_eq!(body["model"], "triage-auto");
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn pipeline_errors_keep_their_status_before_the_first_byte() {
+    let world = World::new().await;
+    let gw = world.gateway(world.gateway_config()).await;
+    let cases = [
+        (
+            ErrorCode::BackendUnavailable,
+            "triage-auto",
+            true,
+            503,
+            None,
+        ),
+        (
+            ErrorCode::InvalidTier,
+            "triage-tier2",
+            true,
+            400,
+            Some("model"),
+        ),
+        (
+            ErrorCode::EmptyPrompt,
+            "triage-tier1",
+            false,
+            400,
+            Some("messages"),
+        ),
+        (ErrorCode::DeadlineExceeded, "triage-auto", false, 504, None),
+    ];
+    for (code, model, stream, status, param) in cases {
+        let asked = world.responder().await.answer(move |id| {
+            vec![Reply::Error(ErrorReply::new(
+                id,
+                code,
+                format!("scripted {code}"),
+            ))]
+        });
+        let mut body = chat_body(stream);
+        body["model"] = json!(model);
+        let r = http()
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{code}");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], code.as_str());
+        assert_eq!(err["error"]["message"], format!("scripted {code}"));
+        assert_eq!(err["error"]["param"].as_str(), param);
+        let request = asked.await.unwrap();
+        let forced = match model {
+            "triage-tier1" => Some(1),
+            "triage-tier2" => Some(2),
+            _ => None,
+        };
+        assert_eq!(request.tier, forced, "{model} forces its tier");
+    }
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn an_unanswered_request_gets_504_after_the_timeout() {
+    let world = World::new().await;
+    let mut config = world.gateway_config();
+    config.request_timeout = Duration::from_millis(800);
+    let gw = world.gateway(config).await;
+    for stream in [false, true] {
+        let started = std::time::Instant::now();
+        let r = http()
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .json(&chat_body(stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 504);
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "deadline_exceeded");
+        assert!(started.elapsed() >= Duration::from_millis(800));
+    }
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn refusals_need_no_pipeline() {
+    let world = World::new().await;
+    let mut config = world.gateway_config();
+    config.max_body_bytes = 4096;
+    config
+        .aliases
+        .insert("gpt-4o-mini".into(), "triage-tier1".into());
+    let gw = world.gateway(config).await;
+    let post = |path: &str, body: String| {
+        http()
+            .post(format!("{}{path}", gw.url))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let check = |status: u16, param: Option<&'static str>, code: &'static str| {
+        move |r: reqwest::Response| async move {
+            assert_eq!(r.status().as_u16(), status);
+            assert!(r.headers().contains_key("x-triage-request-id"));
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["param"].as_str(), param, "{v}");
+            assert_eq!(v["error"]["code"], code, "{v}");
+            assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string());
+        }
+    };
+    let r = post("/v1/chat/completions", "{\"messages\": [".into())
+        .send()
+        .await
+        .unwrap();
+    check(400, None, "invalid_request")(r).await;
+    let r = post(
+        "/v1/chat/completions",
+        json!({"model": "triage-auto"}).to_string(),
+    )
+    .send()
+    .await
+    .unwrap();
+    check(400, Some("messages"), "invalid_request")(r).await;
+    let r = post(
+        "/v1/chat/completions",
+        json!({"model": "gpt-5", "messages": [{"role": "user", "content": "x"}]}).to_string(),
+    )
+    .send()
+    .await
+    .unwrap();
+    check(404, Some("model"), "model_not_found")(r).await;
+    let big = json!({"model": "triage-auto", "prompt": "x".repeat(5000)}).to_string();
+    let r = post("/v1/completions", big).send().await.unwrap();
+    check(413, None, "request_too_large")(r).await;
+
+    let models: Value = http()
+        .get(format!("{}/v1/models", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["triage-auto", "triage-tier1", "triage-tier2", "gpt-4o-mini"]
+    );
+    let r = http()
+        .get(format!("{}/v1/models/gpt-5", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains(
+            "triage_gateway_requests_total{endpoint=\"chat_completions\",model=\"unknown\",status=\"404\"} 1"
+        ),
+        "{metrics}"
+    );
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn health_is_ready_only_once_the_streams_exist() {
+    let world = World::bare().await;
+    let gw = world.gateway(world.gateway_config()).await;
+    let health = || async {
+        let r = http()
+            .get(format!("{}/health", gw.url))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let (status, body) = health().await;
+    assert_eq!(status, 503);
+    assert!(
+        body["reason"].as_str().unwrap().contains("LLM_REQUESTS"),
+        "{body}"
+    );
+    world.provision().await;
+    assert_eq!(health().await, (200, json!({"status": "ready"})));
+    world.teardown().await;
+}
+
+/// The official SDK raises the streamed error event as an `APIError` and
+/// never yields the second attempt's text.
+#[tokio::test]
+async fn the_openai_sdk_raises_the_restart_error_event() {
+    let world = World::new().await;
+    let gw = world.gateway(world.gateway_config()).await;
+    let asked = world.responder().await.answer(restart);
+    let script = r#"
+import sys, openai
+client = openai.OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=30)
+text = ""
+try:
+    for chunk in client.chat.completions.create(
+            model="triage-auto", messages=[{"role": "user", "content": "Say hello."}], stream=True):
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+except openai.APIError as e:
+    assert "restarted" in e.message, e.message
+    assert text == "Hello ", repr(text)
+    print("raised", e.code)
+    sys.exit(0)
+sys.exit("no error raised; text " + repr(text))
+"#;
+    let mut cmd = tokio::process::Command::new(venv_python());
+    cmd.args(["-c", script, &format!("{}/v1", gw.url)]);
+    let out = run(cmd, Duration::from_secs(60)).await;
+    common::assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("raised generation_restarted"));
+    asked.await.unwrap();
+    world.teardown().await;
+}
