@@ -3,8 +3,8 @@
 # test suite — the Rust workspace (cargo-nextest when installed, else cargo
 # test; doc tests with cargo test; it includes the gateway's end-to-end tests,
 # which drive the official `openai` package from the venv and `curl -N`), the
-# Python and JavaScript clients' tests and a lint of these scripts (when the
-# shellcheck tool is installed). Runs all
+# Python and JavaScript clients' tests and a lint of these scripts (when
+# the shellcheck tool is installed). Runs all
 # suites even when one fails, prints a summary, exits non-zero on any failure.
 #
 #   scripts/test.sh [PACKAGE SELECTION]   e.g. -p triage-protocol (default: --workspace)

@@ -176,6 +176,8 @@ pub fn from_code(code: ErrorCode, message: impl Into<String>) -> ApiError {
             Some("messages"),
         ),
         C::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, SERVER_ERROR, None),
+        // A request id used before: the first request owns its answer.
+        C::DuplicateRequest => (StatusCode::CONFLICT, INVALID_REQUEST, None),
         C::BackendUnavailable => (StatusCode::SERVICE_UNAVAILABLE, SERVER_ERROR, None),
         // The gateway wrote the request, so a version it does not speak, or
         // one that kept killing workers, is Triage's fault, not the client's.
@@ -199,6 +201,9 @@ impl From<ClientError> for ApiError {
                 ErrorCode::DeadlineExceeded,
                 format!("no answer within the gateway's request timeout ({timeout:?})"),
             ),
+            e @ ClientError::Duplicate { .. } => {
+                from_code(ErrorCode::DuplicateRequest, e.to_string())
+            }
             ClientError::Closed(_) => {
                 ApiError::unavailable("the connection to NATS closed before the answer came")
             }
@@ -223,6 +228,7 @@ mod tests {
             | ErrorCode::ContextLengthExceeded
             | ErrorCode::BackendRejected => 400,
             ErrorCode::PromptTooLarge => 413,
+            ErrorCode::DuplicateRequest => 409,
             ErrorCode::DeadlineExceeded => 504,
             ErrorCode::BackendUnavailable => 503,
             ErrorCode::UnsupportedVersion

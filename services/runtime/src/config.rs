@@ -24,6 +24,9 @@ pub enum ConfigError {
 
 /// Loads `T` from its defaults, the optional TOML `file` and environment
 /// variables starting with `env_prefix` (e.g. `TRIAGE_ROUTER_`).
+/// `<prefix>CONFIG` names the file (the `--config` option's variable), so it
+/// is not read as a setting: configurations that refuse unknown keys would
+/// otherwise refuse to start whenever it is set.
 pub fn load<T>(file: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default,
@@ -35,7 +38,7 @@ where
         }
         figment = figment.merge(Toml::file(path));
     }
-    figment = figment.merge(Env::prefixed(env_prefix).split("__"));
+    figment = figment.merge(Env::prefixed(env_prefix).ignore(&["CONFIG"]).split("__"));
     figment
         .extract()
         .map_err(|e| ConfigError::Invalid(e.to_string()))
@@ -112,6 +115,28 @@ mod tests {
             assert_eq!(c.name, "from-env");
             assert_eq!(c.port, 9100);
             assert_eq!(c.inner.password.as_deref(), Some("hunter2"));
+            Ok(())
+        });
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Strict {
+        name: String,
+    }
+
+    #[test]
+    fn the_config_file_variable_is_not_a_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("strict.toml", "name = \"from-file\"")?;
+            jail.set_env("TESTSTRICT_CONFIG", "strict.toml");
+            jail.set_env("TESTSTRICT_NAME", "from-env");
+            let c: Strict = load(Some(Path::new("strict.toml")), "TESTSTRICT_").unwrap();
+            assert_eq!(c.name, "from-env");
+            // Any other unknown key is still refused.
+            jail.set_env("TESTSTRICT_NAEM", "typo");
+            let err = load::<Strict>(None, "TESTSTRICT_").unwrap_err().to_string();
+            assert!(err.contains("naem"), "{err}");
             Ok(())
         });
     }

@@ -412,7 +412,7 @@ CONFIGURATION (TOML key = default; env TRIAGE_WORKER_<KEY> with `__` for `.`)
   depth_poll_interval = \"5s\"     consumer pending/ack-pending polling
   metrics_addr = \"127.0.0.1:9472\"  Prometheus /metrics
   log_format = \"text\"            text or json
-  reply_policy.allowed_prefixes = [\"_INBOX.\"]  reply subjects that may be answered
+  reply_policy.allowed_prefixes = [\"_INBOX.\", \"_GW.\"]  reply subjects that may be answered
   nats.url = \"nats://127.0.0.1:4222\"  (default from TRIAGE_NATS_URL)
   nats.user, nats.password, nats.token, nats.creds_file  credentials (masked)
   nats.prefix = \"\"               subject/stream prefix of the deployment

@@ -216,8 +216,35 @@ async fn a_redelivered_answered_request_is_acked_without_generating_again() {
     let mut first = world.submit(Tier::Small, request.clone()).await;
     first.collect(LONG).await.completion();
     world.settled().await;
-    // The same message again, as after a crash between the answer and the ack.
+    worker.stop().await;
+    // The same message again, as after a crash between the answer and the
+    // ack: its first delivery went to the worker that "crashed" (handed back
+    // here), so the next worker sees delivery 2.
     let mut second = world.submit(Tier::Small, request).await;
+    let config = world.config(&[&backend]);
+    let consumer = triage_bus::consumer::durable(
+        &world.js,
+        &world.ns,
+        triage_protocol::Namespace::tier_stream(Tier::Small),
+        &config.consumer.durable_name(Tier::Small),
+        &config.consumer.settings(),
+    )
+    .await
+    .unwrap();
+    let mut fetched = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(LONG)
+        .messages()
+        .await
+        .unwrap();
+    let crashed = tokio::time::timeout(LONG, futures::StreamExt::next(&mut fetched))
+        .await
+        .expect("the resubmitted message is delivered")
+        .unwrap()
+        .unwrap();
+    triage_bus::consumer::nak(&crashed, None).await.unwrap();
+    let worker = world.start(config, Tier::Small).await;
     // Wait until the queue is empty: the duplicate was acked.
     let wait = Deadline::after(LONG, "the duplicate acked");
     while world.tier_messages(Tier::Small).await > 0 {
