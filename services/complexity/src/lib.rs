@@ -25,12 +25,15 @@ pub mod calibration;
 pub mod dataset;
 pub mod embedding;
 pub mod head;
+pub mod head_input;
 pub mod model_files;
+pub mod prompt_form;
 pub mod prompt_text;
 pub mod rules;
 pub mod scorer;
 pub mod static_embedding;
 pub mod truncation;
+pub mod vector_file;
 
 pub use blend::{Blend, BlendWeights, Decision};
 pub use cache::ScoreCache;
