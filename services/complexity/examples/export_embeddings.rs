@@ -1,19 +1,27 @@
-//! Writes one JSON line per row of a JSONL of prompts: `id`, the MiniLM
-//! embedding of its truncated text (`v`), whether a built-in rule fired
-//! (`rule`) and the tokens kept (`ntok`). Input to the head analysis in
-//! services/router/analysis/.
+//! Writes the vectors the router computes for each row of a JSONL of
+//! prompts, in the format of [`triage_complexity::vector_file`]: the MiniLM
+//! embedding of its truncated text (`v`), the first stage's static vector
+//! (`s`), the prompt-form features (`f`), whether a built-in rule fired and
+//! the tokens kept. `triage-router train|calibrate --vectors` read it, and
+//! so does the analysis in services/router/analysis/.
 //!
-//! cargo run --release -p triage-complexity --example export_embeddings -- IN.jsonl OUT.jsonl
-
-use std::io::Write;
+//! cargo run --release -p triage-complexity --example export_embeddings -- IN.jsonl OUT.jsonl [--static-only]
+//!
+//! `--static-only` leaves `v` empty: seconds instead of minutes, for the
+//! first stage alone.
 
 use triage_complexity::dataset::read_rows;
+use triage_complexity::prompt_form::form_features;
 use triage_complexity::scorer::{Scorer, ScorerConfig};
+use triage_complexity::static_embedding::content;
+use triage_complexity::vector_file::{write_vectors, VectorRow};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, input, output] = args.as_slice() else {
-        return Err("usage: export_embeddings IN.jsonl OUT.jsonl".into());
+    let (input, output, static_only) = match args.as_slice() {
+        [_, i, o] => (i, o, false),
+        [_, i, o, flag] if flag == "--static-only" => (i, o, true),
+        _ => return Err("usage: export_embeddings IN.jsonl OUT.jsonl [--static-only]".into()),
     };
     let scorer = Scorer::new(ScorerConfig::default())?;
     let rows = read_rows(std::path::Path::new(input))?;
@@ -25,13 +33,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|r| scorer.prepare(&r.text()))
             .collect::<Result<Vec<_>, _>>()?;
         let ids: Vec<&[u32]> = prepared.iter().map(|p| p.tokens.ids.as_slice()).collect();
-        let vectors = scorer.model().embed(&ids)?;
-        for ((row, v), p) in chunk.iter().zip(vectors).zip(&prepared) {
-            let line = serde_json::json!({
-                "id": row.id, "v": v, "rule": p.rule.is_some(), "ntok": p.tokens.ids.len()
-            });
-            writeln!(out, "{line}")?;
-        }
+        let vectors = if static_only {
+            vec![Vec::new(); ids.len()]
+        } else {
+            scorer.model().embed(&ids)?
+        };
+        let lines: Vec<VectorRow> = chunk
+            .iter()
+            .zip(vectors)
+            .zip(&prepared)
+            .map(|((row, v), p)| VectorRow {
+                id: row.id.clone(),
+                v,
+                s: scorer
+                    .first_stage()
+                    .map(|fs| fs.table().embed(content(&p.tokens.ids))),
+                f: Some(form_features(&p.tokens.text).to_vec()),
+                rule: p.rule.is_some(),
+                ntok: p.tokens.ids.len(),
+            })
+            .collect();
+        write_vectors(&mut out, &lines)?;
         done += chunk.len();
         eprint!("\rembedded {done}/{}", rows.len());
     }

@@ -7,6 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::head_input::HeadInput;
+use crate::prompt_form::FORM_FEATURES;
+
 /// The weights file's format tag.
 pub const HEAD_FORMAT: &str = "triage-logistic-head/1";
 
@@ -24,6 +27,10 @@ pub struct LogisticHead {
     pub bias: f64,
     /// The L2 penalty it was fitted with.
     pub l2: f64,
+    /// Whether it was fitted on standardised inputs (the penalty's scale;
+    /// the weights always take raw inputs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standardised: bool,
     /// The training set's probabilities at quantiles 0, 1, …, 100 %:
     /// [`LogisticHead::score`] maps a probability through this empirical
     /// CDF. Empty: the score is the probability itself.
@@ -66,6 +73,11 @@ pub struct FitOptions {
     pub max_iter: usize,
     /// Stop when the largest step component is below this.
     pub tolerance: f64,
+    /// Fit on inputs scaled to zero mean and unit variance (per dimension,
+    /// over the training rows), then fold the scaling into the weights, so
+    /// the penalty treats a unit-length embedding's tiny coordinates and a
+    /// log-length feature alike. The stored head takes raw inputs.
+    pub standardise: bool,
 }
 
 impl Default for FitOptions {
@@ -74,6 +86,7 @@ impl Default for FitOptions {
             l2: 1e-2,
             max_iter: 50,
             tolerance: 1e-9,
+            standardise: false,
         }
     }
 }
@@ -117,25 +130,73 @@ impl LogisticHead {
     /// Loads a weights file and checks it is for `features`.
     pub fn load(path: &std::path::Path, features: &str) -> Result<Self, HeadError> {
         let p = path.display().to_string();
-        let head: LogisticHead = std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))
-            .map_err(|reason| HeadError::Load {
-                path: p.clone(),
-                reason,
-            })?;
+        let head = Self::parse_file(path)?;
         head.check(&p, features)?;
         Ok(head)
     }
 
     /// Parses a weights file's contents and checks it is for `features`.
     pub fn from_json(json: &str, features: &str) -> Result<Self, HeadError> {
-        let head: LogisticHead = serde_json::from_str(json).map_err(|e| HeadError::Load {
-            path: "<embedded>".into(),
-            reason: e.to_string(),
-        })?;
+        let head = Self::parse_json(json, "<embedded>")?;
         head.check("<embedded>", features)?;
         Ok(head)
+    }
+
+    /// Loads a weights file whose input is `vector`, with or without the
+    /// form features, and says which.
+    pub fn load_input(
+        path: &std::path::Path,
+        vector: &'static str,
+    ) -> Result<(Self, HeadInput), HeadError> {
+        let head = Self::parse_file(path)?;
+        let input = head.input(&path.display().to_string(), vector)?;
+        Ok((head, input))
+    }
+
+    /// [`LogisticHead::load_input`] for a file's contents.
+    pub fn from_json_input(
+        json: &str,
+        vector: &'static str,
+    ) -> Result<(Self, HeadInput), HeadError> {
+        let head = Self::parse_json(json, "<embedded>")?;
+        let input = head.input("<embedded>", vector)?;
+        Ok((head, input))
+    }
+
+    fn parse_file(path: &std::path::Path) -> Result<Self, HeadError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| HeadError::Load {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::parse_json(&text, &p)
+    }
+
+    fn parse_json(json: &str, path: &str) -> Result<Self, HeadError> {
+        serde_json::from_str(json).map_err(|e| HeadError::Load {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn input(&self, path: &str, vector: &'static str) -> Result<HeadInput, HeadError> {
+        let input =
+            HeadInput::parse(&self.features, vector).ok_or_else(|| HeadError::Mismatch {
+                path: path.to_string(),
+                found: self.features.clone(),
+                expected: format!("{vector}[+{FORM_FEATURES}]"),
+            })?;
+        self.check(path, &self.features)?;
+        Ok(input)
+    }
+
+    /// Options that refit this head the way it was fitted (cross-validation).
+    pub fn fit_options(&self) -> FitOptions {
+        FitOptions {
+            l2: self.l2,
+            standardise: self.standardised,
+            ..FitOptions::default()
+        }
     }
 
     fn check(&self, path: &str, features: &str) -> Result<(), HeadError> {
@@ -155,6 +216,28 @@ impl LogisticHead {
 
     /// Fits a head to feature vectors `xs` with labels `ys` (true = tier 2).
     pub fn fit(xs: &[Vec<f32>], ys: &[bool], features: &str, opts: FitOptions) -> Self {
+        let mut head = if opts.standardise {
+            let scaling = Scaling::of(xs);
+            let scaled: Vec<Vec<f32>> = xs.iter().map(|x| scaling.apply(x)).collect();
+            let mut head = Self::fit_raw(&scaled, ys, features, opts);
+            scaling.fold_into(&mut head);
+            head
+        } else {
+            Self::fit_raw(xs, ys, features, opts)
+        };
+        let mut probs: Vec<f64> = xs.iter().map(|x| head.probability(x)).collect();
+        probs.sort_by(|a, b| a.total_cmp(b));
+        if !probs.is_empty() {
+            let last = (probs.len() - 1) as f64;
+            head.calibration = (0..=100)
+                .map(|k| probs[(k as f64 * last / 100.0).round() as usize])
+                .collect();
+        }
+        head
+    }
+
+    /// Newton's method on the inputs as given; no calibration yet.
+    fn fit_raw(xs: &[Vec<f32>], ys: &[bool], features: &str, opts: FitOptions) -> Self {
         let d = xs.first().map_or(0, Vec::len);
         let n = xs.len().max(1) as f64;
         // Parameters: d weights then the bias.
@@ -208,24 +291,72 @@ impl LogisticHead {
             }
         }
         let bias = theta.pop().unwrap_or(0.0);
-        let mut head = Self {
+        Self {
             format: HEAD_FORMAT.to_string(),
             features: features.to_string(),
             weights: theta,
             bias,
             l2: opts.l2,
+            standardised: opts.standardise,
             calibration: Vec::new(),
             training: None,
-        };
-        let mut probs: Vec<f64> = xs.iter().map(|x| head.probability(x)).collect();
-        probs.sort_by(|a, b| a.total_cmp(b));
-        if !probs.is_empty() {
-            let last = (probs.len() - 1) as f64;
-            head.calibration = (0..=100)
-                .map(|k| probs[(k as f64 * last / 100.0).round() as usize])
-                .collect();
         }
-        head
+    }
+}
+
+/// Per-dimension mean and standard deviation of training inputs.
+struct Scaling {
+    mean: Vec<f64>,
+    sd: Vec<f64>,
+}
+
+impl Scaling {
+    /// Computed in `f64`, summed in row order (reproducible). A constant
+    /// dimension keeps scale 1.
+    fn of(xs: &[Vec<f32>]) -> Self {
+        let d = xs.first().map_or(0, Vec::len);
+        let n = xs.len().max(1) as f64;
+        let mut mean = vec![0.0f64; d];
+        for x in xs {
+            for (m, v) in mean.iter_mut().zip(x) {
+                *m += f64::from(*v);
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n);
+        let mut var = vec![0.0f64; d];
+        for x in xs {
+            for ((s, v), m) in var.iter_mut().zip(x).zip(&mean) {
+                *s += (f64::from(*v) - m).powi(2);
+            }
+        }
+        let sd = var
+            .iter()
+            .map(|s| {
+                let sd = (s / n).sqrt();
+                if sd > 1e-12 {
+                    sd
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        Self { mean, sd }
+    }
+
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        x.iter()
+            .zip(self.mean.iter().zip(&self.sd))
+            .map(|(v, (m, s))| ((f64::from(*v) - m) / s) as f32)
+            .collect()
+    }
+
+    /// `w·(x − m)/s + b` = `(w/s)·x + (b − Σ w·m/s)`: the same logit on raw
+    /// inputs.
+    fn fold_into(&self, head: &mut LogisticHead) {
+        for ((w, m), s) in head.weights.iter_mut().zip(&self.mean).zip(&self.sd) {
+            *w /= s;
+            head.bias -= *w * m;
+        }
     }
 }
 
@@ -403,6 +534,38 @@ mod tests {
         let head = LogisticHead::fit(&xs, &ys, "t", opts);
         assert!((head.bias - (1.0f64 / 3.0).ln()).abs() < 1e-6);
         assert!((head.weights[0] - 2.0 * 3.0f64.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn standardised_fit_ignores_the_scale_of_an_input() {
+        // Shrinking a dimension 1000-fold changes a plain fit (the penalty
+        // bites harder) but not a standardised one, whose folded weights
+        // take the raw inputs.
+        let (xs, ys) = blobs(300, 13);
+        let shrunk: Vec<Vec<f32>> = xs.iter().map(|x| vec![x[0] / 1000.0, x[1]]).collect();
+        let opts = FitOptions {
+            l2: 0.1,
+            standardise: true,
+            ..FitOptions::default()
+        };
+        let a = LogisticHead::fit(&xs, &ys, "t", opts);
+        let b = LogisticHead::fit(&shrunk, &ys, "t", opts);
+        assert!(a.standardised);
+        for (x, s) in xs.iter().zip(&shrunk) {
+            assert!((a.probability(x) - b.probability(s)).abs() < 1e-6);
+        }
+        assert!((b.weights[0] / a.weights[0] - 1000.0).abs() < 1e-3);
+        let plain = LogisticHead::fit(
+            &shrunk,
+            &ys,
+            "t",
+            FitOptions {
+                standardise: false,
+                ..opts
+            },
+        );
+        assert!(plain.weights[0].abs() < b.weights[0].abs() / 10.0);
+        assert_eq!(b.fit_options(), opts);
     }
 
     #[test]

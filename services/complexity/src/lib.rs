@@ -7,14 +7,17 @@
 //! 2. [`rules`] force tier 2 on fenced code, code-like syntax, math notation
 //!    and configured keywords;
 //! 3. [`embedding`] runs all-MiniLM-L6-v2 in candle (mean pooling, L2
-//!    normalisation) and [`head`] turns the vector into P(needs tier 2);
+//!    normalisation), [`prompt_form`] measures the prompt's form,
+//!    [`head_input`] joins the two and [`head`] turns that into
+//!    P(needs tier 2);
 //! 4. [`blend`] mixes that with an optional LLM self-rating and compares
 //!    with the threshold;
 //! 5. [`calibration`] measures a score against labelled data (ROC AUC,
 //!    APGR, CPT, threshold sweep) and picks thresholds;
 //! 6. [`static_embedding`] is a cheap first stage (MiniLM token vectors
 //!    averaged without the transformer); [`cache`] remembers scores of
-//!    repeated texts.
+//!    repeated texts; [`vector_file`] stores computed vectors for
+//!    training and analysis.
 //!
 //! Everything here is synchronous and free of network I/O: the router
 //! service wires it to NATS, and the offline commands to files.
@@ -25,12 +28,15 @@ pub mod calibration;
 pub mod dataset;
 pub mod embedding;
 pub mod head;
+pub mod head_input;
 pub mod model_files;
+pub mod prompt_form;
 pub mod prompt_text;
 pub mod rules;
 pub mod scorer;
 pub mod static_embedding;
 pub mod truncation;
+pub mod vector_file;
 
 pub use blend::{Blend, BlendWeights, Decision};
 pub use cache::ScoreCache;

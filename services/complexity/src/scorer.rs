@@ -13,6 +13,7 @@ use crate::blend::{Blend, BlendError, BlendWeights, Decision};
 use crate::cache::{cache_key, CacheKey, CachedScore, ScoreCache};
 use crate::embedding::{EmbedError, MiniLm};
 use crate::head::{HeadError, LogisticHead};
+use crate::head_input::HeadInput;
 use crate::model_files::ModelFiles;
 use crate::rules::{InvalidRule, RuleConfig, RuleMatch, RuleSet};
 use crate::static_embedding::{FirstStage, FirstStageConfig, StaticError};
@@ -139,6 +140,7 @@ pub struct Scorer {
     rules: RuleSet,
     model: MiniLm,
     head: LogisticHead,
+    head_input: HeadInput,
     first_stage: Option<FirstStage>,
     blend: Blend,
     cache: ScoreCache,
@@ -157,9 +159,9 @@ impl Scorer {
             .map(ModelFiles::new)
             .unwrap_or_else(ModelFiles::default_minilm);
         let model = MiniLm::load(&files)?;
-        let head = match &config.head_path {
-            Some(p) => LogisticHead::load(p, MINILM_FEATURES)?,
-            None => LogisticHead::from_json(SHIPPED_HEAD, MINILM_FEATURES)?,
+        let (head, _) = match &config.head_path {
+            Some(p) => LogisticHead::load_input(p, MINILM_FEATURES)?,
+            None => LogisticHead::from_json_input(SHIPPED_HEAD, MINILM_FEATURES)?,
         };
         let first_stage = if config.first_stage.enabled {
             Some(FirstStage::load(&config.first_stage, &files, &model)?)
@@ -184,11 +186,18 @@ impl Scorer {
                 config.max_tokens
             )));
         }
-        if head.weights.len() != model.dim() {
+        let head_input = HeadInput::parse(&head.features, MINILM_FEATURES).ok_or_else(|| {
+            ScoreError::Config(format!(
+                "head is for {:?}, not MiniLM embeddings",
+                head.features
+            ))
+        })?;
+        if head.weights.len() != head_input.dim(model.dim()) {
             return Err(ScoreError::Config(format!(
-                "head has {} weights, the model gives {} dimensions",
+                "head has {} weights, its input {:?} has {} dimensions",
                 head.weights.len(),
-                model.dim()
+                head.features,
+                head_input.dim(model.dim())
             )));
         }
         let truncator = Truncator::from_file(&files.tokenizer(), config.max_tokens)?;
@@ -201,6 +210,7 @@ impl Scorer {
             rules,
             model,
             head,
+            head_input,
             first_stage,
             blend,
             cache,
@@ -225,6 +235,17 @@ impl Scorer {
     /// The head in use.
     pub fn head(&self) -> &LogisticHead {
         &self.head
+    }
+
+    /// What the head takes: the embedding, maybe with form features.
+    pub fn head_input(&self) -> HeadInput {
+        self.head_input
+    }
+
+    /// The head's score for an embedding of a prepared text.
+    pub fn head_score(&self, embedding: &[f32], p: &Prepared) -> f64 {
+        self.head
+            .score(&self.head_input.build(embedding, &p.tokens.text))
     }
 
     /// The first stage, when enabled.
@@ -274,7 +295,7 @@ impl Scorer {
                 .collect();
             let vectors = self.model.embed(&ids)?;
             for (&i, v) in pending.iter().zip(&vectors) {
-                let p = self.head.score(v);
+                let p = self.head_score(v, batch[i]);
                 out[i] = Some(self.fresh(batch[i], p, Source::Model));
             }
         }
@@ -300,7 +321,10 @@ impl Scorer {
                 cached_llm: hit.llm,
             });
         }
-        let p1 = self.first_stage.as_ref()?.settle(&p.tokens.ids)?;
+        let p1 = self
+            .first_stage
+            .as_ref()?
+            .settle(&p.tokens.ids, &p.tokens.text)?;
         Some(self.fresh(p, p1, Source::FirstStage))
     }
 

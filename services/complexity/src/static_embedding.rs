@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::embedding::{normalise, EmbedError, MiniLm};
 use crate::head::{HeadError, LogisticHead};
+use crate::head_input::HeadInput;
 use crate::model_files::ModelFiles;
 
 /// Feature tag of heads trained on static embeddings.
@@ -261,6 +262,7 @@ fn vocabulary(files: &ModelFiles) -> Result<(usize, u32, u32), String> {
 pub struct FirstStage {
     table: StaticTable,
     head: LogisticHead,
+    input: HeadInput,
     lower: f64,
     upper: f64,
 }
@@ -279,13 +281,14 @@ impl FirstStage {
             .unwrap_or_else(|| default_table_path(files));
         let table = load_or_distill(model, files, &table_path)?;
         let head = match &config.head_path {
-            Some(p) => LogisticHead::load(p, STATIC_FEATURES)?,
-            None => LogisticHead::from_json(SHIPPED_STATIC_HEAD, STATIC_FEATURES)?,
+            Some(p) => LogisticHead::load_input(p, STATIC_FEATURES)?.0,
+            None => LogisticHead::from_json_input(SHIPPED_STATIC_HEAD, STATIC_FEATURES)?.0,
         };
         Self::new(table, head, config.lower, config.upper)
     }
 
-    /// From parts; checks the band.
+    /// From parts; checks the band and that the head takes static vectors
+    /// of the table's width (with or without form features).
     pub fn new(
         table: StaticTable,
         head: LogisticHead,
@@ -295,25 +298,40 @@ impl FirstStage {
         if !(0.0 <= lower && lower <= upper && upper <= 1.0) {
             return Err(StaticError::Band { lower, upper });
         }
+        let mismatch = || HeadError::Mismatch {
+            path: "first stage head".into(),
+            found: format!("{} with {} weights", head.features, head.weights.len()),
+            expected: format!("{STATIC_FEATURES}[+form] for {} dimensions", table.dim),
+        };
+        let input = HeadInput::parse(&head.features, STATIC_FEATURES).ok_or_else(mismatch)?;
+        if head.weights.len() != input.dim(table.dim) {
+            return Err(mismatch().into());
+        }
         Ok(Self {
             table,
             head,
+            input,
             lower,
             upper,
         })
     }
 
+    /// The head's input for model input ids (the special tokens at the
+    /// ends are skipped) and their text.
+    pub fn features(&self, ids: &[u32], text: &str) -> Vec<f32> {
+        self.input.build(&self.table.embed(content(ids)), text)
+    }
+
     /// The first stage's score (its head's training percentile, like the
-    /// full model's) for model input ids; the special tokens at the ends are
-    /// skipped.
-    pub fn score(&self, ids: &[u32]) -> f64 {
-        self.head.score(&self.table.embed(content(ids)))
+    /// full model's) for model input ids and their text.
+    pub fn score(&self, ids: &[u32], text: &str) -> f64 {
+        self.head.score(&self.features(ids, text))
     }
 
     /// The score when it is outside the uncertain band, else `None` (the
     /// full model decides).
-    pub fn settle(&self, ids: &[u32]) -> Option<f64> {
-        let p = self.score(ids);
+    pub fn settle(&self, ids: &[u32], text: &str) -> Option<f64> {
+        let p = self.score(ids, text);
         self.settles(p).then_some(p)
     }
 
@@ -386,14 +404,18 @@ mod tests {
             weights: vec![4.0, -4.0],
             bias: 0.0,
             l2: 0.0,
+            standardised: false,
             calibration: Vec::new(),
             training: None,
         };
         let fs = FirstStage::new(table(), head, 0.2, 0.8).unwrap();
         // [CLS]/[SEP] stand-ins at the ends are skipped.
-        assert!(fs.settle(&[9, 0, 9]).unwrap() > 0.9); // (1,0) → σ(4)
-        assert!(fs.settle(&[9, 1, 9]).unwrap() < 0.1); // (0,1) → σ(-4)
-        assert_eq!(fs.settle(&[9, 0, 1, 9]), None); // σ(0) = 0.5
+        assert!(fs.settle(&[9, 0, 9], "").unwrap() > 0.9); // (1,0) → σ(4)
+        assert!(fs.settle(&[9, 1, 9], "").unwrap() < 0.1); // (0,1) → σ(-4)
+        assert_eq!(fs.settle(&[9, 0, 1, 9], ""), None); // σ(0) = 0.5
         assert!(FirstStage::new(table(), fs.head.clone(), 0.9, 0.1).is_err());
+        let mut short = fs.head.clone();
+        short.weights.pop();
+        assert!(FirstStage::new(table(), short, 0.2, 0.8).is_err());
     }
 }

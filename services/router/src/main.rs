@@ -81,6 +81,19 @@ enum Command {
         /// model.
         #[arg(long)]
         first_stage_output: Option<PathBuf>,
+        /// MiniLM vectors of the input written by the `export_embeddings`
+        /// example, used instead of running the model (checked against the
+        /// ids and the truncation).
+        #[arg(long)]
+        vectors: Option<PathBuf>,
+        /// Train the transformer head on the first N rows only (the first
+        /// stage always uses every row).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Leave the prompt-form features out of both heads (the heads of
+        /// before, on vectors alone).
+        #[arg(long)]
+        no_form: bool,
     },
 
     /// Score a JSONL of requests offline (fields as in routing-dev.jsonl:
@@ -134,6 +147,9 @@ enum Command {
         /// Write per-row scores (embedding, llm, rule, final) as JSONL here.
         #[arg(long)]
         scores_out: Option<PathBuf>,
+        /// MiniLM vectors of the input (see `train --vectors`).
+        #[arg(long)]
+        vectors: Option<PathBuf>,
     },
 }
 
@@ -166,6 +182,9 @@ async fn main() -> anyhow::Result<()> {
             seed,
             l2,
             first_stage_output,
+            vectors,
+            limit,
+            no_form,
         } => {
             let mut scoring = config.scoring.clone();
             // The head being trained must not need the one it replaces.
@@ -180,6 +199,9 @@ async fn main() -> anyhow::Result<()> {
                 seed,
                 l2_grid: l2,
                 first_stage: first_stage_output,
+                vectors,
+                limit,
+                form: !no_form,
             };
             tokio::task::spawn_blocking(move || offline::train(&scorer, &opts)).await?
         }
@@ -209,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
             no_rules,
             self_rating,
             scores_out,
+            vectors,
         } => {
             if no_rules {
                 config.scoring.rules = triage_complexity::RuleConfig::none();
@@ -228,6 +251,7 @@ async fn main() -> anyhow::Result<()> {
                 limit,
                 price_ratio,
                 scores_out,
+                vectors,
             };
             offline::calibrate(
                 &scorer,

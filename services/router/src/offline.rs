@@ -13,10 +13,12 @@ use sha2::{Digest, Sha256};
 use triage_complexity::calibration::{self, Outcome, PgrCurve, Summary};
 use triage_complexity::dataset::{read_rows, PromptRow};
 use triage_complexity::head::{cross_validated_scores, stratified_folds, FitOptions, LogisticHead};
+use triage_complexity::head_input::HeadInput;
 use triage_complexity::scorer::{Prepared, Scorer, MINILM_FEATURES};
 use triage_complexity::static_embedding::{
-    content, default_table_path, load_or_distill, FirstStage, STATIC_FEATURES,
+    content, default_table_path, load_or_distill, FirstStage, StaticTable, STATIC_FEATURES,
 };
+use triage_complexity::vector_file::read_vectors;
 use triage_complexity::{MiniLm, ModelFiles};
 use triage_protocol::{Request, Tier};
 
@@ -44,6 +46,14 @@ pub struct TrainOptions {
     pub l2_grid: Vec<f64>,
     /// Also build the static table (if missing) and train the first stage.
     pub first_stage: Option<PathBuf>,
+    /// Precomputed MiniLM vectors of the input (`export_embeddings`), used
+    /// instead of running the model.
+    pub vectors: Option<PathBuf>,
+    /// Train the transformer head on the first this-many rows only (the
+    /// first stage always uses every row).
+    pub limit: Option<usize>,
+    /// Feed the heads the prompt-form features too.
+    pub form: bool,
 }
 
 /// Labelled rows with their truncated inputs.
@@ -69,6 +79,59 @@ fn load_labelled(scorer: &Scorer, path: &Path) -> anyhow::Result<Labelled> {
         outcomes,
         prepared,
     })
+}
+
+impl Labelled {
+    /// The first `n` rows.
+    fn first(&self, n: usize) -> Labelled {
+        let n = n.min(self.rows.len());
+        Labelled {
+            rows: self.rows[..n].to_vec(),
+            outcomes: self.outcomes[..n].to_vec(),
+            prepared: self.prepared[..n].to_vec(),
+        }
+    }
+}
+
+/// The MiniLM vectors of `data`: read from `vectors` when given (checked
+/// against the ids and the truncation), else computed with the model.
+fn minilm_vectors(
+    model: &MiniLm,
+    data: &Labelled,
+    vectors: Option<&Path>,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let Some(path) = vectors else {
+        return embed_all(model, &data.prepared);
+    };
+    let mut by_id: std::collections::HashMap<String, triage_complexity::vector_file::VectorRow> =
+        read_vectors(path)?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+    let mut out = Vec::with_capacity(data.rows.len());
+    for (row, p) in data.rows.iter().zip(&data.prepared) {
+        let Some(v) = by_id.remove(&row.id) else {
+            bail!("{}: no vector for row {:?}", path.display(), row.id);
+        };
+        if v.ntok != p.tokens.ids.len() || v.v.len() != model.dim() {
+            bail!(
+                "{}: row {:?} was embedded with {} tokens and {} dimensions, the scorer keeps {} and the model gives {}: embed again",
+                path.display(), row.id, v.ntok, v.v.len(), p.tokens.ids.len(), model.dim()
+            );
+        }
+        out.push(v.v);
+    }
+    println!("read {} vectors from {}", out.len(), path.display());
+    Ok(out)
+}
+
+/// Head inputs: each vector with the form features of its text if asked.
+fn head_inputs(input: HeadInput, vectors: &[Vec<f32>], prepared: &[Prepared]) -> Vec<Vec<f32>> {
+    vectors
+        .iter()
+        .zip(prepared)
+        .map(|(v, p)| input.build(v, &p.tokens.text))
+        .collect()
 }
 
 /// Embeds every prepared text with the full model, showing progress.
@@ -135,6 +198,16 @@ fn with_rules(scores: &[f64], prepared: &[Prepared]) -> Vec<f64> {
         .collect()
 }
 
+/// How `train` fits: on standardised inputs, so one penalty suits the
+/// embedding's small coordinates and the form features alike.
+fn train_fit(l2: f64) -> FitOptions {
+    FitOptions {
+        l2,
+        standardise: true,
+        ..FitOptions::default()
+    }
+}
+
 /// Cross-validated out-of-fold scores for each repeat.
 fn cv_scores(
     xs: &[Vec<f32>],
@@ -147,15 +220,7 @@ fn cv_scores(
     (0..repeats as u64)
         .map(|r| {
             let f = stratified_folds(ys, folds, seed + r);
-            cross_validated_scores(
-                xs,
-                ys,
-                &f,
-                FitOptions {
-                    l2,
-                    ..FitOptions::default()
-                },
-            )
+            cross_validated_scores(xs, ys, &f, train_fit(l2))
         })
         .collect()
 }
@@ -175,16 +240,50 @@ pub fn train(scorer: &Scorer, opts: &TrainOptions) -> anyhow::Result<()> {
         scorer.truncator().max_tokens(),
         data.prepared.iter().filter(|p| p.rule.is_some()).count()
     );
-    let xs = embed_all(scorer.model(), &data.prepared)?;
-    let (best, grid) = fit_grid(&xs, &ys, &data, opts, "embedding head")?;
-    let head = finish_head(&xs, &ys, MINILM_FEATURES, best, grid, opts, scorer, &data)?;
+    let model_data = data.first(opts.limit.unwrap_or(usize::MAX));
+    if model_data.rows.len() < data.rows.len() {
+        println!(
+            "transformer head: the first {} rows (--limit)",
+            model_data.rows.len()
+        );
+    }
+    let model_ys: Vec<bool> = model_data.outcomes.iter().map(|o| o.tier2).collect();
+    let vectors = minilm_vectors(scorer.model(), &model_data, opts.vectors.as_deref())?;
+    let input = HeadInput {
+        vector: MINILM_FEATURES,
+        form: opts.form,
+    };
+    let xs = head_inputs(input, &vectors, &model_data.prepared);
+    let (best, grid) = fit_grid(&xs, &model_ys, &model_data, opts, "embedding head")?;
+    let head = finish_head(
+        &xs,
+        &model_ys,
+        &input.tag(),
+        best,
+        grid,
+        opts,
+        scorer,
+        &model_data,
+    )?;
     write_head(&head, &opts.output)?;
     println!("wrote {}", opts.output.display());
 
     if let Some(static_out) = &opts.first_stage {
-        train_first_stage(scorer, opts, &data, &xs, &ys, &head, static_out)?;
+        let full = FullHead {
+            xs: &xs,
+            data: &model_data,
+            l2: head.l2,
+        };
+        train_first_stage(scorer, opts, &data, &full, static_out)?;
     }
     Ok(())
+}
+
+/// The transformer head's inputs and rows, for the two-stage comparison.
+struct FullHead<'a> {
+    xs: &'a [Vec<f32>],
+    data: &'a Labelled,
+    l2: f64,
 }
 
 type GridResult = (f64, Vec<serde_json::Value>);
@@ -243,22 +342,16 @@ fn finish_head(
     scorer: &Scorer,
     data: &Labelled,
 ) -> anyhow::Result<LogisticHead> {
-    let mut head = LogisticHead::fit(
-        xs,
-        ys,
-        features,
-        FitOptions {
-            l2,
-            ..FitOptions::default()
-        },
-    );
+    let mut head = LogisticHead::fit(xs, ys, features, train_fit(l2));
     let in_sample: Vec<f64> = xs.iter().map(|x| head.score(x)).collect();
     head.training = Some(json!({
         "command": format!(
-            "triage-router train --input {} --folds {} --repeats {} --seed {} --l2 {}",
+            "triage-router train --input {} --folds {} --repeats {} --seed {} --l2 {}{}{}",
             opts.input.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default(),
             opts.folds, opts.repeats, opts.seed,
-            opts.l2_grid.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+            opts.l2_grid.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+            opts.limit.map(|l| format!(" --limit {l}")).unwrap_or_default(),
+            if opts.form { "" } else { " --no-form" },
         ),
         "input_sha256": file_sha256(&opts.input)?,
         "rows": ys.len(),
@@ -280,15 +373,14 @@ fn write_head(head: &LogisticHead, path: &Path) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Builds the static table if missing, trains the first-stage head, and
-/// evaluates the two-stage score against the full model.
+/// Builds the static table if missing, trains the first-stage head on
+/// every row, and evaluates the two-stage score against the full model on
+/// the rows both heads saw.
 fn train_first_stage(
     scorer: &Scorer,
     opts: &TrainOptions,
     data: &Labelled,
-    full_xs: &[Vec<f32>],
-    ys: &[bool],
-    full_head: &LogisticHead,
+    full: &FullHead,
     out: &Path,
 ) -> anyhow::Result<()> {
     let files = scorer
@@ -310,44 +402,51 @@ fn train_first_stage(
         "static token table ready ({:.0} s)",
         started.elapsed().as_secs_f64()
     );
-    let static_xs: Vec<Vec<f32>> = data
-        .prepared
-        .iter()
-        .map(|p| table.embed(content(&p.tokens.ids)))
-        .collect();
-    let (l2, grid) = fit_grid(&static_xs, ys, data, opts, "static first stage")?;
-    let head = finish_head(
-        &static_xs,
-        ys,
-        STATIC_FEATURES,
-        l2,
-        grid,
-        opts,
-        scorer,
-        data,
-    )?;
+    let input = HeadInput {
+        vector: STATIC_FEATURES,
+        form: opts.form,
+    };
+    let static_xs = static_inputs(&table, input, &data.prepared);
+    let ys: Vec<bool> = data.outcomes.iter().map(|o| o.tier2).collect();
+    let (l2, grid) = fit_grid(&static_xs, &ys, data, opts, "static first stage")?;
+    let head = finish_head(&static_xs, &ys, &input.tag(), l2, grid, opts, scorer, data)?;
     write_head(&head, out)?;
     println!("wrote {}", out.display());
+    let n = full.data.rows.len();
+    compare_stages(opts, full, &static_xs[..n], l2);
+    let fs = FirstStage::new(table, head, 0.0, 1.0)?;
+    print_speed(scorer, &fs, &data.prepared)
+}
 
-    // Two-stage quality, cross-validated: both heads out-of-fold on the
-    // same folds; the static score settles outside the band.
-    let full_l2 = full_head.l2;
-    let full_runs = cv_scores(full_xs, ys, opts.folds, opts.repeats, opts.seed, full_l2);
-    let static_runs = cv_scores(&static_xs, ys, opts.folds, opts.repeats, opts.seed, l2);
-    let full = mean_summary(
-        &full_runs
-            .iter()
-            .map(|s| calibration::summarise(s, &data.outcomes))
-            .collect::<Vec<_>>(),
+/// The first stage's inputs: static vectors, with form features if asked.
+fn static_inputs(table: &StaticTable, input: HeadInput, prepared: &[Prepared]) -> Vec<Vec<f32>> {
+    prepared
+        .iter()
+        .map(|p| input.build(&table.embed(content(&p.tokens.ids)), &p.tokens.text))
+        .collect()
+}
+
+/// Two-stage quality, cross-validated: both heads out-of-fold on the same
+/// folds; the static score settles outside the band.
+fn compare_stages(opts: &TrainOptions, full: &FullHead, static_xs: &[Vec<f32>], l2: f64) {
+    let data = full.data;
+    let ys: Vec<bool> = data.outcomes.iter().map(|o| o.tier2).collect();
+    let (k, r, seed) = (opts.folds, opts.repeats, opts.seed);
+    let full_runs = cv_scores(full.xs, &ys, k, r, seed, full.l2);
+    let static_runs = cv_scores(static_xs, &ys, k, r, seed, l2);
+    let mean_of = |runs: &[Vec<f64>]| {
+        mean_summary(
+            &runs
+                .iter()
+                .map(|s| calibration::summarise(s, &data.outcomes))
+                .collect::<Vec<_>>(),
+        )
+    };
+    println!("{}", summary_line("full model (CV)", &mean_of(&full_runs)));
+    println!(
+        "{}",
+        summary_line("static stage alone (CV)", &mean_of(&static_runs))
     );
-    println!("{}", summary_line("full model (CV)", &full));
-    let stat = mean_summary(
-        &static_runs
-            .iter()
-            .map(|s| calibration::summarise(s, &data.outcomes))
-            .collect::<Vec<_>>(),
-    );
-    println!("{}", summary_line("static stage alone (CV)", &stat));
     for (lower, upper) in [
         (0.1, 0.9),
         (0.2, 0.8),
@@ -359,39 +458,38 @@ fn train_first_stage(
         (0.45, 0.65),
         (0.5, 0.7),
     ] {
-        let mut settled = 0usize;
-        let runs: Vec<Summary> = full_runs
+        let settles = |s: f64| s < lower || s >= upper;
+        let combined: Vec<Vec<f64>> = full_runs
             .iter()
             .zip(&static_runs)
             .map(|(f, s)| {
-                let combined: Vec<f64> = f
-                    .iter()
+                f.iter()
                     .zip(s)
-                    .map(|(f, s)| if *s < lower || *s >= upper { *s } else { *f })
-                    .collect();
-                settled = s.iter().filter(|s| **s < lower || **s >= upper).count();
-                calibration::summarise(&combined, &data.outcomes)
+                    .map(|(f, s)| if settles(*s) { *s } else { *f })
+                    .collect()
             })
             .collect();
+        let settled = static_runs[0].iter().filter(|s| settles(**s)).count();
         println!(
             "{}  ({:.1}% settled by the first stage)",
             summary_line(
                 &format!("two-stage band [{lower}, {upper})"),
-                &mean_summary(&runs)
+                &mean_of(&combined)
             ),
-            100.0 * settled as f64 / ys.len() as f64
+            100.0 * settled as f64 / ys.len().max(1) as f64
         );
     }
+}
 
-    // Speed on these prompts: static lookup vs the transformer.
-    let fs = FirstStage::new(table, head, 0.0, 1.0)?;
+/// Speed on these prompts: static lookup vs the transformer.
+fn print_speed(scorer: &Scorer, fs: &FirstStage, prepared: &[Prepared]) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut sink = 0.0;
-    for p in &data.prepared {
-        sink += fs.score(&p.tokens.ids);
+    for p in prepared {
+        sink += fs.score(&p.tokens.ids, &p.tokens.text);
     }
-    let static_rate = data.prepared.len() as f64 / started.elapsed().as_secs_f64();
-    let sample: Vec<&Prepared> = data.prepared.iter().take(256).collect();
+    let static_rate = prepared.len() as f64 / started.elapsed().as_secs_f64();
+    let sample: Vec<&Prepared> = prepared.iter().take(256).collect();
     let started = Instant::now();
     for chunk in sample.chunks(16) {
         let ids: Vec<&[u32]> = chunk.iter().map(|p| p.tokens.ids.as_slice()).collect();
@@ -523,6 +621,8 @@ pub struct CalibrateOptions {
     pub price_ratio: f64,
     /// Write the scores (id, embedding, llm, final) here.
     pub scores_out: Option<PathBuf>,
+    /// Precomputed MiniLM vectors of the input, used instead of the model.
+    pub vectors: Option<PathBuf>,
 }
 
 /// `calibrate`: scores labelled data with the configured pipeline (rules,
@@ -535,21 +635,14 @@ pub async fn calibrate(
     opts: &CalibrateOptions,
 ) -> anyhow::Result<()> {
     let data = load_labelled(scorer, &opts.input)?;
-    let xs = embed_all(scorer.model(), &data.prepared)?;
+    let vectors = minilm_vectors(scorer.model(), &data, opts.vectors.as_deref())?;
+    let xs = head_inputs(scorer.head_input(), &vectors, &data.prepared);
     let all_ys: Vec<bool> = data.outcomes.iter().map(|o| o.tier2).collect();
     // Cross-validation uses every row, even when only a sample is reported.
     let all_embedding: Vec<f64> = match opts.cv_folds {
         Some(k) => {
             let folds = stratified_folds(&all_ys, k, opts.seed);
-            cross_validated_scores(
-                &xs,
-                &all_ys,
-                &folds,
-                FitOptions {
-                    l2: scorer.head().l2,
-                    ..FitOptions::default()
-                },
-            )
+            cross_validated_scores(&xs, &all_ys, &folds, scorer.head().fit_options())
         }
         None => xs.iter().map(|x| scorer.head().score(x)).collect(),
     };
@@ -559,16 +652,12 @@ pub async fn calibrate(
         let sx: Vec<Vec<f32>> = data
             .prepared
             .iter()
-            .map(|p| fs.table().embed(content(&p.tokens.ids)))
+            .map(|p| fs.features(&p.tokens.ids, &p.tokens.text))
             .collect();
         match opts.cv_folds {
             Some(k) => {
                 let folds = stratified_folds(&all_ys, k, opts.seed);
-                let fit = FitOptions {
-                    l2: fs.head().l2,
-                    ..FitOptions::default()
-                };
-                cross_validated_scores(&sx, &all_ys, &folds, fit)
+                cross_validated_scores(&sx, &all_ys, &folds, fs.head().fit_options())
             }
             None => sx.iter().map(|x| fs.head().score(x)).collect(),
         }
