@@ -487,93 +487,64 @@ async fn replay_modes_record_interrupt_and_example_clients_end_to_end() {
         "sending stopped at the interrupt: {run}"
     );
 
-    // The Python example client, against the running pipeline.
-    let venv =
-        std::env::var("TRIAGE_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                PathBuf::from(std::env::var("TRIAGE_CACHE").unwrap_or_else(|_| {
-                    format!("{}/.cache/triage", std::env::var("HOME").unwrap())
-                }))
-                .join("venv")
-            });
-    let o = Command::new(venv.join("bin/python"))
-        .arg(repo_root().join("clients/python/triage_client.py"))
-        .args([
-            "--prefix",
-            &p.prefix,
-            "--nats-url",
-            &triage_bus::default_nats_url(),
-            "--max-tokens",
-            "8",
-            "--timeout",
-            "60",
-            "Say hello.",
-        ])
-        .output()
-        .expect("the set-up's venv with nats-py and msgpack");
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        stdout.contains("[tier ") && stdout.contains("model sim-"),
-        "the client prints the completion: {stdout}"
-    );
-
-    // The JavaScript example client (npm `nats`), against the same pipeline;
-    // then both clients again with its request id, which the stream has
-    // just seen: an immediate `duplicate_request`, not a wait for nothing.
-    let js_id = format!("js-{}", p.prefix);
-    let js_client = |id: &str| {
-        Command::new("node")
-            .arg(repo_root().join("clients/js/triage_client.mjs"))
-            .args([
-                "--prefix",
-                &p.prefix,
-                "--nats-url",
-                &triage_bus::default_nats_url(),
-                "--id",
-                id,
-                "--max-tokens",
-                "8",
-                "--timeout",
-                "60",
-                "Say hello.",
-            ])
-            .output()
-            .expect("node, with clients/js/node_modules installed by scripts/setup.sh")
-    };
-    let o = js_client(&js_id);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        stdout.contains("[tier ") && stdout.contains("model sim-"),
-        "the JavaScript client prints the completion: {stdout}"
-    );
-    let again = js_client(&js_id);
-    let py_again = Command::new(venv.join("bin/python"))
-        .arg(repo_root().join("clients/python/triage_client.py"))
-        .args([
-            "--prefix",
-            &p.prefix,
-            "--nats-url",
-            &triage_bus::default_nats_url(),
-        ])
-        .args(["--id", &js_id, "--timeout", "60", "Say hello."])
-        .output()
-        .unwrap();
-    for (client, o) in [("JavaScript", again), ("Python", py_again)] {
+    // The Python and JavaScript example clients, against the running
+    // pipeline; then both again with a request id the stream has just seen:
+    // an immediate `duplicate_request`, not a wait for nothing.
+    for client in [ExampleClient::Python, ExampleClient::JavaScript] {
+        let o = client.ask(&p.prefix, &format!("{client:?}-{}", p.prefix));
+        let stdout = String::from_utf8_lossy(&o.stdout);
         let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(1), "{client}: {stderr}");
-        assert!(stderr.contains("duplicate_request"), "{client}: {stderr}");
+        assert!(o.status.success(), "{client:?}: {stdout}\n{stderr}");
+        assert!(
+            stdout.contains("[tier ") && stdout.contains("model sim-"),
+            "{client:?} prints the completion: {stdout}"
+        );
+    }
+    let reused = format!("{:?}-{}", ExampleClient::JavaScript, p.prefix);
+    for client in [ExampleClient::Python, ExampleClient::JavaScript] {
+        let o = client.ask(&p.prefix, &reused);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{client:?}: {stderr}");
+        assert!(stderr.contains("duplicate_request"), "{client:?}: {stderr}");
     }
 
     p.teardown().await;
+}
+
+/// The example clients in clients/, as a user runs them.
+#[derive(Debug, Clone, Copy)]
+enum ExampleClient {
+    Python,
+    JavaScript,
+}
+
+impl ExampleClient {
+    /// Asks the pipeline under `prefix` one short question with request id `id`.
+    fn ask(self, prefix: &str, id: &str) -> std::process::Output {
+        let mut cmd = match self {
+            ExampleClient::Python => {
+                let cache = std::env::var("TRIAGE_CACHE").unwrap_or_else(|_| {
+                    format!("{}/.cache/triage", std::env::var("HOME").unwrap())
+                });
+                let venv = std::env::var("TRIAGE_VENV")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|_| PathBuf::from(cache).join("venv"));
+                let mut c = Command::new(venv.join("bin/python"));
+                c.arg(repo_root().join("clients/python/triage_client.py"));
+                c
+            }
+            ExampleClient::JavaScript => {
+                let mut c = Command::new("node");
+                c.arg(repo_root().join("clients/js/triage_client.mjs"));
+                c
+            }
+        };
+        let nats = triage_bus::default_nats_url();
+        cmd.args(["--prefix", prefix, "--nats-url", &nats, "--id", id])
+            .args(["--max-tokens", "8", "--timeout", "60", "Say hello."])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("{self:?} client (installed by scripts/setup.sh) does not run: {e}")
+            })
+    }
 }
