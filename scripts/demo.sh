@@ -3,7 +3,9 @@
 # downloads and builds, with progress), brings up NATS and Postgres (if
 # needed), two model servers standing in for the vLLM tiers, the router with
 # the real embedding model, a worker per tier, the ledger writer and the cost
-# exporter; replays a sample of data/routing-dev.jsonl through it,
+# exporter and the OpenAI-compatible gateway; replays a sample of
+# data/routing-dev.jsonl through it, asks the gateway once with the openai
+# SDK and curl,
 # streams a few answers to the terminal and prints the report (terminal,
 # JSON and an HTML page with plots). Stops what it started at the end.
 #
@@ -41,6 +43,7 @@ data=$TRIAGE_DATA_DIR/routing-dev.jsonl
 [[ -f $data ]] || { echo "demo: $data not found (set TRIAGE_DATA_DIR to the folder holding routing-dev.jsonl)" >&2; exit 1; }
 
 stack=$TRIAGE_ROOT/scripts/local-stack.sh
+gateway=${TRIAGE_GATEWAY_LISTEN:-127.0.0.1:8080}
 started=()
 cleanup() {
     ((keep)) && { echo "left running: ${started[*]:-nothing new} (stop with scripts/local-stack.sh stop)"; return; }
@@ -87,14 +90,33 @@ vllm)
 esac
 
 step "Triage services"
-up ledger cost-exporter worker-tier1 worker-tier2 router
-done_ "router :9101, workers :9472/:9473, ledger :9470, cost exporter :9471 (/metrics each)"
+up ledger cost-exporter worker-tier1 worker-tier2 router gateway
+done_ "router :9101, workers :9472/:9473, ledger :9470, cost exporter :9471 (/metrics each), gateway :${gateway##*:}"
 
 step "replay $sample prompts of routing-dev.jsonl"
 out=$TRIAGE_ROOT/replay-out/demo-$(date +%Y%m%d-%H%M%S)
 "$CARGO_TARGET_DIR/debug/triage-replay" run --input "$data" --sample "$sample" --mode closed --concurrency 2 \
     --max-tokens "$max_tokens" --show-answers 3 "${baseline[@]}" --out "$out"
 done_ "report: $out/report.html"
+
+step "one answer through the gateway (the OpenAI API)"
+# What an application does: the official openai SDK, and the same with curl.
+"$TRIAGE_VENV/bin/python" - "http://$gateway/v1" <<'PY' || die "the gateway did not answer the openai SDK"
+import sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="unused")
+r = client.chat.completions.create(
+    model="triage-auto", max_tokens=24,
+    messages=[{"role": "user", "content": "What is the capital of France?"}])
+print("    openai SDK:", " ".join(r.choices[0].message.content.split())[:200])
+print("    routing:   ", (r.model_extra or {}).get("triage"))
+PY
+printf '    curl:       '
+curl -fsS "http://$gateway/v1/chat/completions" -H 'content-type: application/json' \
+    -d '{"model": "triage-auto", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello."}]}' |
+    head -c 400 || die "the gateway did not answer curl"
+echo
+done_ "answered on http://$gateway/v1"
 
 step "cost exporter"
 curl -fs http://127.0.0.1:9471/metrics | grep -E '^triage_(cost_usd|baseline_cost_usd|savings_usd|savings_ratio)' | head -8 || true
