@@ -54,3 +54,31 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, BusError
 /// The URL (list) with every credential masked: the one masking function,
 /// re-exported for the bus's callers.
 pub use triage_runtime::mask_url;
+
+/// Subscribes and returns only once the server has registered the interest.
+///
+/// async-nats's `flush` only writes the socket, so a message published right
+/// after it on *another* connection can reach the server before this `SUB`
+/// does and is never seen. A request on the same connection is a round trip
+/// the server answers in order (the JetStream API's account info: any answer,
+/// even an error, proves the earlier `SUB` was processed).
+pub async fn subscribe_synced(
+    client: &async_nats::Client,
+    subject: String,
+) -> Result<async_nats::Subscriber, BusError> {
+    let sub = client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| BusError::Subscribe {
+            subject: subject.clone(),
+            detail: e.to_string(),
+        })?;
+    let round_trip = client.request("$JS.API.INFO", bytes::Bytes::new());
+    match tokio::time::timeout(std::time::Duration::from_secs(10), round_trip).await {
+        Ok(_) => Ok(sub),
+        Err(_) => Err(BusError::Subscribe {
+            subject,
+            detail: "no answer from the server within 10 s".into(),
+        }),
+    }
+}

@@ -56,6 +56,14 @@ pub enum BusError {
         /// The cause.
         detail: String,
     },
+    /// A subscription could not be made or confirmed.
+    #[error("subscribe to {subject} failed: {detail}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// The cause.
+        detail: String,
+    },
 }
 
 impl BusError {

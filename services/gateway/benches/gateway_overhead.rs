@@ -32,8 +32,9 @@ fn nats_url() -> String {
 /// Answers every request on `ns`'s `llm.requests` with one chunk and a
 /// completion, until `stop`.
 async fn responder(client: async_nats::Client, ns: Namespace, stop: CancellationToken) {
-    let mut sub = client.subscribe(ns.requests()).await.unwrap();
-    client.flush().await.unwrap();
+    let mut sub = triage_bus::connect::subscribe_synced(&client, ns.requests())
+        .await
+        .unwrap();
     loop {
         let msg = tokio::select! {
             m = sub.next() => match m { Some(m) => m, None => return },

@@ -24,8 +24,9 @@ struct Responder {
 
 impl World {
     async fn responder(&self) -> Responder {
-        let sub = self.client.subscribe(self.ns.requests()).await.unwrap();
-        self.client.flush().await.unwrap();
+        let sub = triage_bus::connect::subscribe_synced(&self.client, self.ns.requests())
+            .await
+            .unwrap();
         Responder {
             client: self.client.clone(),
             sub,
