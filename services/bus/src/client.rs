@@ -60,6 +60,29 @@ pub enum ClientError {
     Closed(String),
 }
 
+impl ClientError {
+    /// The protocol's code for this failure: the one mapping for callers
+    /// that answer in the protocol's own terms (the `llm.chat` door).
+    pub fn code(&self) -> triage_protocol::ErrorCode {
+        use triage_protocol::ErrorCode;
+        match self {
+            ClientError::Reply(e) => e.code,
+            ClientError::Submit { .. } | ClientError::Closed(_) => ErrorCode::BackendUnavailable,
+            ClientError::Timeout { .. } => ErrorCode::DeadlineExceeded,
+            ClientError::Duplicate { .. } => ErrorCode::DuplicateRequest,
+            ClientError::Decode { .. } => ErrorCode::Internal,
+        }
+    }
+
+    /// This failure as the final error reply of request `id`.
+    pub fn to_reply(&self, id: &str) -> ErrorReply {
+        match self {
+            ClientError::Reply(e) => e.clone(),
+            other => ErrorReply::new(id, other.code(), other.to_string()),
+        }
+    }
+}
+
 /// A handle on Triage for clients.
 #[derive(Clone)]
 pub struct TriageClient {

@@ -29,6 +29,7 @@ Configuration keys (TOML file or TRIAGE_GATEWAY_<KEY>, nested with __):
   instance_id = \"\"               this replica's token in reply subjects (empty: random at start)
   reply_prefix = \"_GW\"           reply subjects are <reply_prefix>.<instance_id>.<n>; the
                                  router's and workers' reply policy must allow it (_GW. is allowed by default)
+  nats_chat = true               answer core NATS requests on llm.chat (one whole answer each)
   aliases.<name> = \"triage-auto\"  extra model names for triage-auto, triage-tier1 or triage-tier2
   log_format = \"text\"            text or json log lines
   nats.url = \"nats://127.0.0.1:4222\"  NATS server(s), comma-separated (TRIAGE_NATS_URL sets the default)
@@ -60,6 +61,8 @@ pub struct GatewayConfig {
     pub instance_id: String,
     /// The first token of the reply subjects.
     pub reply_prefix: String,
+    /// Whether to answer core NATS requests on `llm.chat`.
+    pub nats_chat: bool,
     /// Extra model names, each for one of the three Triage models.
     pub aliases: BTreeMap<String, String>,
     /// Log line format.
@@ -82,6 +85,7 @@ impl Default for GatewayConfig {
             health_timeout: Duration::from_secs(2),
             instance_id: String::new(),
             reply_prefix: GATEWAY_REPLY_PREFIX.into(),
+            nats_chat: true,
             aliases: BTreeMap::new(),
             log_format: LogFormat::Text,
             nats,

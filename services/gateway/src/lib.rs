@@ -9,13 +9,14 @@
 //! OpenAI objects or server-sent events ([`openai`]). Errors are OpenAI's
 //! error bodies with the right status ([`error`]). [`server`] holds the
 //! routes, [`health`] the readiness check, [`metrics`] the Prometheus
-//! metrics.
+//! metrics. [`nats_chat`] answers core NATS requests on `llm.chat` whole.
 
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod models;
+pub mod nats_chat;
 pub mod openai;
 pub mod relay;
 pub mod request;
@@ -62,7 +63,8 @@ pub struct Gateway {
 pub struct Running {
     /// The bound API address (useful with port 0).
     pub addr: SocketAddr,
-    /// The server task; ends after `shutdown` fired and open answers finished.
+    /// The server task (HTTP and `llm.chat`); ends after `shutdown` fired
+    /// and open answers finished.
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -105,11 +107,20 @@ impl Gateway {
         let addr = listener
             .local_addr()
             .map_err(|source| GatewayError::Bind { addr, source })?;
+        let chat = if self.state.config.nats_chat {
+            Some(nats_chat::serve(self.state.clone(), shutdown.clone()).await?)
+        } else {
+            None
+        };
         let app = server::routes(self.state);
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
+            let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
+                .await;
+            if let Some(chat) = chat {
+                let _ = chat.await;
+            }
+            served
         });
         Ok(Running { addr, task })
     }

@@ -33,6 +33,13 @@ pub struct StreamErrorLabels {
     pub code: String,
 }
 
+/// Labels of an `llm.chat` request: `ok` or the error code answered.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NatsChatLabels {
+    /// `ok`, an error code, or `no_reply_subject`.
+    pub outcome: String,
+}
+
 /// Every metric the gateway keeps.
 #[derive(Clone)]
 pub struct GatewayMetrics {
@@ -46,6 +53,8 @@ pub struct GatewayMetrics {
     pub duration: Family<ModelLabels, Histogram>,
     /// Requests being answered now.
     pub in_flight: Gauge,
+    /// Core NATS requests on `llm.chat`, by outcome.
+    pub nats_chat: Family<NatsChatLabels, Counter>,
 }
 
 fn latency() -> Histogram {
@@ -62,6 +71,7 @@ impl GatewayMetrics {
             ttft: Family::new_with_constructor(latency),
             duration: Family::new_with_constructor(latency),
             in_flight: Gauge::default(),
+            nats_chat: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("triage_gateway");
         r.register(
@@ -88,6 +98,11 @@ impl GatewayMetrics {
             "in_flight",
             "Requests being answered now",
             m.in_flight.clone(),
+        );
+        r.register(
+            "nats_chat_requests",
+            "Core NATS requests on llm.chat, by outcome (ok or the error code)",
+            m.nats_chat.clone(),
         );
         m
     }

@@ -232,7 +232,46 @@ async fn openai_sdk_and_curl_through_the_whole_pipeline() {
     let text = whole["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(!text.is_empty());
 
+    // `nats req llm.chat '{...}'`: a core NATS request (no headers, JSON)
+    // gets the whole answer as its single reply, in JSON.
+    let chat = world.ns.chat();
+    let ask = |payload: &'static str| {
+        let client = world.client.clone();
+        let chat = chat.clone();
+        async move {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(30),
+                client.request(chat, payload.into()),
+            )
+            .await
+            .expect("an llm.chat answer within 30 s")
+            .expect("a reply, not no-responders");
+            serde_json::from_slice::<Value>(&reply.payload).unwrap()
+        }
+    };
+    let answer = ask(r#"{"prompt": "Say hello.", "max_tokens": 5, "tier": 1}"#).await;
+    assert_eq!(answer["type"], "completion", "{answer}");
+    assert_eq!(answer["tier"], 1, "{answer}");
+    assert_eq!(answer["usage"]["completion_tokens"], 5, "{answer}");
+    assert!(!answer["text"].as_str().unwrap().is_empty(), "{answer}");
+    let refused = ask(r#"{"prompt": "hi", "temperature": "hot"}"#).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "invalid_request", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("temperature"),
+        "{refused}"
+    );
+    let empty = ask(r#"{"prompt": ""}"#).await;
+    assert_eq!(
+        empty["code"], "empty_prompt",
+        "the router's refusal: {empty}"
+    );
+
     let metrics = gw.metrics();
+    assert!(
+        metrics.contains("triage_gateway_nats_chat_requests_total{outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
     assert!(
         metrics
             .contains("triage_gateway_time_to_first_token_seconds_count{model=\"triage-tier2\"}"),

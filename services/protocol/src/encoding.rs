@@ -38,6 +38,20 @@ impl Encoding {
         }
     }
 
+    /// The encoding of a payload that may come without a `Content-Type`
+    /// (`nats req subject '{...}'`): the header when present, else JSON when
+    /// the payload starts with `{` — a MessagePack map never does (0x7b is a
+    /// bare integer) — else MessagePack.
+    pub fn sniff(content_type: Option<&str>, payload: &[u8]) -> Self {
+        if content_type.is_some() {
+            return Self::from_content_type(content_type);
+        }
+        match payload.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => Encoding::Json,
+            _ => Encoding::MsgPack,
+        }
+    }
+
     /// The `Content-Type` header value for this encoding.
     pub fn content_type(self) -> &'static str {
         match self {
@@ -216,6 +230,21 @@ fn strip_position(message: &str) -> String {
 mod tests {
     use super::*;
     use crate::message::{Request, Tier, UsageEvent};
+
+    #[test]
+    fn a_payload_without_content_type_is_sniffed() {
+        let json = br#" {"prompt":"hi"}"#;
+        assert_eq!(Encoding::sniff(None, json), Encoding::Json);
+        let request = Request::from_prompt("hi");
+        let msgpack = encode(Encoding::MsgPack, &request);
+        assert_eq!(Encoding::sniff(None, &msgpack), Encoding::MsgPack);
+        assert_eq!(Encoding::sniff(None, b""), Encoding::MsgPack);
+        assert_eq!(
+            Encoding::sniff(Some("application/msgpack"), json),
+            Encoding::MsgPack,
+            "the header wins"
+        );
+    }
 
     #[test]
     fn content_type_selects_json_only_for_json() {

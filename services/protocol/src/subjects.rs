@@ -157,6 +157,12 @@ impl Namespace {
         self.stream_subject(StreamKind::Requests)
     }
 
+    /// `llm.chat`: core NATS request–reply, one whole answer per request
+    /// (served by the gateway; not a stream — the request it makes is).
+    pub fn chat(&self) -> String {
+        self.qualify("llm.chat")
+    }
+
     /// `llm.tier1` or `llm.tier2`.
     pub fn tier(&self, tier: Tier) -> String {
         self.stream_subject(Self::tier_stream(tier))
@@ -251,6 +257,7 @@ mod tests {
     fn prefix_qualifies_subjects_streams_and_consumers() {
         let ns = Namespace::new("acme-prod").unwrap();
         assert_eq!(ns.requests(), "acme-prod.llm.requests");
+        assert_eq!(ns.chat(), "acme-prod.llm.chat");
         assert_eq!(ns.stream_name(StreamKind::Tier2), "ACME_PROD_LLM_TIER2");
         assert_eq!(ns.consumer("router"), "ACME_PROD_router");
         assert!(ns.is_internal("acme-prod.llm.tier2"));
