@@ -102,6 +102,27 @@ impl ChatRequest {
             ..Self::default()
         }
     }
+
+    /// Adds a client's generation options (the protocol's `params`, already
+    /// checked) under their own names. Logprobs asked for by the client are
+    /// merged with Triage's own need for them rather than sent twice; the
+    /// rest go as they are, so a backend option Triage has never heard of
+    /// still reaches the backend.
+    pub fn apply_params<'a>(&mut self, params: impl IntoIterator<Item = (&'a String, &'a Value)>) {
+        for (name, value) in params {
+            match (name.as_str(), value) {
+                ("logprobs", Value::Bool(b)) => {
+                    self.logprobs = Some(self.logprobs.unwrap_or(false) || *b);
+                }
+                ("top_logprobs", v) if v.as_u64().is_some() => {
+                    self.top_logprobs = v.as_u64().and_then(|n| u32::try_from(n).ok());
+                }
+                _ => {
+                    self.extra.insert(name.clone(), value.clone());
+                }
+            }
+        }
+    }
 }
 
 /// Token counts.
@@ -302,4 +323,32 @@ pub struct ModelList {
     /// The served models.
     #[serde(default)]
     pub data: Vec<ModelCard>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn params_are_sent_once_under_their_own_names() {
+        let mut chat = ChatRequest::new(vec![ChatMessage::user("hi")]);
+        chat.logprobs = Some(true); // Triage's early-exit gate wants them
+        let params: Map<String, Value> = serde_json::from_value(json!({
+            "top_p": 0.5, "stop": ["END"], "seed": 3, "logprobs": false, "top_logprobs": 2,
+            "response_format": {"type": "json_object"}, "top_k": 40
+        }))
+        .unwrap();
+        chat.apply_params(&params);
+        let body = serde_json::to_string(&chat).unwrap();
+        assert_eq!(body.matches("\"logprobs\"").count(), 1, "{body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["logprobs"], true, "the gate still gets them");
+        assert_eq!(body["top_logprobs"], 2);
+        assert_eq!(body["top_p"], 0.5);
+        assert_eq!(body["stop"], json!(["END"]));
+        assert_eq!(body["seed"], 3);
+        assert_eq!(body["response_format"]["type"], "json_object");
+        assert_eq!(body["top_k"], 40, "unknown options reach the backend");
+    }
 }

@@ -2,8 +2,12 @@
 //!
 //! The body is read as JSON once and each field is checked by hand, so every
 //! error names the field at fault (`messages[2].content`), as OpenAI's do.
-//! Fields the protocol does not carry yet (`top_p`, `stop`, `seed`, …) are
-//! accepted and listed in [`Parsed::ignored`], never silently refused.
+//! Generation options (`top_p`, `stop`, `seed`, `response_format`, and any
+//! field this module does not know, e.g. vLLM's `top_k`) travel in the
+//! request's `params` to the backend, checked by the protocol's one check.
+//! The few the pipeline cannot honour yet (tools, logprobs in the answer,
+//! completions-only options) are accepted and listed in
+//! [`Parsed::ignored`], never silently dropped.
 
 use serde_json::{Map, Value};
 use triage_protocol::{ChatMessage, Request};
@@ -66,6 +70,27 @@ impl Endpoint {
     }
 }
 
+/// Fields accepted but not honoured yet: the answer cannot carry tool calls
+/// or logprobs, and the worker always uses the backend's chat endpoint.
+const NOT_FORWARDED: &[&str] = &[
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "suffix",
+    "echo",
+    "best_of",
+    "store",
+    "metadata",
+    "modalities",
+    "audio",
+    "prediction",
+    "service_tier",
+];
+
 /// A body read and checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parsed {
@@ -75,7 +100,7 @@ pub struct Parsed {
     pub request: Request,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
-    /// Fields accepted but not forwarded yet, sorted.
+    /// Fields accepted but not honoured yet, sorted.
     pub ignored: Vec<String>,
 }
 
@@ -122,11 +147,22 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
         request.metadata.insert("user".into(), Value::from(user));
     }
     let mapped = endpoint.mapped();
-    let ignored = map
-        .keys()
-        .filter(|k| !mapped.contains(&k.as_str()))
-        .cloned()
-        .collect();
+    let mut ignored = Vec::new();
+    for (name, value) in &map {
+        if mapped.contains(&name.as_str()) || value.is_null() {
+            continue;
+        }
+        // The other endpoint's input (`messages` sent to /v1/completions) is
+        // ignored too: it is no backend option.
+        let reserved = triage_protocol::params::RESERVED.contains(&name.as_str());
+        if reserved || NOT_FORWARDED.contains(&name.as_str()) {
+            ignored.push(name.clone());
+        } else {
+            request.params.insert(name.clone(), value.clone());
+        }
+    }
+    triage_protocol::params::check(&request.params)
+        .map_err(|e| ApiError::invalid(Some(&e.field), format!("`{}` {}", e.field, e.reason)))?;
     Ok(Parsed {
         model,
         request,
@@ -370,7 +406,8 @@ mod tests {
             ],
             "max_tokens": 5, "max_completion_tokens": 7, "temperature": 0.5,
             "stream": true, "stream_options": {"include_usage": true},
-            "n": 1, "user": "u-1", "top_p": 0.9, "stop": ["\n"], "seed": 3
+            "n": 1, "user": "u-1", "top_p": 0.9, "stop": ["\n"], "seed": 3,
+            "response_format": {"type": "json_object"}, "top_k": 20, "tools": [], "logprobs": true
         }))
         .unwrap();
         assert_eq!(p.model, "triage-tier1");
@@ -388,7 +425,30 @@ mod tests {
         );
         assert_eq!(r.metadata["user"], "u-1");
         assert_eq!(r.tenant, None, "the tenant never comes from the body");
-        assert_eq!(p.ignored, ["seed", "stop", "top_p"]);
+        assert_eq!(r.params["top_p"], 0.9);
+        assert_eq!(r.params["stop"], serde_json::json!(["\n"]));
+        assert_eq!(r.params["seed"], 3);
+        assert_eq!(r.params["response_format"]["type"], "json_object");
+        assert_eq!(r.params["top_k"], 20, "unknown options are forwarded");
+        assert_eq!(r.params.len(), 5, "{:?}", r.params);
+        assert_eq!(p.ignored, ["logprobs", "tools"]);
+    }
+
+    #[test]
+    fn bad_generation_options_are_named() {
+        let refused = |extra: Value| {
+            let mut body = serde_json::json!({"messages": [{"role": "user", "content": "x"}]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            chat(body).unwrap_err().param.unwrap()
+        };
+        assert_eq!(refused(serde_json::json!({"top_p": 2})), "top_p");
+        assert_eq!(refused(serde_json::json!({"stop": 5})), "stop");
+        assert_eq!(
+            refused(serde_json::json!({"response_format": {"type": "yaml"}})),
+            "response_format.type"
+        );
     }
 
     #[test]

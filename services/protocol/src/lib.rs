@@ -14,6 +14,7 @@ pub mod encoding;
 pub mod error;
 pub mod headers;
 pub mod message;
+pub mod params;
 pub mod reply;
 pub mod subjects;
 

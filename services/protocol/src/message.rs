@@ -138,6 +138,11 @@ pub struct Request {
     /// Free-form client metadata, carried through untouched.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// Generation options passed to the backend as they are, under their
+    /// OpenAI/vLLM names (`top_p`, `stop`, `seed`, `response_format`, …);
+    /// checked by [`crate::params::check`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, serde_json::Value>,
     /// Absolute deadline, Unix epoch milliseconds; work not started by then
     /// is dropped with `deadline_exceeded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,6 +174,7 @@ impl Default for Request {
             tier: None,
             tenant: None,
             metadata: BTreeMap::new(),
+            params: BTreeMap::new(),
             deadline_ms: None,
             reply_to: None,
             keep_result: false,

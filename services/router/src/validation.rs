@@ -24,7 +24,7 @@ impl Rejection {
 }
 
 /// Validates `request`, in order: text present, size, `n` with `stream`,
-/// tier override.
+/// backend params, tier override.
 pub fn validate(request: &Request, policy: &PolicyConfig) -> Result<(), Rejection> {
     let has_text = request
         .chat_messages()
@@ -53,6 +53,12 @@ pub fn validate(request: &Request, policy: &PolicyConfig) -> Result<(), Rejectio
                 "n = {} with stream = true is not supported (vLLM before 0.6.2 hangs on it); use n = 1 or stream = false",
                 request.n
             ),
+        ));
+    }
+    if let Err(e) = triage_protocol::params::check(&request.params) {
+        return Err(Rejection::new(
+            ErrorCode::InvalidRequest,
+            format!("invalid field `params.{}`: {}", e.field, e.reason),
         ));
     }
     match request.tier {
@@ -121,6 +127,17 @@ mod tests {
         assert_eq!(check(&r), Some(ErrorCode::UnsupportedNWithStream));
         r.stream = false;
         assert_eq!(check(&r), None);
+    }
+
+    #[test]
+    fn bad_backend_params_are_named() {
+        let mut r = Request::from_prompt("hi");
+        r.params.insert("top_p".into(), serde_json::json!(0.5));
+        assert_eq!(check(&r), None);
+        r.params.insert("stop".into(), serde_json::json!([]));
+        let err = validate(&r, &PolicyConfig::default()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+        assert!(err.message.contains("`params.stop`"), "{}", err.message);
     }
 
     #[test]

@@ -45,6 +45,21 @@ pub struct ChatCompletionRequest {
     /// Streaming options.
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// `{"type": "json_object" | "json_schema", ...}` makes the text one JSON
+    /// object (as vLLM's guided decoding does); `text` or absent, plain text.
+    #[serde(default)]
+    pub response_format: Option<Value>,
+}
+
+impl ChatCompletionRequest {
+    /// Whether the answer must be a JSON object.
+    pub fn wants_json(&self) -> bool {
+        self.response_format
+            .as_ref()
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str)
+            .is_some_and(|t| t == "json_object" || t == "json_schema")
+    }
 }
 
 /// `stream_options`.

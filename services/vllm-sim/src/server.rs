@@ -376,8 +376,10 @@ fn plan(
         fnv1a(fnv1a(fnv1a(h, r.as_bytes()), b"\x00"), c.as_bytes())
     });
     let greedy = request.temperature == Some(0.0);
+    let json = request.wants_json();
     let stop = request.stop.map(|s| s.into_vec()).unwrap_or_default();
     let params = GenParams {
+        json,
         natural_len: (config.output_tokens_min, config.output_tokens_max),
         max_tokens,
         stop: &stop,

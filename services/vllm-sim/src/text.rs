@@ -90,6 +90,9 @@ pub struct GenParams<'a> {
     pub logprob_range: (f64, f64),
     /// How many `top_logprobs` candidates per token (0 = none).
     pub top_logprobs: u32,
+    /// Wrap the words as one JSON object, `{"answer": "..."}` (two tokens of
+    /// the count; cut by `max_tokens` like any text).
+    pub json: bool,
 }
 
 /// Generates one choice from `rng`.
@@ -98,10 +101,16 @@ pub fn generate(rng: &mut SimRng, params: &GenParams<'_>) -> Generation {
         u64::from(params.natural_len.0),
         u64::from(params.natural_len.1),
     ) as u32;
-    let (count, mut finish) = if natural < params.max_tokens {
+    // JSON mode spends two tokens on the object's opening and closing.
+    let budget = if params.json {
+        params.max_tokens.saturating_sub(2)
+    } else {
+        params.max_tokens
+    };
+    let (count, mut finish) = if natural < budget {
         (natural, Finish::Eos)
     } else {
-        (params.max_tokens, Finish::Length)
+        (budget, Finish::Length)
     };
 
     let mut tokens = Vec::with_capacity(count as usize);
@@ -153,7 +162,24 @@ pub fn generate(rng: &mut SimRng, params: &GenParams<'_>) -> Generation {
         tokens = kept;
         finish = Finish::StopString(stop);
     }
+    if params.json {
+        tokens = as_json_object(rng, tokens, params.logprob_range);
+    }
     Generation { tokens, finish }
+}
+
+/// `{"answer": "<the words>"}`: the words hold no quotes or backslashes.
+fn as_json_object(rng: &mut SimRng, words: Vec<GenToken>, range: (f64, f64)) -> Vec<GenToken> {
+    let mut token = |text: &str| GenToken {
+        text: text.to_string(),
+        logprob: (range.0 + (range.1 - range.0) * rng.next_f64()).max(-9999.0),
+        top: Vec::new(),
+    };
+    let mut out = vec![token("{\"answer\": \"")];
+    let close = token("\"}");
+    out.extend(words);
+    out.push(close);
+    out
 }
 
 /// Byte offset of the earliest stop-string match in the joined text, and which string.
@@ -198,10 +224,27 @@ mod tests {
     fn params(stop: &[String]) -> GenParams<'_> {
         GenParams {
             natural_len: (20, 20),
+            json: false,
             max_tokens: 100,
             stop,
             logprob_range: (-2.0, -0.1),
             top_logprobs: 3,
+        }
+    }
+
+    #[test]
+    fn json_mode_is_one_object_within_max_tokens() {
+        for max_tokens in [3, 10, 100] {
+            let p = GenParams {
+                json: true,
+                max_tokens,
+                ..params(&[])
+            };
+            let g = generate(&mut SimRng::new(4), &p);
+            let text: String = g.tokens.iter().map(|t| t.text.as_str()).collect();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert!(v["answer"].is_string(), "{text}");
+            assert!(g.tokens.len() <= max_tokens as usize, "{text}");
         }
     }
 

@@ -249,13 +249,14 @@ impl Generator {
         chat.model = backend.model();
         chat.max_tokens = max_tokens;
         chat.temperature = job.routed.request.temperature;
+        if self.settings.early_exit.is_some() {
+            chat.logprobs = Some(true);
+        }
+        chat.apply_params(&job.routed.request.params);
         if !backend.spec.include_usage {
             chat.stream_options = Some(StreamOptions {
                 include_usage: Some(false),
             });
-        }
-        if self.settings.early_exit.is_some() {
-            chat.logprobs = Some(true);
         }
         chat
     }
