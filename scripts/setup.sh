@@ -174,17 +174,23 @@ else
 fi
 
 # ---------------------------------------------------------------------------
-step "JavaScript client packages"
-# clients/js/node_modules from the lock file (integrity-checked by npm).
-js_dir=$TRIAGE_ROOT/clients/js
-js_stamp=$js_dir/node_modules/.triage-lock.sha256
-js_want=$(sha256sum "$js_dir/package-lock.json" | cut -d' ' -f1)
-if [[ -f $js_stamp && $(<"$js_stamp") == "$js_want" ]]; then
-    skip "packages of clients/js/package-lock.json present"
-else
+step "JavaScript packages"
+# node_modules of clients/js (the example client) and services/gateway/tests/js
+# (the official openai package, for the gateway's tests), each from its lock
+# file (integrity-checked by npm).
+js_done=()
+for js_dir in "$TRIAGE_ROOT/clients/js" "$TRIAGE_ROOT/services/gateway/tests/js"; do
+    js_stamp=$js_dir/node_modules/.triage-lock.sha256
+    js_want=$(sha256sum "$js_dir/package-lock.json" | cut -d' ' -f1)
+    [[ -f $js_stamp && $(<"$js_stamp") == "$js_want" ]] && continue
     npm ci --prefix "$js_dir" --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci in $js_dir failed"
     printf '%s\n' "$js_want" >"$js_stamp"
-    done_ "installed $(cd "$js_dir" && node -p 'Object.entries(require("./package.json").dependencies).map(([n, v]) => n + "@" + v).join(" ")')"
+    js_done+=("$(cd "$js_dir" && node -p 'Object.entries(require("./package.json").dependencies).map(([n, v]) => n + "@" + v).join(" ")')")
+done
+if ((${#js_done[@]} == 0)); then
+    skip "packages of both package-lock.json files present"
+else
+    done_ "installed ${js_done[*]}"
 fi
 
 # ---------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 //! The gateway in front of the real pipeline: the router (with the real
 //! MiniLM embedding), a worker per tier and two vLLM simulators, all in this
 //! process on the real NATS. Clients nobody here wrote drive it: the
-//! official `openai` Python package (tests/python/test_openai_sdk.py) and
-//! `curl -N`; and a simulator fault makes a real worker restart a stream.
+//! official `openai` Python package (tests/python/test_openai_sdk.py), the
+//! `openai` npm package under Node (tests/js/openai_sdk.test.mjs) and
+//! `curl -N`; `llm.chat` is asked with async-nats' request(); and a simulator fault makes a real worker restart a stream.
 
 mod common;
 
@@ -166,6 +167,23 @@ async fn openai_sdk_and_curl_through_the_whole_pipeline() {
     assert!(
         report.contains("Ran 8 tests") && report.contains("\nOK"),
         "{report}"
+    );
+
+    // The official openai npm package under Node.
+    let tests = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/js/openai_sdk.test.mjs"
+    );
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.args(["--test", tests])
+        .env("TRIAGE_TEST_GATEWAY_URL", format!("{}/v1", gw.url));
+    let out = run(cmd, Duration::from_secs(180)).await;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("# pass 5") && report.contains("# fail 0"),
+        "the openai npm package's tests (npm ci in services/gateway/tests/js: scripts/setup.sh \
+         does it):\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // curl -N: the frames as they arrive, then [DONE].
