@@ -82,3 +82,19 @@ pub async fn subscribe_synced(
         }),
     }
 }
+
+/// Readiness of NATS for a service: connected, and each of `streams` answers
+/// its info request (so JetStream is up and the streams are provisioned).
+/// The `Err` names what is missing, for `/health/ready`.
+pub async fn streams_ready(client: &async_nats::Client, streams: &[String]) -> Result<(), String> {
+    if client.connection_state() != async_nats::connection::State::Connected {
+        return Err(format!("not connected ({:?})", client.connection_state()));
+    }
+    let js = async_nats::jetstream::new(client.clone());
+    for name in streams {
+        js.get_stream(name)
+            .await
+            .map_err(|e| format!("stream {name}: {e}"))?;
+    }
+    Ok(())
+}

@@ -170,10 +170,7 @@ async fn openai_sdk_and_curl_through_the_whole_pipeline() {
     );
 
     // The official openai npm package under Node.
-    let tests = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/js/openai_sdk.test.mjs"
-    );
+    let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/openai_sdk.test.mjs");
     let mut cmd = tokio::process::Command::new("node");
     cmd.args(["--test", tests])
         .env("TRIAGE_TEST_GATEWAY_URL", format!("{}/v1", gw.url));

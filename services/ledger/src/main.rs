@@ -172,10 +172,27 @@ async fn run(config: LedgerConfig) -> anyhow::Result<()> {
     let metrics = WriterMetrics::default();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    let bound =
-        triage_runtime::metrics::serve(config.metrics_addr, Arc::new(registry), shutdown.clone())
-            .await
-            .with_context(|| format!("serving metrics on {}", config.metrics_addr))?;
+    let readiness = {
+        let (client, pg) = (client.clone(), store.clone());
+        let streams = vec![ns.stream_name(triage_protocol::StreamKind::Usage)];
+        triage_runtime::Readiness::new()
+            .check("nats", move || {
+                let (client, streams) = (client.clone(), streams.clone());
+                async move { triage_bus::connect::streams_ready(&client, &streams).await }
+            })
+            .check("postgres", move || {
+                let pg = pg.clone();
+                async move { pg.ready().await }
+            })
+    };
+    let bound = triage_runtime::metrics::serve_with_readiness(
+        config.metrics_addr,
+        Arc::new(registry),
+        readiness,
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("serving metrics on {}", config.metrics_addr))?;
     tracing::info!(metrics = %bound, usage = %ns.usage(), consumer = %ns.consumer(&config.writer.consumer), "booking usage events");
 
     Writer::new(store, client, ns, config.writer.clone(), metrics)

@@ -243,6 +243,15 @@ impl Store {
         &self.pool
     }
 
+    /// `/health/ready`'s Postgres check: one round trip on the pool.
+    pub async fn ready(&self) -> Result<(), String> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("postgres: {e}"))
+    }
+
     /// Applies pending migrations (idempotent; safe with concurrent
     /// callers, which wait on an advisory lock).
     pub async fn migrate(&self) -> Result<(), StoreError> {

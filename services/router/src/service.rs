@@ -49,13 +49,45 @@ pub async fn run(config: RouterConfig) -> anyhow::Result<()> {
     let shutdown = triage_runtime::shutdown_token();
     let mut registry = Registry::default();
     let metrics = Arc::new(RouterMetrics::register(&mut registry));
-    let addr =
-        triage_runtime::metrics::serve(config.metrics_addr, Arc::new(registry), shutdown.clone())
-            .await?;
-    info!(%addr, "metrics on /metrics");
-    let router = build_router(&config).await?;
     let client = triage_bus::connect(&config.nats).await?;
+    // Ready once the scorer is loaded and NATS has the streams it uses.
+    let built = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = triage_runtime::metrics::serve_with_readiness(
+        config.metrics_addr,
+        Arc::new(registry),
+        readiness(&client, &config, built.clone())?,
+        shutdown.clone(),
+    )
+    .await?;
+    info!(%addr, "metrics on /metrics, readiness on /health/ready");
+    let router = build_router(&config).await?;
+    built.store(true, std::sync::atomic::Ordering::Relaxed);
     serve(client, config, router, metrics, shutdown).await
+}
+
+fn readiness(
+    client: &async_nats::Client,
+    config: &RouterConfig,
+    built: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<triage_runtime::Readiness> {
+    let ns = config.nats.namespace()?;
+    let streams: Vec<String> = [StreamKind::Requests, StreamKind::Tier1, StreamKind::Tier2]
+        .map(|k| ns.stream_name(k))
+        .into();
+    let client = client.clone();
+    Ok(triage_runtime::Readiness::new()
+        .check("nats", move || {
+            let (client, streams) = (client.clone(), streams.clone());
+            async move { triage_bus::connect::streams_ready(&client, &streams).await }
+        })
+        .check("scorer", move || {
+            let loaded = built.load(std::sync::atomic::Ordering::Relaxed);
+            async move {
+                loaded
+                    .then_some(())
+                    .ok_or_else(|| "still loading".to_string())
+            }
+        }))
 }
 
 /// Loads the scorer (off the async threads) and the self-rater. A scorer

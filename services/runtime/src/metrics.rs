@@ -12,19 +12,38 @@ use axum::Router;
 use prometheus_client::registry::{Metric, Registry};
 use tokio_util::sync::CancellationToken;
 
-/// Serves `GET /metrics` (OpenMetrics text) and `GET /health` on `addr`
-/// until `shutdown` fires. Returns the bound address (useful with port 0).
+use crate::Readiness;
+
+/// Serves `GET /metrics` (OpenMetrics text) and liveness (`GET /health`,
+/// `GET /health/live`) on `addr` until `shutdown` fires; `/health/ready` is
+/// always ready. Returns the bound address (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    serve_with_readiness(addr, registry, Readiness::new(), shutdown).await
+}
+
+/// [`serve`], with `GET /health/ready` running `readiness`' checks: 200 and
+/// a JSON report when all pass, 503 naming each failure otherwise.
+pub async fn serve_with_readiness(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let ready = Router::new()
+        .route("/health/ready", get(ready))
+        .with_state(Arc::new(readiness));
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/health", get(|| async { "ok" }))
-        .with_state(registry);
+        .route("/health/live", get(|| async { "ok" }))
+        .with_state(registry)
+        .merge(ready);
     tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -34,6 +53,16 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+async fn ready(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
+    let report = readiness.report().await;
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(report))
 }
 
 async fn render(State(registry): State<Arc<Registry>>) -> impl IntoResponse {

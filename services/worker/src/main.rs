@@ -129,10 +129,14 @@ async fn run(config: WorkerConfig, tier: Tier) -> anyhow::Result<()> {
         .await
         .context("starting the worker")?;
     let metrics_stop = CancellationToken::new();
-    let bound =
-        triage_runtime::metrics::serve(metrics_addr, Arc::new(registry), metrics_stop.clone())
-            .await
-            .with_context(|| format!("serving metrics on {metrics_addr}"))?;
+    let bound = triage_runtime::metrics::serve_with_readiness(
+        metrics_addr,
+        Arc::new(registry),
+        worker.readiness(),
+        metrics_stop.clone(),
+    )
+    .await
+    .with_context(|| format!("serving metrics on {metrics_addr}"))?;
     tracing::info!(%bound, "metrics at /metrics");
     let result = worker.run(shutdown).await;
     metrics_stop.cancel();

@@ -53,6 +53,31 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// What `/health/ready` checks: NATS connected with the tier's stream
+    /// there, and at least one backend whose breaker lets requests through.
+    pub fn readiness(&self) -> triage_runtime::Readiness {
+        let publisher = &self.pipeline.deliver.publisher;
+        let client = publisher.client.clone();
+        let streams = vec![publisher.ns.stream_name(Namespace::tier_stream(self.tier))];
+        let pool = self.pool.clone();
+        triage_runtime::Readiness::new()
+            .check("nats", move || {
+                let (client, streams) = (client.clone(), streams.clone());
+                async move { triage_bus::connect::streams_ready(&client, &streams).await }
+            })
+            .check("backends", move || {
+                let backends = pool.backends();
+                let healthy = backends.iter().filter(|b| b.available()).count();
+                let total = backends.len();
+                async move {
+                    match healthy {
+                        0 => Err(format!("none of {total} backend(s) is healthy")),
+                        _ => Ok(()),
+                    }
+                }
+            })
+    }
+
     /// Validates the configuration, connects to NATS, provisions the
     /// streams and the finished-ids bucket, joins the tier's durable
     /// consumer and checks the backends once (learning their models and

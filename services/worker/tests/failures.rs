@@ -6,8 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use prometheus_client::registry::Registry;
 use triage_protocol::{headers, ErrorCode, StreamKind, Tier, UsageStatus};
 use triage_vllm_sim::{FaultConfig, FaultKind, SimConfig};
+use triage_worker::Worker;
 
 fn script(kinds: Vec<FaultKind>) -> FaultConfig {
     FaultConfig {
@@ -522,5 +524,35 @@ async fn a_redelivered_escalated_request_is_not_answered_twice() {
     );
     assert_eq!(world.tier_messages(Tier::Large).await, 1, "escalated once");
     t1.stop().await;
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn readiness_needs_nats_and_a_healthy_backend() {
+    let world = World::new().await;
+    let healthy = sim("m", 5, 0).await;
+    let mut registry = Registry::default();
+    let worker = Worker::connect(world.config(&[&healthy]), Tier::Small, &mut registry)
+        .await
+        .expect("worker starts");
+    let report = worker.readiness().report().await;
+    assert!(report.ready, "{report:?}");
+    assert_eq!(report.checks["nats"], "ok");
+
+    let down = sim("m", 5, 0).await;
+    down.set_faults(FaultConfig {
+        unhealthy: true,
+        ..FaultConfig::always_error(503)
+    })
+    .unwrap();
+    let mut config = world.config(&[&down]);
+    config.health.failure_threshold = 1;
+    let mut registry = Registry::default();
+    let worker = Worker::connect(config, Tier::Small, &mut registry)
+        .await
+        .expect("worker starts");
+    let report = worker.readiness().report().await;
+    assert!(!report.ready, "{report:?}");
+    assert_eq!(report.checks["backends"], "none of 1 backend(s) is healthy");
     world.teardown().await;
 }
