@@ -87,6 +87,7 @@ fn completion(id: &str, attempt: u32, chunks: u32, text: Option<&str>) -> Reply 
         ttft_ms: 1.0,
         total_ms: 2.0,
         chunks,
+        text_bytes: None,
         text: text.map(str::to_string),
         routing: Some(RoutingDecision {
             score: 0.75,
