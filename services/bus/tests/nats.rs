@@ -110,7 +110,7 @@ async fn provisioning_is_idempotent_and_applies_changed_limits() {
 /// `llm.results` keep the newest. A stream provisioned by an older build
 /// (discard-old, no message limit) is updated in place.
 #[tokio::test]
-async fn full_streams_refuse_new_messages_and_old_ones_are_updated_to() {
+async fn full_streams_refuse_new_messages_and_older_streams_are_updated() {
     let (_client, js, ns) = setup().await;
     for kind in StreamKind::ALL {
         let mut old = desired_config(&ns, kind, &StreamsConfig::small());
