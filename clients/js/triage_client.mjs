@@ -139,20 +139,93 @@ export function subject(prefix, base) {
   return p ? `${p}.${base}` : base;
 }
 
+/** The answer did not arrive whole: its text would be wrong. */
+export class IncompleteAnswer extends Error {}
+
+/**
+ * Checks that a streamed answer arrived whole, by the rules of
+ * triage_protocol::AnswerCheck (schemas/README.md): within an attempt `seq`
+ * counts from 0 without a gap or repeat; a higher attempt restarts the count
+ * (the earlier text is void), a lower one is stale; the completion's
+ * `chunks` and `text_bytes` must match what arrived of its attempt.
+ */
+export class AnswerCheck {
+  constructor() {
+    this.attempt = null;
+    this.chunks = 0;
+    this.bytes = 0;
+  }
+
+  /**
+   * `null` for a stale chunk (ignore it), else whether it restarts the
+   * answer. Throws IncompleteAnswer on a gap or repeat.
+   */
+  chunk(reply) {
+    const attempt = Number(reply.attempt ?? 1);
+    const seq = Number(reply.seq ?? 0);
+    if (this.attempt !== null && attempt < this.attempt) return null;
+    let restarted = false;
+    if (attempt !== this.attempt) {
+      restarted = this.attempt !== null && this.chunks > 0;
+      [this.attempt, this.chunks, this.bytes] = [attempt, 0, 0];
+    }
+    if (seq < this.chunks) {
+      throw new IncompleteAnswer(`chunk ${seq} of attempt ${attempt} came again after chunk ${this.chunks - 1} (a chunk repeated)`);
+    }
+    if (seq > this.chunks) {
+      throw new IncompleteAnswer(`chunk ${seq} of attempt ${attempt} came where chunk ${this.chunks} was due (a chunk was lost)`);
+    }
+    this.chunks += 1;
+    this.bytes += utf8Length(String(reply.delta ?? ""));
+    return restarted;
+  }
+
+  /**
+   * Where the answer's text is: "streamed" (the chunks) or "in_completion"
+   * (its `text`). Throws IncompleteAnswer when the completion disagrees with
+   * what arrived.
+   */
+  completion(reply) {
+    const attempt = Number(reply.attempt ?? 1);
+    let [chunks, received] = attempt === this.attempt ? [this.chunks, this.bytes] : [0, 0];
+    let source = "streamed";
+    if (reply.text !== undefined && reply.text !== null && chunks === 0) {
+      [source, received] = ["in_completion", utf8Length(String(reply.text))];
+    } else {
+      const sent = Number(reply.chunks ?? 0);
+      if (sent !== chunks) {
+        throw new IncompleteAnswer(`the completion of attempt ${attempt} says ${sent} chunks were sent, ${chunks} arrived`);
+      }
+    }
+    if (reply.text_bytes !== undefined && reply.text_bytes !== null && Number(reply.text_bytes) !== received) {
+      throw new IncompleteAnswer(`the completion of attempt ${attempt} says ${reply.text_bytes} bytes of text, ${received} arrived`);
+    }
+    return source;
+  }
+}
+
+function utf8Length(text) {
+  return Buffer.byteLength(text, "utf8");
+}
+
 /**
  * Puts one request's replies together: the text of the current attempt
  * (a chunk of a higher attempt voids everything before it; chunks of an
- * older attempt are ignored), a check that `seq` has no gap or repeat within
- * an attempt, and the final completion or error.
+ * older attempt are ignored), checked by AnswerCheck, and the final
+ * completion or error. An answer that did not arrive whole ends with the
+ * error `stream_incomplete`, never with wrong text.
  */
 export class Answer {
   constructor() {
-    this.attempt = 0;
-    this.nextSeq = 0;
+    this.check = new AnswerCheck();
     this.parts = [];
     this.restarts = 0;
     this.final = null;
     this.warnings = [];
+  }
+
+  get attempt() {
+    return this.check.attempt ?? 0;
   }
 
   get text() {
@@ -162,48 +235,84 @@ export class Answer {
   /**
    * Takes one decoded reply. Returns what a printer should do:
    * `{ kind: "delta", delta, restarted }`, `{ kind: "ignored" }`, or
-   * `{ kind: "completion" | "error", reply }` once the answer is final.
+   * `{ kind: "completion" | "error", reply }` once the answer is final (a
+   * completion says `textInCompletion` when its `text` is the answer).
    */
   push(reply) {
-    switch (reply.type) {
-      case "chunk":
-        return this.#chunk(reply);
-      case "completion":
-      case "error":
-        this.final = reply;
-        if (reply.type === "completion") this.#checkCount(reply);
-        return { kind: reply.type, reply };
-      default:
-        this.warnings.push(`ignoring a reply of unknown type ${JSON.stringify(reply.type)}`);
-        return { kind: "ignored" };
+    try {
+      switch (reply.type) {
+        case "chunk":
+          return this.#chunk(reply);
+        case "completion": {
+          const inCompletion = this.check.completion(reply) === "in_completion";
+          if (inCompletion) this.parts = [String(reply.text)];
+          return { ...this.#finish(reply), textInCompletion: inCompletion };
+        }
+        case "error":
+          return this.#finish(reply);
+        default:
+          this.warnings.push(`ignoring a reply of unknown type ${JSON.stringify(reply.type)}`);
+          return { kind: "ignored" };
+      }
+    } catch (e) {
+      if (!(e instanceof IncompleteAnswer)) throw e;
+      this.parts = [];
+      return this.#finish(incompleteError(reply.id ?? "", e.message));
     }
   }
 
+  #finish(reply) {
+    this.final = reply;
+    return { kind: reply.type, reply };
+  }
+
   #chunk(reply) {
-    const attempt = Number(reply.attempt ?? 1);
-    if (attempt < this.attempt) return { kind: "ignored" }; // a late chunk of a void attempt
-    let restarted = false;
-    if (attempt > this.attempt) {
-      restarted = this.parts.length > 0;
-      if (restarted) this.restarts += 1;
-      this.attempt = attempt;
-      this.nextSeq = 0;
+    const restarted = this.check.chunk(reply);
+    if (restarted === null) return { kind: "ignored" }; // a late chunk of a void attempt
+    if (restarted) {
+      this.restarts += 1;
       this.parts = [];
     }
-    const seq = Number(reply.seq ?? 0);
-    if (seq !== this.nextSeq) this.warnings.push(`expected chunk ${this.nextSeq}, got ${seq}`);
-    this.nextSeq = seq + 1;
     const delta = String(reply.delta ?? "");
     this.parts.push(delta);
     return { kind: "delta", delta, restarted };
   }
+}
 
-  #checkCount(reply) {
-    const expected = Number(reply.chunks ?? 0);
-    if (expected && Number(reply.attempt ?? 1) === this.attempt && expected !== this.parts.length) {
-      this.warnings.push(`completion says ${expected} chunks, received ${this.parts.length}`);
-    }
-  }
+/** The error a client reports when the answer did not arrive whole. */
+export function incompleteError(id, detail) {
+  return {
+    type: "error",
+    id,
+    code: "stream_incomplete",
+    message: `the answer to request ${id} did not arrive whole (${detail}); any text shown is void: send the request again`,
+    retryable: true,
+  };
+}
+
+/**
+ * The server's reason when the stream refused a publish for being at its
+ * configured limit (NATS error code 10077, "maximum messages/bytes
+ * exceeded"); null for any other failure.
+ */
+export function fullStreamRefusal(error) {
+  const api = error?.api_error;
+  const description = String(api?.description ?? "");
+  const full =
+    api?.err_code === 10077 &&
+    (description.includes("maximum messages exceeded") || description.includes("maximum bytes exceeded"));
+  return full ? description : null;
+}
+
+/** The error a client reports when `llm.requests` refused the request. */
+export function queueFullError(id, detail) {
+  return {
+    type: "error",
+    id,
+    code: "queue_full",
+    message: `request ${id} was not accepted, the request queue is full (${detail}); retry later`,
+    retryable: true,
+  };
 }
 
 /** The one-line summary of a completion. */
@@ -248,6 +357,11 @@ export async function* submit(nc, request, { prefix = "", contentType = MSGPACK_
     try {
       ack = await nc.jetstream().publish(target, encode(request, contentType), { headers: h, timeout: 10_000 });
     } catch (e) {
+      const full = fullStreamRefusal(e);
+      if (full !== null) {
+        yield queueFullError(request.id, full);
+        return;
+      }
       throw new SubmitError(
         `JetStream did not accept the request on ${target}: ${e.message} (is Triage running? its services create the streams)`,
       );
@@ -406,18 +520,24 @@ async function main(argv) {
 
 async function printAnswer(nc, cli) {
   const answer = new Answer();
+  let streamed = false;
   try {
     for await (const reply of submit(nc, cli.request, cli)) {
       const step = answer.push(reply);
       if (step.kind === "delta") {
         if (step.restarted) process.stdout.write(`\n[attempt ${answer.attempt}: the answer restarts]\n`);
         process.stdout.write(step.delta);
+        streamed = true;
       } else if (step.kind === "completion") {
-        if (reply.text && !answer.text) process.stdout.write(reply.text);
+        if (step.textInCompletion) {
+          if (streamed) process.stdout.write(`\n[attempt ${reply.attempt}: the answer restarts]\n`);
+          process.stdout.write(reply.text);
+        }
         process.stdout.write(`\n${summary(reply)}\n`);
       } else if (step.kind === "error") {
-        const retry = reply.retryable ? "retryable" : "not retryable";
-        process.stderr.write(`\nerror ${reply.code}: ${reply.message} (${retry})\n`);
+        const { code, message, retryable } = step.reply;
+        process.stderr.write(`\nerror ${code}: ${message} (${retryable ? "retryable" : "not retryable"})\n`);
+        break;
       }
     }
   } catch (e) {

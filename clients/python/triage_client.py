@@ -144,64 +144,93 @@ def subject(prefix: str, base: str) -> str:
     return f"{prefix}.{base}" if prefix else base
 
 
+class IncompleteAnswer(Exception):
+    """The answer did not arrive whole: its text would be wrong."""
+
+
+@dataclass
+class AnswerCheck:
+    """Checks that a streamed answer arrived whole, by the rules of
+    triage_protocol::AnswerCheck (schemas/README.md): within an attempt `seq`
+    counts from 0 without a gap or repeat; a higher attempt restarts the
+    count (the earlier text is void), a lower one is stale; the completion's
+    `chunks` and `text_bytes` must match what arrived of its attempt."""
+
+    attempt: Optional[int] = None
+    chunks: int = 0
+    bytes: int = 0
+
+    def chunk(self, reply: dict[str, Any]) -> Optional[bool]:
+        """None for a stale chunk (ignore it), else whether it restarts the
+        answer (earlier text void). Raises IncompleteAnswer on a gap or repeat."""
+        attempt, seq = int(reply.get("attempt", 1)), int(reply.get("seq", 0))
+        restarted = False
+        if self.attempt is not None and attempt < self.attempt:
+            return None
+        if attempt != self.attempt:
+            restarted = self.attempt is not None and self.chunks > 0
+            self.attempt, self.chunks, self.bytes = attempt, 0, 0
+        if seq < self.chunks:
+            raise IncompleteAnswer(f"chunk {seq} of attempt {attempt} came again after chunk {self.chunks - 1} (a chunk repeated)")
+        if seq > self.chunks:
+            raise IncompleteAnswer(f"chunk {seq} of attempt {attempt} came where chunk {self.chunks} was due (a chunk was lost)")
+        self.chunks += 1
+        self.bytes += len(str(reply.get("delta", "")).encode("utf-8"))
+        return restarted
+
+    def completion(self, reply: dict[str, Any]) -> str:
+        """Where the answer's text is: "streamed" (the chunks) or
+        "in_completion" (its `text`). Raises IncompleteAnswer when the
+        completion disagrees with what arrived."""
+        attempt = int(reply.get("attempt", 1))
+        chunks, received = (self.chunks, self.bytes) if attempt == self.attempt else (0, 0)
+        text = reply.get("text")
+        if text is not None and chunks == 0:
+            source, received = "in_completion", len(str(text).encode("utf-8"))
+        else:
+            sent = int(reply.get("chunks", 0))
+            if sent != chunks:
+                raise IncompleteAnswer(f"the completion of attempt {attempt} says {sent} chunks were sent, {chunks} arrived")
+            source = "streamed"
+        sent_bytes = reply.get("text_bytes")
+        if sent_bytes is not None and int(sent_bytes) != received:
+            raise IncompleteAnswer(f"the completion of attempt {attempt} says {sent_bytes} bytes of text, {received} arrived")
+        return source
+
+
+def incomplete_error(request_id: str, detail: str) -> dict[str, Any]:
+    """The error a client reports when the answer did not arrive whole."""
+    return {
+        "type": "error",
+        "id": request_id,
+        "code": "stream_incomplete",
+        "message": f"the answer to request {request_id} did not arrive whole ({detail}); any text shown is void: send the request again",
+        "retryable": True,
+    }
+
+
 @dataclass
 class AnswerPrinter:
     """Prints replies as they arrive: chunk text at once, a notice when a new
-    attempt restarts the answer, and a summary line at the end."""
+    attempt restarts the answer, and a summary line at the end. A lost or
+    repeated chunk, or a completion that disagrees with what arrived, ends
+    the answer with the error `stream_incomplete`."""
 
     out: TextIO = sys.stdout
     err: TextIO = sys.stderr
-    attempt: int = 0
-    next_seq: int = 0
-    chunks: int = 0
+    check: AnswerCheck = field(default_factory=AnswerCheck)
     text: list[str] = field(default_factory=list)
 
     def handle(self, reply: dict[str, Any]) -> Optional[int]:
         """Shows one reply; returns the exit status once the answer is final."""
         kind = reply.get("type")
-        if kind == "chunk":
-            attempt = int(reply.get("attempt", 1))
-            if attempt < self.attempt:
-                return None  # a late chunk of a void attempt
-            if attempt > self.attempt:
-                if self.text:
-                    self.out.write(f"\n[attempt {attempt}: the answer restarts]\n")
-                self.attempt, self.next_seq, self.chunks, self.text = attempt, 0, 0, []
-            seq = int(reply.get("seq", 0))
-            if seq != self.next_seq:
-                self.err.write(f"[warning: expected chunk {self.next_seq}, got {seq}]\n")
-            self.next_seq = seq + 1
-            self.chunks += 1
-            delta = str(reply.get("delta", ""))
-            self.text.append(delta)
-            self.out.write(delta)
-            self.out.flush()
-            return None
-        if kind == "completion":
-            if reply.get("text") and not self.text:
-                self.out.write(str(reply["text"]))
-            self.out.write("\n")
-            usage = reply.get("usage") or {}
-            routing = reply.get("routing") or {}
-            parts = [
-                f"tier {reply.get('tier')}",
-                f"model {reply.get('model')}",
-                f"finish {reply.get('finish_reason')}",
-                f"tokens {usage.get('prompt_tokens')}+{usage.get('completion_tokens')}"
-                + (" (estimated)" if usage.get("estimated") else ""),
-                f"ttft {float(reply.get('ttft_ms', 0)):.0f} ms",
-                f"total {float(reply.get('total_ms', 0)):.0f} ms",
-                f"attempt {reply.get('attempt')}",
-            ]
-            if routing:
-                parts.append(f"score {routing.get('score')}")
-                if routing.get("reasons"):
-                    parts.append("reasons " + ",".join(routing["reasons"]))
-            self.out.write("[" + "; ".join(parts) + "]\n")
-            expected = reply.get("chunks", 0)
-            if expected and expected != self.chunks and int(reply.get("attempt", 1)) == self.attempt:
-                self.err.write(f"[warning: completion says {expected} chunks, received {self.chunks}]\n")
-            return 0
+        try:
+            if kind == "chunk":
+                return self._chunk(reply)
+            if kind == "completion":
+                return self._completion(reply)
+        except IncompleteAnswer as e:
+            return self.handle(incomplete_error(str(reply.get("id", "")), str(e)))
         if kind == "error":
             if self.text:
                 self.out.write("\n")
@@ -210,6 +239,44 @@ class AnswerPrinter:
             return 1
         self.err.write(f"[warning: ignoring a reply of unknown type {kind!r}]\n")
         return None
+
+    def _chunk(self, reply: dict[str, Any]) -> None:
+        restarted = self.check.chunk(reply)
+        if restarted is None:
+            return None  # a late chunk of a void attempt
+        if restarted:
+            self.out.write(f"\n[attempt {self.check.attempt}: the answer restarts]\n")
+            self.text = []
+        delta = str(reply.get("delta", ""))
+        self.text.append(delta)
+        self.out.write(delta)
+        self.out.flush()
+        return None
+
+    def _completion(self, reply: dict[str, Any]) -> int:
+        if self.check.completion(reply) == "in_completion":
+            if self.text:
+                self.out.write(f"\n[attempt {reply.get('attempt')}: the answer restarts]\n")
+            self.out.write(str(reply["text"]))
+        self.out.write("\n")
+        usage = reply.get("usage") or {}
+        routing = reply.get("routing") or {}
+        parts = [
+            f"tier {reply.get('tier')}",
+            f"model {reply.get('model')}",
+            f"finish {reply.get('finish_reason')}",
+            f"tokens {usage.get('prompt_tokens')}+{usage.get('completion_tokens')}"
+            + (" (estimated)" if usage.get("estimated") else ""),
+            f"ttft {float(reply.get('ttft_ms', 0)):.0f} ms",
+            f"total {float(reply.get('total_ms', 0)):.0f} ms",
+            f"attempt {reply.get('attempt')}",
+        ]
+        if routing:
+            parts.append(f"score {routing.get('score')}")
+            if routing.get("reasons"):
+                parts.append("reasons " + ",".join(routing["reasons"]))
+        self.out.write("[" + "; ".join(parts) + "]\n")
+        return 0
 
 
 def duplicate_error(request_id: str) -> dict[str, Any]:
@@ -221,6 +288,28 @@ def duplicate_error(request_id: str) -> dict[str, Any]:
         "message": f"request {request_id} was already accepted (the stream de-duplicated this submission "
         "by its id); its answer goes to the first submission: send a new request with a new id",
         "retryable": False,
+    }
+
+
+def full_stream_refusal(error: Exception) -> Optional[str]:
+    """The server's reason when the stream refused the publish for being at
+    its configured limit (NATS error code 10077, "maximum messages/bytes
+    exceeded"); None for any other failure."""
+    description = str(getattr(error, "description", "") or "")
+    full = getattr(error, "err_code", None) == 10077 and (
+        "maximum messages exceeded" in description or "maximum bytes exceeded" in description
+    )
+    return description if full else None
+
+
+def queue_full_error(request_id: str, detail: str) -> dict[str, Any]:
+    """The error a client reports when `llm.requests` refused the request."""
+    return {
+        "type": "error",
+        "id": request_id,
+        "code": "queue_full",
+        "message": f"request {request_id} was not accepted, the request queue is full ({detail}); retry later",
+        "retryable": True,
     }
 
 
@@ -265,6 +354,11 @@ async def submit(
         except NatsTimeout:
             printer.err.write(f"JetStream did not confirm the publish to {target} within 10 s\n")
             return 3
+        except Exception as e:  # the server's refusal comes as a JetStream API error
+            detail = full_stream_refusal(e)
+            if detail is None:
+                raise
+            return printer.handle(queue_full_error(request["id"], detail))
         if ack.duplicate:
             # The stream kept an earlier request with this id and dropped this
             # one: its answer goes to that first submission, none would come here.

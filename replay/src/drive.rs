@@ -463,6 +463,8 @@ fn client_error_code(e: &ClientError) -> String {
         ClientError::Duplicate { .. } => {
             triage_protocol::ErrorCode::DuplicateRequest.as_str().into()
         }
+        ClientError::QueueFull { .. } => triage_protocol::ErrorCode::QueueFull.as_str().into(),
+        ClientError::Incomplete { .. } => "stream_incomplete".into(),
         ClientError::Closed(_) => "subscription_closed".into(),
     }
 }

@@ -67,12 +67,69 @@ test("a new attempt restarts the text; late chunks of an old attempt are ignored
   assert.match(tc.summary(final), /^\[tier 1; model m; finish stop; tokens 3\+2; .*attempt 2\]$/);
 });
 
-test("a gap in seq or a short chunk count is reported, not hidden", () => {
-  const a = new tc.Answer();
-  a.push({ type: "chunk", seq: 0, attempt: 1, delta: "a" });
-  a.push({ type: "chunk", seq: 2, attempt: 1, delta: "c" });
-  a.push({ type: "completion", attempt: 1, chunks: 3, usage: {} });
-  assert.deepEqual(a.warnings, ["expected chunk 1, got 2", "completion says 3 chunks, received 2"]);
+const chunk = (seq, delta = "ab", attempt = 1) => ({ type: "chunk", id: "r", seq, attempt, delta });
+const done = (chunks, textBytes, { attempt = 1, text } = {}) => ({
+  type: "completion",
+  id: "r",
+  attempt,
+  finish_reason: "stop",
+  chunks,
+  ...(textBytes === undefined ? {} : { text_bytes: textBytes }),
+  ...(text === undefined ? {} : { text }),
+  usage: { prompt_tokens: 1, completion_tokens: 1 },
+  tier: 1,
+  model: "m",
+  ttft_ms: 1,
+  total_ms: 2,
+});
+
+test("a lost or repeated chunk, or a completion that disagrees, fails the answer with stream_incomplete", () => {
+  const cases = {
+    gap: [[chunk(0), chunk(2)], "came where chunk 1 was due (a chunk was lost)"],
+    "first chunk lost": [[chunk(1)], "chunk 1 of attempt 1 came where chunk 0 was due"],
+    repeat: [[chunk(0), chunk(1), chunk(1)], "came again"],
+    count: [[chunk(0), done(2, 4)], "says 2 chunks were sent, 1 arrived"],
+    length: [[chunk(0, "é"), done(1, 3)], "says 3 bytes of text, 2 arrived"],
+    "kept text cut": [[done(0, 9, { text: "short" })], "says 9 bytes of text, 5 arrived"],
+  };
+  for (const [name, [replies, detail]] of Object.entries(cases)) {
+    const a = new tc.Answer();
+    const last = replies.map((r) => a.push(r)).at(-1);
+    assert.equal(last.kind, "error", name);
+    assert.equal(a.final.code, "stream_incomplete", name);
+    assert.ok(a.final.message.includes(detail), `${name}: ${a.final.message}`);
+    assert.equal(a.text, "", `${name}: no wrong text`);
+  }
+});
+
+test("whole answers pass the check: UTF-8 lengths, restarts, kept text, older workers", () => {
+  let a = new tc.Answer();
+  for (const r of [chunk(0, "x"), chunk(0, "é", 2), chunk(1, "!", 2), chunk(1, "late"), done(2, 3, { attempt: 2 })]) {
+    a.push(r);
+  }
+  assert.equal(a.final.type, "completion");
+  assert.equal(a.text, "é!");
+  a = new tc.Answer();
+  a.push(chunk(0, "void"));
+  const step = a.push(done(4, 5, { attempt: 2, text: "whole" }));
+  assert.equal(step.textInCompletion, true);
+  assert.equal(a.text, "whole");
+  a = new tc.Answer();
+  a.push(chunk(0));
+  assert.equal(a.push(done(1)).kind, "completion", "no text_bytes: only the count is checked");
+});
+
+test("a full request queue is a queue_full error", () => {
+  const apiError = (err_code, description) => Object.assign(new Error("503"), { api_error: { code: 503, err_code, description } });
+  assert.equal(tc.fullStreamRefusal(apiError(10077, "maximum messages exceeded")), "maximum messages exceeded");
+  assert.equal(tc.fullStreamRefusal(apiError(10077, "maximum bytes exceeded")), "maximum bytes exceeded");
+  assert.equal(tc.fullStreamRefusal(apiError(10077, "disk failure")), null);
+  assert.equal(tc.fullStreamRefusal(apiError(10059, "stream not found")), null);
+  assert.equal(tc.fullStreamRefusal(new Error("timeout")), null);
+  const e = tc.queueFullError("r1", "maximum messages exceeded");
+  assert.equal(e.code, "queue_full");
+  assert.equal(e.retryable, true);
+  assert.match(e.message, /request r1 was not accepted, the request queue is full/);
 });
 
 test("an error reply is final", () => {

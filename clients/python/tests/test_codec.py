@@ -135,7 +135,13 @@ class RustToPython(unittest.TestCase):
             with self.subTest(example=path.name):
                 reply = tc.decode(path.read_bytes(), tc.MSGPACK_MIME)
                 out, err = io.StringIO(), io.StringIO()
-                status = tc.AnswerPrinter(out=out, err=err).handle(reply)
+                printer = tc.AnswerPrinter(out=out, err=err)
+                if reply["type"] == "completion" and reply.get("text") is None:
+                    # A streamed answer: the chunks its completion counts come first.
+                    for seq in range(reply["chunks"]):
+                        delta = "x" * reply.get("text_bytes", 0) if seq == 0 else ""
+                        printer.handle({"type": "chunk", "id": reply["id"], "seq": seq, "attempt": reply["attempt"], "delta": delta})
+                status = printer.handle(reply)
                 if reply["type"] == "chunk":
                     self.assertIsNone(status)
                     self.assertEqual(out.getvalue(), reply["delta"])
@@ -247,6 +253,60 @@ class ClientBehaviour(unittest.TestCase):
         self.assertNotIn("STALE", out.getvalue())
         self.assertEqual(err.getvalue(), "")
         self.assertEqual(tc.AnswerPrinter(out=out, err=err).handle({"type": "error", "code": "internal", "message": "x"}), 1)
+
+    def test_a_lost_or_repeated_chunk_or_a_disagreeing_completion_fails_the_answer(self):
+        def chunk(seq, delta="ab", attempt=1):
+            return {"type": "chunk", "id": "r", "seq": seq, "attempt": attempt, "delta": delta}
+
+        def done(chunks, text_bytes=None, attempt=1, text=None):
+            c = {"type": "completion", "id": "r", "attempt": attempt, "finish_reason": "stop", "chunks": chunks,
+                 "usage": {"prompt_tokens": 1, "completion_tokens": 1}, "tier": 1, "model": "m",
+                 "ttft_ms": 1.0, "total_ms": 2.0}
+            if text_bytes is not None:
+                c["text_bytes"] = text_bytes
+            if text is not None:
+                c["text"] = text
+            return c
+
+        cases = {
+            "gap": ([chunk(0), chunk(2)], "was due (a chunk was lost)"),
+            "first chunk lost": ([chunk(1)], "chunk 1 of attempt 1 came where chunk 0 was due"),
+            "repeat": ([chunk(0), chunk(1), chunk(1)], "came again"),
+            "count": ([chunk(0), done(2, 4)], "says 2 chunks were sent, 1 arrived"),
+            "length": ([chunk(0, "é"), done(1, 3)], "says 3 bytes of text, 2 arrived"),
+            "kept text cut": ([done(0, 9, text="short")], "says 9 bytes of text, 5 arrived"),
+        }
+        for name, (replies, detail) in cases.items():
+            with self.subTest(name):
+                out, err = io.StringIO(), io.StringIO()
+                p = tc.AnswerPrinter(out=out, err=err)
+                statuses = [p.handle(r) for r in replies]
+                self.assertEqual(statuses[-1], 1, "the answer fails")
+                self.assertIn("error stream_incomplete", err.getvalue())
+                self.assertIn(detail, err.getvalue())
+        # Whole answers pass: UTF-8 lengths, a restart, and an older worker without text_bytes.
+        good = [chunk(0, "x"), chunk(0, "é", attempt=2), chunk(1, "!", attempt=2), chunk(1, "late"), done(2, 3, attempt=2)]
+        p = tc.AnswerPrinter(out=io.StringIO(), err=io.StringIO())
+        self.assertEqual([p.handle(r) for r in good][-1], 0)
+        p = tc.AnswerPrinter(out=io.StringIO(), err=io.StringIO())
+        self.assertEqual([p.handle(r) for r in (chunk(0), done(1))][-1], 0)
+
+    def test_a_full_request_queue_is_a_queue_full_error(self):
+        class ServerError(Exception):
+            def __init__(self, err_code, description):
+                super().__init__(description)
+                self.err_code, self.description = err_code, description
+
+        self.assertEqual(tc.full_stream_refusal(ServerError(10077, "maximum messages exceeded")), "maximum messages exceeded")
+        self.assertEqual(tc.full_stream_refusal(ServerError(10077, "maximum bytes exceeded")), "maximum bytes exceeded")
+        self.assertIsNone(tc.full_stream_refusal(ServerError(10077, "disk failure")))
+        self.assertIsNone(tc.full_stream_refusal(ServerError(10059, "stream not found")))
+        self.assertIsNone(tc.full_stream_refusal(ValueError("x")))
+        err = io.StringIO()
+        status = tc.AnswerPrinter(out=io.StringIO(), err=err).handle(tc.queue_full_error("r1", "maximum messages exceeded"))
+        self.assertEqual(status, 1)
+        self.assertIn("error queue_full: request r1 was not accepted", err.getvalue())
+        self.assertIn("(retryable)", err.getvalue())
 
     def test_decode_follows_the_content_type(self):
         self.assertEqual(tc.decode(b'{"a":1}', "application/json; charset=utf-8"), {"a": 1})

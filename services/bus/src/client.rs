@@ -8,10 +8,12 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::StreamExt;
 use triage_protocol::{
-    encode, headers, Completion, DecodeError, Encoding, ErrorReply, Namespace, Reply, Request,
+    encode, headers, AnswerCheck, AnswerText, ChunkVerdict, Completion, DecodeError, Encoding,
+    ErrorReply, IncompleteAnswer, Namespace, Reply, Request,
 };
 
 use crate::envelope::header;
+use crate::BusError;
 
 /// Why an answer could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,30 @@ pub enum ClientError {
     Duplicate {
         /// The request id.
         id: String,
+    },
+    /// `llm.requests` is at its configured limit and refused the request
+    /// (nothing it holds was dropped to make room): retry later.
+    #[error(
+        "queue_full: request {id} was not accepted, the request queue is full ({detail}); \
+         retry later"
+    )]
+    QueueFull {
+        /// The request id.
+        id: String,
+        /// The server's reason.
+        detail: String,
+    },
+    /// Chunks were lost or repeated, or the completion disagrees with what
+    /// arrived: the text would be wrong, so there is none.
+    #[error(
+        "stream_incomplete: the answer to request {id} did not arrive whole ({detail}); \
+         send the request again"
+    )]
+    Incomplete {
+        /// The request id.
+        id: String,
+        /// What was wrong.
+        detail: IncompleteAnswer,
     },
     /// The subscription ended before a final message.
     #[error("reply subscription for {0} closed before a final message")]
@@ -172,9 +198,15 @@ impl TriageClient {
         let payload = encode(self.encoding, &request).into();
         let ack = crate::publish::acked(&self.js, &self.ns.requests(), h, payload)
             .await
-            .map_err(|e| ClientError::Submit {
-                id: id.clone(),
-                detail: e.to_string(),
+            .map_err(|e| match e {
+                BusError::QueueFull { detail, .. } => ClientError::QueueFull {
+                    id: id.clone(),
+                    detail,
+                },
+                e => ClientError::Submit {
+                    id: id.clone(),
+                    detail: e.to_string(),
+                },
             })?;
         if ack.duplicate {
             // The stream kept the first request with this id (its
@@ -248,40 +280,40 @@ impl ReplyStream {
     }
 
     /// Reads to the end, assembling the text. A chunk of a later attempt
-    /// discards the text of earlier ones, as the protocol says.
+    /// discards the text of earlier ones, as the protocol says; a lost or
+    /// repeated chunk, or a completion that disagrees with the chunks that
+    /// arrived ([`AnswerCheck`]), fails the request instead of returning
+    /// wrong text.
     pub async fn collect(mut self) -> Result<Answer, ClientError> {
         let mut answer = Answer::default();
-        let mut attempt = 0;
+        let mut check = AnswerCheck::default();
         while let Some(reply) = self.next().await {
-            match reply? {
-                Reply::Chunk(c) => {
-                    if c.attempt > attempt {
-                        attempt = c.attempt;
-                        answer.text.clear();
-                        answer.restarts += u32::from(answer.chunks > 0);
-                        answer.chunks = 0;
+            let checked = match reply? {
+                Reply::Chunk(c) => check.chunk(&c).map(|verdict| {
+                    if let ChunkVerdict::Append { restarted } = verdict {
+                        answer.append(&c.delta, restarted);
                     }
-                    if c.attempt == attempt {
-                        answer.text.push_str(&c.delta);
-                        answer.chunks += 1;
-                        if answer.first_chunk_at.is_none() {
-                            answer.first_chunk_at = Some(tokio::time::Instant::now());
-                        }
-                    }
-                }
+                }),
                 Reply::Completion(c) => {
-                    if let Some(text) = &c.text {
-                        if answer.chunks == 0 || c.attempt != attempt {
-                            answer.text = text.clone();
-                        }
+                    let source = check.completion(&c).map_err(|e| self.incomplete(e))?;
+                    if source == AnswerText::InCompletion {
+                        answer.replace(c.text.clone().unwrap_or_default());
                     }
                     answer.completion = Some(c);
                     return Ok(answer);
                 }
                 Reply::Error(e) => return Err(ClientError::Reply(e)),
-            }
+            };
+            checked.map_err(|e| self.incomplete(e))?;
         }
         Err(ClientError::Closed(self.id.clone()))
+    }
+
+    fn incomplete(&self, detail: IncompleteAnswer) -> ClientError {
+        ClientError::Incomplete {
+            id: self.id.clone(),
+            detail,
+        }
     }
 }
 
@@ -298,4 +330,27 @@ pub struct Answer {
     pub first_chunk_at: Option<tokio::time::Instant>,
     /// The completion message.
     pub completion: Option<Completion>,
+}
+
+impl Answer {
+    /// The completion's text is the answer; chunks of other attempts are void.
+    fn replace(&mut self, text: String) {
+        self.restarts += u32::from(self.chunks > 0);
+        self.chunks = 0;
+        self.text = text;
+    }
+
+    /// Adds a checked chunk's text; `restarted` voids the text before it.
+    fn append(&mut self, delta: &str, restarted: bool) {
+        if restarted {
+            self.text.clear();
+            self.restarts += 1;
+            self.chunks = 0;
+        }
+        self.text.push_str(delta);
+        self.chunks += 1;
+        if self.first_chunk_at.is_none() {
+            self.first_chunk_at = Some(tokio::time::Instant::now());
+        }
+    }
 }

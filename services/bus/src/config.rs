@@ -60,7 +60,9 @@ impl NatsConfig {
     }
 }
 
-/// Limits of one stream.
+/// Limits of one stream. The work queues and `llm.usage` refuse new
+/// messages at a limit (the publisher gets `queue_full`); `llm.dead` and
+/// `llm.results` drop their oldest messages instead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamLimits {
     /// Oldest message kept; `0s` means no limit.
@@ -68,11 +70,22 @@ pub struct StreamLimits {
     pub max_age: Duration,
     /// Bytes kept; -1 means no limit.
     pub max_bytes: i64,
+    /// Messages kept; -1 means no limit.
+    #[serde(default = "no_limit")]
+    pub max_msgs: i64,
+}
+
+fn no_limit() -> i64 {
+    -1
 }
 
 impl StreamLimits {
     fn new(max_age: Duration, max_bytes: i64) -> Self {
-        Self { max_age, max_bytes }
+        Self {
+            max_age,
+            max_bytes,
+            max_msgs: no_limit(),
+        }
     }
 }
 

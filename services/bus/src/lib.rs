@@ -48,6 +48,15 @@ pub enum BusError {
         /// The server's or client's error.
         detail: String,
     },
+    /// The stream is at its `max_msgs` or `max_bytes` and refused the
+    /// message (it keeps everything it accepted): `queue_full` to clients.
+    #[error("queue_full: {subject} is full and refused the message ({detail}); retry later")]
+    QueueFull {
+        /// The subject published to.
+        subject: String,
+        /// The server's reason.
+        detail: String,
+    },
     /// A core publish failed.
     #[error("publish to {subject} failed: {detail}")]
     Publish {

@@ -52,7 +52,31 @@ pub async fn acked(
         .await
         .map_err(|e| BusError::js(format!("publish to {subject}"), e))?
         .await
-        .map_err(|e| BusError::js(format!("ack of publish to {subject}"), e))
+        .map_err(|e| match full_stream_refusal(&e) {
+            Some(detail) => BusError::QueueFull {
+                subject: subject.to_string(),
+                detail,
+            },
+            None => BusError::js(format!("ack of publish to {subject}"), e),
+        })
+}
+
+/// The server's reason when a stream refused a message for being at its
+/// `max_msgs` or `max_bytes` (discard-new): NATS answers error code 10077
+/// with `maximum messages exceeded` or `maximum bytes exceeded`.
+pub fn full_stream_refusal(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(js) = e.downcast_ref::<jetstream::Error>() {
+            let text = js.to_string();
+            let full = js.error_code() == jetstream::ErrorCode::STREAM_STORE_FAILED
+                && (text.contains("maximum messages exceeded")
+                    || text.contains("maximum bytes exceeded"));
+            return full.then_some(text);
+        }
+        cause = e.source();
+    }
+    None
 }
 
 /// Runs `publish` until it succeeds or has failed `1 + RETRIES` times.
@@ -74,5 +98,31 @@ where
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(json: &str) -> jetstream::Error {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_stream_at_its_limits_is_told_apart_from_other_failures() {
+        for reason in ["maximum messages exceeded", "maximum bytes exceeded"] {
+            let e = server_error(&format!(
+                r#"{{"code":503,"err_code":10077,"description":"{reason}"}}"#
+            ));
+            let detail = full_stream_refusal(&e).expect("a full stream");
+            assert!(detail.contains(reason), "{detail}");
+        }
+        let other_store_failure =
+            server_error(r#"{"code":503,"err_code":10077,"description":"disk full"}"#);
+        assert_eq!(full_stream_refusal(&other_store_failure), None);
+        let not_found =
+            server_error(r#"{"code":404,"err_code":10059,"description":"stream not found"}"#);
+        assert_eq!(full_stream_refusal(&not_found), None);
     }
 }

@@ -4,6 +4,13 @@
 //! one whose limits differ from the configuration is updated, and one that
 //! already matches is left alone, so any number of replicas may start at
 //! once. Only features of NATS 2.9 are used.
+//!
+//! Nothing accepted is deleted to make room: at its `max_msgs` or
+//! `max_bytes` a work queue (`llm.requests`, `llm.tier1/2`) or `llm.usage`
+//! refuses the new message (discard-new), and the publisher gets
+//! [`BusError::QueueFull`]. `llm.dead` and `llm.results` keep the newest
+//! (discard-old): there an old dead letter or kept result matters less than
+//! the next one.
 
 use async_nats::jetstream::{self, stream};
 use triage_protocol::{Namespace, StreamKind};
@@ -29,14 +36,25 @@ pub fn desired_config(ns: &Namespace, kind: StreamKind, cfg: &StreamsConfig) -> 
         },
         max_age: limits.max_age,
         max_bytes: limits.max_bytes,
+        max_messages: limits.max_msgs,
         // A kept result is looked up by id: only the latest per id matters.
         max_messages_per_subject: if kind == StreamKind::Results { 1 } else { -1 },
         num_replicas: cfg.replicas,
         duplicate_window: cfg.duplicate_window,
         storage: stream::StorageType::File,
-        discard: stream::DiscardPolicy::Old,
+        discard: if refuses_when_full(kind) {
+            stream::DiscardPolicy::New
+        } else {
+            stream::DiscardPolicy::Old
+        },
         ..Default::default()
     }
+}
+
+/// Whether the stream holds work or records that must not be deleted to
+/// make room: it refuses new messages at its limits instead.
+pub fn refuses_when_full(kind: StreamKind) -> bool {
+    kind.is_work_queue() || kind == StreamKind::Usage
 }
 
 /// What [`provision`] did to one stream.
@@ -119,6 +137,8 @@ fn same_managed_fields(have: &stream::Config, want: &stream::Config) -> bool {
     have.subjects == want.subjects
         && have.max_age == want.max_age
         && have.max_bytes == want.max_bytes
+        && have.max_messages == want.max_messages
+        && have.discard == want.discard
         && have.max_messages_per_subject == want.max_messages_per_subject
         && have.num_replicas.max(1) == want.num_replicas.max(1)
         && have.duplicate_window == want.duplicate_window

@@ -105,6 +105,128 @@ async fn provisioning_is_idempotent_and_applies_changed_limits() {
     teardown(&js, &ns).await;
 }
 
+/// Work queues and `llm.usage` refuse new messages at their limits
+/// (discard-new) instead of deleting accepted ones; `llm.dead` and
+/// `llm.results` keep the newest. A stream provisioned by an older build
+/// (discard-old, no message limit) is updated in place.
+#[tokio::test]
+async fn full_streams_refuse_new_messages_and_older_streams_are_updated() {
+    let (_client, js, ns) = setup().await;
+    for kind in StreamKind::ALL {
+        let mut old = desired_config(&ns, kind, &StreamsConfig::small());
+        old.discard = jetstream::stream::DiscardPolicy::Old;
+        js.create_stream(old).await.unwrap();
+    }
+    let mut cfg = StreamsConfig::small();
+    cfg.tiers.max_msgs = 1000;
+    let report = provision(&js, &ns, &cfg).await.unwrap();
+    for (name, outcome) in &report {
+        let kind = StreamKind::ALL
+            .into_iter()
+            .find(|k| ns.stream_name(*k) == *name)
+            .unwrap();
+        let info = js.get_stream(name).await.unwrap().cached_info().clone();
+        let refuses = kind.is_work_queue() || kind == StreamKind::Usage;
+        let want = if refuses {
+            jetstream::stream::DiscardPolicy::New
+        } else {
+            jetstream::stream::DiscardPolicy::Old
+        };
+        assert_eq!(info.config.discard, want, "{name}");
+        let expected = if refuses {
+            Provisioned::Updated
+        } else {
+            Provisioned::Unchanged
+        };
+        assert_eq!(*outcome, expected, "{name}");
+        let max_msgs = if kind.is_work_queue() && kind != StreamKind::Requests {
+            1000
+        } else {
+            -1
+        };
+        assert_eq!(info.config.max_messages, max_msgs, "{name}");
+    }
+    teardown(&js, &ns).await;
+}
+
+/// `llm.requests` configured for two messages, no consumer: the third
+/// submission is refused with `queue_full`, and the two accepted stay.
+#[tokio::test]
+async fn a_full_request_queue_answers_queue_full_and_keeps_what_it_accepted() {
+    let (client, js, ns) = setup().await;
+    let mut cfg = StreamsConfig::small();
+    cfg.requests.max_msgs = 2;
+    provision(&js, &ns, &cfg).await.unwrap();
+    let triage = TriageClient::new(client, ns.clone());
+    let mut accepted = Vec::new();
+    for _ in 0..2 {
+        let request = Request::from_prompt("hello");
+        let stream = triage.submit(request, Duration::from_secs(5)).await;
+        accepted.push(stream.expect("room for two").id().to_string());
+    }
+    let third = Request::from_prompt("one too many");
+    match triage.submit(third, Duration::from_secs(5)).await {
+        Err(e @ ClientError::QueueFull { .. }) => {
+            assert!(e.to_string().starts_with("queue_full:"), "{e}");
+            assert!(e.to_string().contains("maximum messages exceeded"), "{e}");
+        }
+        Err(other) => panic!("expected ClientError::QueueFull, got {other}"),
+        Ok(_) => panic!("expected ClientError::QueueFull, got an accepted submission"),
+    }
+    let requests = js
+        .get_stream(ns.stream_name(StreamKind::Requests))
+        .await
+        .unwrap();
+    for (seq, id) in (1..).zip(&accepted) {
+        let kept = requests.get_raw_message(seq).await.unwrap();
+        let kept: Request = triage_protocol::decode(Encoding::MsgPack, &kept.payload).unwrap();
+        assert_eq!(&kept.id, id, "message {seq} is still the accepted request");
+    }
+    teardown(&js, &ns).await;
+}
+
+/// A service's durable publish to a full stream (here `llm.usage` at its
+/// byte limit) fails with `BusError::QueueFull`, not a generic error.
+#[tokio::test]
+async fn a_publish_to_a_stream_at_its_byte_limit_is_queue_full() {
+    let (_client, js, ns) = setup().await;
+    let mut cfg = StreamsConfig::small();
+    cfg.usage.max_bytes = 4096;
+    provision(&js, &ns, &cfg).await.unwrap();
+    let payload = bytes::Bytes::from(vec![b'x'; 1000]);
+    let mut stored = 0;
+    let refused = loop {
+        let published = triage_bus::publish::once(
+            &js,
+            &ns.usage(),
+            async_nats::HeaderMap::new(),
+            payload.clone(),
+        )
+        .await;
+        match published {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 10, "4 KiB should not hold {stored} KB");
+    };
+    assert!(
+        matches!(refused, triage_bus::BusError::QueueFull { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("maximum bytes exceeded"));
+    let usage = js
+        .get_stream(ns.stream_name(StreamKind::Usage))
+        .await
+        .unwrap();
+    assert_eq!(
+        usage.cached_info().state.first_sequence,
+        1,
+        "nothing dropped"
+    );
+    assert!(stored >= 1);
+    teardown(&js, &ns).await;
+}
+
 #[tokio::test]
 async fn a_stream_with_the_wrong_retention_is_reported_not_clobbered() {
     let (_client, js, ns) = setup().await;
@@ -174,6 +296,7 @@ async fn answer_requests(
             ttft_ms: 1.0,
             total_ms: 2.0,
             chunks: 2,
+            text_bytes: Some("Hello, world".len() as u64),
             text: None,
             routing: None,
         });
@@ -215,6 +338,84 @@ async fn client_submits_durably_and_assembles_the_answer_in_both_encodings() {
         .await
         .unwrap();
     assert_eq!(requests.info().await.unwrap().state.messages, 0);
+    teardown(&js, &ns).await;
+}
+
+/// A stand-in worker whose second chunk is lost on the way: the client
+/// fails the request with `stream_incomplete` rather than return "Hel!".
+#[tokio::test]
+async fn a_lost_chunk_fails_the_answer_instead_of_returning_wrong_text() {
+    let (client, js, ns) = setup().await;
+    provision(&js, &ns, &StreamsConfig::small()).await.unwrap();
+    let consumer = consumer::durable(
+        &js,
+        &ns,
+        StreamKind::Requests,
+        "test",
+        &ConsumerSettings::default(),
+    )
+    .await
+    .unwrap();
+    let answering = client.clone();
+    let worker = tokio::spawn(async move {
+        let mut messages = consumer.messages().await.unwrap();
+        let message = messages.next().await.unwrap().unwrap();
+        let env = Envelope::of(&message);
+        let request: Request = triage_protocol::decode(env.encoding, &message.payload).unwrap();
+        let to = request.reply_to.clone().unwrap();
+        let chunk = |seq, delta: &str| {
+            Reply::Chunk(Chunk {
+                id: request.id.clone(),
+                seq,
+                attempt: 1,
+                delta: delta.into(),
+            })
+        };
+        let done = Reply::Completion(Completion {
+            id: request.id.clone(),
+            attempt: 1,
+            finish_reason: "stop".into(),
+            usage: Usage::default(),
+            tier: Tier::Small,
+            model: "m".into(),
+            ttft_ms: 1.0,
+            total_ms: 2.0,
+            chunks: 3,
+            text_bytes: Some("Hello!".len() as u64),
+            text: None,
+            routing: None,
+        });
+        // Chunk 1 ("lo") never arrives.
+        for r in [chunk(0, "Hel"), chunk(2, "!"), done] {
+            triage_bus::reply::send(&answering, &to, env.encoding, &r)
+                .await
+                .unwrap();
+        }
+        consumer::ack_confirmed(&message).await.unwrap();
+    });
+    let triage = TriageClient::new(client, ns.clone());
+    let result = triage
+        .ask(Request::from_prompt("hi"), Duration::from_secs(10))
+        .await;
+    match result {
+        Err(e @ ClientError::Incomplete { .. }) => {
+            let text = e.to_string();
+            assert!(text.starts_with("stream_incomplete:"), "{text}");
+            assert!(
+                text.contains("chunk 2 of attempt 1 came where chunk 1 was due"),
+                "{text}"
+            );
+        }
+        Err(other) => panic!("expected ClientError::Incomplete, got {other}"),
+        Ok(answer) => panic!(
+            "expected ClientError::Incomplete, got the text {:?}",
+            answer.text
+        ),
+    }
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .expect("the stand-in answered within 10 s")
+        .unwrap();
     teardown(&js, &ns).await;
 }
 

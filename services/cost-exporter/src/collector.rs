@@ -312,6 +312,19 @@ fn encode_queues(encoder: &mut DescriptorEncoder, q: &QueueStats) -> fmt::Result
         MetricType::Gauge,
         &stream(|s| s.bytes),
     )?;
+    let fill: Vec<(Labels, f64)> = q
+        .streams
+        .iter()
+        .filter_map(|s| Some((vec![("stream", s.stream.clone())], s.fill_ratio()?)))
+        .collect();
+    family(
+        encoder,
+        "triage_stream_fill_ratio",
+        "How full each Triage stream is against its max_msgs / max_bytes (the nearer limit), 0-1; \
+         at 1 the work queues and llm.usage refuse new messages (queue_full)",
+        MetricType::Gauge,
+        &fill,
+    )?;
     family(
         encoder,
         "triage_stream_last_sequence",
@@ -506,6 +519,8 @@ mod tests {
                     messages: 57,
                     bytes: 1000,
                     last_sequence: 900,
+                    max_messages: 100,
+                    max_bytes: -1,
                 },
                 crate::queues::StreamStat {
                     stream: "LLM_USAGE".into(),
@@ -514,6 +529,8 @@ mod tests {
                     messages: 9000,
                     bytes: 9_000_000,
                     last_sequence: 9000,
+                    max_messages: -1,
+                    max_bytes: -1,
                 },
             ],
             consumers: vec![crate::queues::ConsumerStat {
@@ -543,6 +560,14 @@ mod tests {
         assert!(
             text.contains(r#"triage_stream_messages{stream="LLM_USAGE"} 9000"#),
             "{text}"
+        );
+        assert!(
+            text.contains(r#"triage_stream_fill_ratio{stream="LLM_TIER1"} 0.57"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"triage_stream_fill_ratio{stream="LLM_USAGE"}"#),
+            "a stream without limits has no fill ratio: {text}"
         );
     }
 }

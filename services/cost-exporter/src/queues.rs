@@ -22,6 +22,26 @@ pub struct StreamStat {
     pub bytes: u64,
     /// Sequence of the last message ever stored (only grows).
     pub last_sequence: u64,
+    /// The stream's `max_msgs`; -1 (or 0) means none.
+    pub max_messages: i64,
+    /// The stream's `max_bytes`; -1 (or 0) means none.
+    pub max_bytes: i64,
+}
+
+impl StreamStat {
+    /// How full the stream is, 0 to 1: the larger of messages / `max_msgs`
+    /// and bytes / `max_bytes`; `None` when it has neither limit. At 1 a
+    /// work queue or `llm.usage` refuses new messages (`queue_full`).
+    pub fn fill_ratio(&self) -> Option<f64> {
+        let share = |held: u64, limit: i64| (limit > 0).then(|| held as f64 / limit as f64);
+        match (
+            share(self.messages, self.max_messages),
+            share(self.bytes, self.max_bytes),
+        ) {
+            (Some(m), Some(b)) => Some(m.max(b)),
+            (m, b) => m.or(b),
+        }
+    }
 }
 
 /// One consumer's backlog.
@@ -78,6 +98,8 @@ pub async fn read(js: &jetstream::Context, ns: &Namespace) -> Result<QueueStats,
             messages: info.state.messages,
             bytes: info.state.bytes,
             last_sequence: info.state.last_sequence,
+            max_messages: info.config.max_messages,
+            max_bytes: info.config.max_bytes,
         });
         let consumers: Vec<jetstream::consumer::Info> = stream
             .consumers()
@@ -95,4 +117,32 @@ pub async fn read(js: &jetstream::Context, ns: &Namespace) -> Result<QueueStats,
         }
     }
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(messages: u64, bytes: u64, max_messages: i64, max_bytes: i64) -> StreamStat {
+        StreamStat {
+            stream: "LLM_REQUESTS".into(),
+            subject: "llm.requests".into(),
+            work_queue: true,
+            messages,
+            bytes,
+            last_sequence: messages,
+            max_messages,
+            max_bytes,
+        }
+    }
+
+    #[test]
+    fn the_fill_ratio_is_the_nearer_limit() {
+        assert_eq!(stat(50, 10, 100, 1000).fill_ratio(), Some(0.5));
+        assert_eq!(stat(5, 900, 100, 1000).fill_ratio(), Some(0.9));
+        assert_eq!(stat(5, 900, -1, 1000).fill_ratio(), Some(0.9));
+        assert_eq!(stat(25, 900, 100, -1).fill_ratio(), Some(0.25));
+        assert_eq!(stat(5, 900, -1, -1).fill_ratio(), None);
+        assert_eq!(stat(5, 900, 0, 0).fill_ratio(), None);
+    }
 }

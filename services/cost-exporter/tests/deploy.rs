@@ -43,7 +43,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
 fn alert_rules_pass_promtool_check() {
     let (ok, out) = promtool(&["check", "rules", "deploy/prometheus/rules/triage.rules.yml"]);
     assert!(ok, "{out}");
-    assert!(out.contains("SUCCESS: 8 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
 }
 
 #[test]
@@ -183,6 +183,8 @@ fn exported_names() -> BTreeSet<String> {
             messages: 1,
             bytes: 1,
             last_sequence: 1,
+            max_messages: 10,
+            max_bytes: -1,
         }],
         consumers: vec![ConsumerStat {
             stream: "LLM_USAGE".into(),

@@ -70,6 +70,7 @@ async fn responder(client: async_nats::Client, ns: Namespace, stop: Cancellation
                 ttft_ms: 0.0,
                 total_ms: 0.0,
                 chunks: 1,
+                text_bytes: Some(5),
                 text: None,
                 routing: None,
             }),

@@ -179,6 +179,8 @@ pub fn from_code(code: ErrorCode, message: impl Into<String>) -> ApiError {
         // A request id used before: the first request owns its answer.
         C::DuplicateRequest => (StatusCode::CONFLICT, INVALID_REQUEST, None),
         C::BackendUnavailable => (StatusCode::SERVICE_UNAVAILABLE, SERVER_ERROR, None),
+        // The pipeline refused new work to keep what it holds: try later.
+        C::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, SERVER_ERROR, None),
         // The gateway wrote the request, so a version it does not speak, or
         // one that kept killing workers, is Triage's fault, not the client's.
         C::UnsupportedVersion | C::MaxDeliveriesExceeded | C::Internal => {
@@ -204,6 +206,8 @@ impl From<ClientError> for ApiError {
             e @ ClientError::Duplicate { .. } => {
                 from_code(ErrorCode::DuplicateRequest, e.to_string())
             }
+            e @ ClientError::QueueFull { .. } => from_code(ErrorCode::QueueFull, e.to_string()),
+            ClientError::Incomplete { detail, .. } => ApiError::chunk_gap(&detail.to_string()),
             ClientError::Closed(_) => {
                 ApiError::unavailable("the connection to NATS closed before the answer came")
             }
@@ -230,7 +234,7 @@ mod tests {
             ErrorCode::PromptTooLarge => 413,
             ErrorCode::DuplicateRequest => 409,
             ErrorCode::DeadlineExceeded => 504,
-            ErrorCode::BackendUnavailable => 503,
+            ErrorCode::BackendUnavailable | ErrorCode::QueueFull => 503,
             ErrorCode::UnsupportedVersion
             | ErrorCode::MaxDeliveriesExceeded
             | ErrorCode::Internal => 500,
@@ -281,6 +285,13 @@ mod tests {
         let e = ApiError::from(reply);
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(e.message, "all down");
+        let full = ApiError::from(ClientError::QueueFull {
+            id: "r".into(),
+            detail: "maximum messages exceeded".into(),
+        });
+        assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(full.code.as_deref(), Some("queue_full"));
+        assert_eq!(full.kind, SERVER_ERROR);
     }
 
     #[test]

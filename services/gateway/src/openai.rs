@@ -266,6 +266,7 @@ mod tests {
             ttft_ms: 1.0,
             total_ms: 2.0,
             chunks: 2,
+            text_bytes: None,
             text: None,
             routing: Some(RoutingDecision::fixed(Tier::Small, "test")),
         }

@@ -11,21 +11,22 @@
 //!   ends the stream with an error event (`generation_restarted`): the
 //!   client never sees duplicated or spliced text and knows to retry;
 //! - chunks of an older attempt are dropped;
-//! - a gap in `seq`, or a completion counting more chunks than arrived,
-//!   ends the stream with `stream_incomplete` rather than wrong text.
+//! - a gap or repeat in `seq`, or a completion whose chunk count or text
+//!   length disagrees with what arrived (`triage_protocol::AnswerCheck`,
+//!   the check every client runs), ends the stream with `stream_incomplete`
+//!   rather than wrong text.
 //!
 //! Non-streamed answers do not need this: they use the completion's text,
 //! which is the final attempt's.
 
-use triage_protocol::{Chunk, Completion, Reply};
+use triage_protocol::{AnswerCheck, AnswerText, Chunk, ChunkVerdict, Completion, Reply};
 
 use crate::error::{from_code, ApiError};
 
 /// The relay's state for one stream.
 #[derive(Debug, Default)]
 pub struct Relay {
-    attempt: Option<u32>,
-    next_seq: u32,
+    check: AnswerCheck,
     text_sent: bool,
 }
 
@@ -63,49 +64,37 @@ impl Relay {
         }
     }
 
+    /// Whether a reply of `attempt` voids text already sent (`newer_only`:
+    /// an older chunk is merely stale).
+    fn voids_sent_text(&self, attempt: u32, newer_only: bool) -> bool {
+        let voids = |sent: u32| attempt > sent || (!newer_only && attempt != sent);
+        self.text_sent && self.check.attempt().is_some_and(voids)
+    }
+
     fn chunk(&mut self, c: Chunk) -> Step {
-        match self.attempt {
-            Some(current) if c.attempt < current => return Step::Skip,
-            Some(current) if c.attempt > current && self.text_sent => {
-                return Step::Fail(ApiError::restarted())
+        if self.voids_sent_text(c.attempt, true) {
+            return Step::Fail(ApiError::restarted());
+        }
+        match self.check.chunk(&c) {
+            Err(e) => Step::Fail(ApiError::chunk_gap(&e.to_string())),
+            Ok(ChunkVerdict::Stale) => Step::Skip,
+            Ok(ChunkVerdict::Append { .. }) if c.delta.is_empty() => Step::Skip,
+            Ok(ChunkVerdict::Append { .. }) => {
+                self.text_sent = true;
+                Step::Text(c.delta)
             }
-            Some(current) if c.attempt == current => {}
-            _ => {
-                self.attempt = Some(c.attempt);
-                self.next_seq = 0;
-            }
         }
-        if c.seq != self.next_seq {
-            return Step::Fail(ApiError::chunk_gap(&format!(
-                "chunk {} of attempt {} came where {} was due",
-                c.seq, c.attempt, self.next_seq
-            )));
-        }
-        self.next_seq += 1;
-        if c.delta.is_empty() {
-            return Step::Skip;
-        }
-        self.text_sent = true;
-        Step::Text(c.delta)
     }
 
     fn completion(&mut self, c: Completion) -> Step {
-        if self.text_sent {
-            if Some(c.attempt) != self.attempt {
-                return Step::Fail(ApiError::restarted());
-            }
-            if c.chunks != self.next_seq {
-                return Step::Fail(ApiError::chunk_gap(&format!(
-                    "{} chunks were sent, {} arrived",
-                    c.chunks, self.next_seq
-                )));
-            }
-            return Step::Finish {
-                completion: Box::new(c),
-                unsent_text: None,
-            };
+        if self.voids_sent_text(c.attempt, false) {
+            return Step::Fail(ApiError::restarted());
         }
-        let unsent_text = c.text.clone().filter(|t| !t.is_empty());
+        let unsent_text = match self.check.completion(&c) {
+            Err(e) => return Step::Fail(ApiError::chunk_gap(&e.to_string())),
+            Ok(AnswerText::Streamed) => None,
+            Ok(AnswerText::InCompletion) => c.text.clone().filter(|t| !t.is_empty()),
+        };
         Step::Finish {
             completion: Box::new(c),
             unsent_text,
@@ -128,6 +117,15 @@ mod tests {
     }
 
     fn done(attempt: u32, chunks: u32, text: Option<&str>) -> Reply {
+        done_with_length(attempt, chunks, None, text)
+    }
+
+    fn done_with_length(
+        attempt: u32,
+        chunks: u32,
+        bytes: Option<u64>,
+        text: Option<&str>,
+    ) -> Reply {
         Reply::Completion(Completion {
             id: "r".into(),
             attempt,
@@ -138,6 +136,7 @@ mod tests {
             ttft_ms: 0.0,
             total_ms: 0.0,
             chunks,
+            text_bytes: bytes,
             text: text.map(str::to_string),
             routing: None,
         })
@@ -200,6 +199,21 @@ mod tests {
         assert_eq!(code(r.step(done(1, 2, None))), "stream_incomplete");
         let mut r = Relay::default();
         assert_eq!(code(r.step(chunk(1, 1, "b"))), "stream_incomplete");
+        // A repeated chunk would duplicate text.
+        let mut r = Relay::default();
+        r.step(chunk(1, 0, "a"));
+        assert_eq!(code(r.step(chunk(1, 0, "a"))), "stream_incomplete");
+        // The count matches but the text is shorter than the worker sent.
+        let mut r = Relay::default();
+        r.step(chunk(1, 0, "ab"));
+        let e = r.step(done_with_length(1, 1, Some(3), None));
+        assert_eq!(code(e), "stream_incomplete");
+        let mut r = Relay::default();
+        r.step(chunk(1, 0, "ab"));
+        assert!(matches!(
+            r.step(done_with_length(1, 1, Some(2), None)),
+            Step::Finish { .. }
+        ));
     }
 
     #[test]

@@ -88,6 +88,7 @@ fn completion(id: &str, attempt: u32, chunks: u32, text: Option<&str>) -> Reply 
         ttft_ms: 1.0,
         total_ms: 2.0,
         chunks,
+        text_bytes: None,
         text: text.map(str::to_string),
         routing: Some(RoutingDecision {
             score: 0.75,
@@ -156,6 +157,89 @@ async fn a_restart_mid_stream_ends_it_with_an_error_event_and_never_splices() {
     assert!(gw
         .metrics()
         .contains("triage_gateway_stream_errors_total{code=\"generation_restarted\"} 1"));
+    world.teardown().await;
+}
+
+/// A chunk lost between worker and gateway: a stream ends with a
+/// `stream_incomplete` error event after the text before the gap, a whole
+/// answer is a 502 — never text with a hole in it.
+#[tokio::test]
+async fn a_lost_chunk_is_stream_incomplete_never_wrong_text() {
+    let world = World::new().await;
+    let gw = world.gateway(world.gateway_config()).await;
+    let lossy = |id: &str| {
+        vec![
+            chunk(id, 1, 0, "Hel"),
+            chunk(id, 1, 2, "!"),
+            completion(id, 1, 3, None),
+        ]
+    };
+    let asked = world.responder().await.answer(lossy);
+    let r = http()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    asked.await.unwrap();
+    let events = sse_events(&body);
+    assert_eq!(streamed_text(&events), "Hel", "{body}");
+    let error = &events[events.len() - 2]["error"];
+    assert_eq!(error["code"], "stream_incomplete", "{body}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("chunk 2 of attempt 1 came where chunk 1 was due"),
+        "{body}"
+    );
+    assert_eq!(events.last().unwrap(), "[DONE]");
+
+    let asked = world.responder().await.answer(lossy);
+    let r = http()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    asked.await.unwrap();
+    assert_eq!(r.status(), 502);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "stream_incomplete", "{err}");
+    world.teardown().await;
+}
+
+/// `llm.requests` at its limit (`max_msgs` 1, holding one): the gateway
+/// answers 503 `queue_full` in OpenAI's format, streamed or not.
+#[tokio::test]
+async fn a_full_request_queue_is_503_queue_full() {
+    let world = World::bare().await;
+    let mut streams = common::tiny_streams();
+    streams.requests.max_msgs = 1;
+    triage_bus::provision(&world.js, &world.ns, &streams)
+        .await
+        .unwrap();
+    let filler = bytes::Bytes::from_static(b"queued");
+    triage_bus::publish::once(&world.js, &world.ns.requests(), Default::default(), filler)
+        .await
+        .unwrap();
+    let gw = world.gateway(world.gateway_config()).await;
+    for stream in [false, true] {
+        let r = http()
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .json(&chat_body(stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "stream={stream}");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "queue_full", "{err}");
+        assert_eq!(err["error"]["type"], "server_error");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains("maximum messages exceeded"), "{message}");
+    }
     world.teardown().await;
 }
 

@@ -33,11 +33,14 @@ pub enum ErrorCode {
     /// A request with this id was accepted before: ids are idempotency keys.
     /// The message says what became of the first one.
     DuplicateRequest,
+    /// A stream is at its configured limit and refused the message (it
+    /// keeps what it accepted, and takes new work once consumers catch up).
+    QueueFull,
 }
 
 impl ErrorCode {
     /// Every code, for schema and documentation checks.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnsupportedVersion,
         ErrorCode::EmptyPrompt,
@@ -51,6 +54,7 @@ impl ErrorCode {
         ErrorCode::MaxDeliveriesExceeded,
         ErrorCode::Internal,
         ErrorCode::DuplicateRequest,
+        ErrorCode::QueueFull,
     ];
 
     /// The wire spelling.
@@ -69,6 +73,7 @@ impl ErrorCode {
             ErrorCode::MaxDeliveriesExceeded => "max_deliveries_exceeded",
             ErrorCode::Internal => "internal",
             ErrorCode::DuplicateRequest => "duplicate_request",
+            ErrorCode::QueueFull => "queue_full",
         }
     }
 
@@ -76,7 +81,10 @@ impl ErrorCode {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::BackendUnavailable | ErrorCode::MaxDeliveriesExceeded | ErrorCode::Internal
+            ErrorCode::BackendUnavailable
+                | ErrorCode::MaxDeliveriesExceeded
+                | ErrorCode::Internal
+                | ErrorCode::QueueFull
         )
     }
 }

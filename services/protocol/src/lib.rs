@@ -3,13 +3,15 @@
 //! Everything that crosses NATS is defined here: subject and stream names
 //! ([`subjects`]), the messages ([`message`]), how they are encoded
 //! ([`encoding`]), the closed list of error codes ([`error`]) and the rules
-//! for the subjects a worker may answer on ([`reply`]). The crate does no
+//! for the subjects a worker may answer on ([`reply`]), and the check that a
+//! streamed answer arrived whole ([`answer_check`]). The crate does no
 //! I/O, so every rule is unit-tested without a server; `triage-bus` puts it
 //! on the wire.
 //!
 //! The language-neutral definitions live in `schemas/` at the repository
 //! root; tests check that they and these types agree.
 
+pub mod answer_check;
 pub mod encoding;
 pub mod error;
 pub mod headers;
@@ -18,6 +20,7 @@ pub mod params;
 pub mod reply;
 pub mod subjects;
 
+pub use answer_check::{AnswerCheck, AnswerText, ChunkVerdict, IncompleteAnswer};
 pub use encoding::{decode, encode, DecodeError, Encoding};
 pub use error::ErrorCode;
 pub use message::*;

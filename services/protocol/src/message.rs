@@ -340,6 +340,12 @@ pub struct Completion {
     /// Chunks sent in this attempt (so a client can tell it missed none).
     #[serde(default)]
     pub chunks: u32,
+    /// Bytes (UTF-8) of the answering attempt's text: what its chunks add up
+    /// to, or the length of `text`. With `chunks`, lets a client tell that
+    /// the text it has is whole ([`crate::AnswerCheck`]). Absent from older
+    /// workers: then only the count is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_bytes: Option<u64>,
     /// The whole text; set when the request did not stream, or kept its
     /// result.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -542,6 +542,25 @@ impl BatchProcessor {
                     .routing_delay
                     .observe(received.elapsed().as_secs_f64());
             }
+            // The tier's queue is at its limit: handing the request back
+            // would only spend its deliveries, so the client is told now
+            // (and a request nobody would hear about is dead-lettered).
+            Err(e @ triage_bus::BusError::QueueFull { .. }) => {
+                self.metrics.publish_failures.inc();
+                warn!(request_id = %id, %subject, error = %e, "tier queue full; refusing the request");
+                let reply = body.request.reply_to.as_deref();
+                let reason = e.to_string();
+                self.refuse(
+                    &message,
+                    &envelope,
+                    &id,
+                    reply,
+                    ErrorCode::QueueFull,
+                    &reason,
+                    reply.is_none(),
+                )
+                .await;
+            }
             Err(e) => {
                 self.metrics.publish_failures.inc();
                 warn!(request_id = %id, %subject, error = %e, "republish not confirmed after retries; handing the request back");

@@ -392,6 +392,54 @@ async fn validation_errors_are_answered_and_undecodable_messages_dead_lettered()
     env.cleanup().await;
 }
 
+/// A tier queue at its limit (`max_msgs` 1, no worker): the router answers
+/// the next request for that tier with `queue_full` at once instead of
+/// handing it back until its deliveries run out, and keeps the one queued.
+#[tokio::test]
+async fn a_full_tier_queue_is_answered_with_queue_full() {
+    let env = Env::new().await;
+    let mut config = env.config.clone();
+    config.nats.streams.tiers.max_msgs = 1;
+    config.policy.tenant_tiers.insert("small".into(), 1);
+    let (stop, task) = env.start(&config).await;
+    let client = TriageClient::new(env.client.clone(), env.ns.clone());
+    let pinned = |id: &str| {
+        let mut r = request(id, PLAIN[0]);
+        r.tenant = Some("small".into());
+        r
+    };
+    let first = client
+        .submit(pinned("fits"), Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        env.all_routed(1).await.len(),
+        1,
+        "the first request is queued"
+    );
+    let mut second = client
+        .submit(pinned("refused"), Duration::from_secs(20))
+        .await
+        .unwrap();
+    match second.next().await {
+        Some(Ok(Reply::Error(e))) => {
+            assert_eq!(e.code, ErrorCode::QueueFull);
+            assert!(e.retryable);
+            assert!(
+                e.message.contains("maximum messages exceeded"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected a queue_full error, got {other:?}"),
+    }
+    let queued = env.routed(Tier::Small).await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].request.id, first.id());
+    stop_router(stop, task).await;
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn self_rating_failure_falls_back_to_the_embedding() {
     let env = Env::new().await;

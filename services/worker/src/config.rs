@@ -418,7 +418,7 @@ CONFIGURATION (TOML key = default; env TRIAGE_WORKER_<KEY> with `__` for `.`)
   nats.prefix = \"\"               subject/stream prefix of the deployment
   nats.name = \"triage-worker\"    connection name
   nats.streams.replicas = 1      stream replicas
-  nats.streams.{requests,tiers,usage,dead,results}.max_age / .max_bytes  stream limits
+  nats.streams.{requests,tiers,usage,dead,results}.max_age / .max_bytes / .max_msgs  stream limits (-1 = none; at a limit the work queues and usage refuse new messages: queue_full)
   nats.streams.duplicate_window = \"2m\"  JetStream de-duplication window
   nats.streams.finished_ttl = \"1day\"  how long finished ids are remembered
 ";

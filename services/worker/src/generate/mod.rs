@@ -285,6 +285,7 @@ impl Generator {
                 .unwrap_or_else(|| ms(job.received_at.elapsed())),
             total_ms: ms(job.received_at.elapsed()),
             chunks: done.chunks,
+            text_bytes: Some(done.text.len() as u64),
             text: keep_text.then_some(done.text),
             routing: Some(job.routed.routing.clone()),
         };
