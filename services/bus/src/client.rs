@@ -143,7 +143,9 @@ impl TriageClient {
                     detail: e.to_string(),
                 })?;
         request.reply_to = Some(inbox.clone());
-        let mut h = crate::envelope::outgoing(self.encoding, Some(&id));
+        // De-duplicated per tenant: two tenants may use the same id.
+        let msg_id = triage_protocol::RequestKey::of(&request).msg_id("request");
+        let mut h = crate::envelope::outgoing(self.encoding, Some(&msg_id));
         h.insert(headers::REPLY_TO, inbox.as_str());
         // One try: the application owns its retry policy (and its deadline).
         let payload = encode(self.encoding, &request).into();
