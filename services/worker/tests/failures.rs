@@ -490,6 +490,38 @@ async fn low_confidence_starts_escalate_before_anything_reaches_the_client() {
 }
 
 #[tokio::test]
+async fn unsure_starts_of_requests_pinned_to_tier1_are_answered_there() {
+    let world = World::new().await;
+    let unsure = sim_with(SimConfig {
+        logprob_min: -3.0,
+        logprob_max: -2.0,
+        ..SimConfig::instant("small", 30)
+    })
+    .await;
+    let mut config = world.config(&[&unsure]);
+    config.early_exit.enabled = true;
+    config.early_exit.hold_tokens = 4;
+    config.early_exit.min_mean_logprob = -1.0;
+    let t1 = world.start(config, Tier::Small).await;
+    let pinned = RoutingDecision::tenant_pin(Tier::Small);
+    let got = world
+        .submit_routed(pinned, prompt("hard question"), Encoding::MsgPack)
+        .await
+        .collect(LONG)
+        .await;
+    assert_eq!(
+        got.completion().tier,
+        Tier::Small,
+        "the gate does not judge it"
+    );
+    assert_eq!(got.completion().attempt, 1);
+    world.settled().await;
+    assert_eq!(world.tier_messages(Tier::Large).await, 0);
+    t1.stop().await;
+    world.teardown().await;
+}
+
+#[tokio::test]
 async fn confident_starts_are_answered_by_tier1_whole() {
     let world = World::new().await;
     let sure_config = SimConfig {
