@@ -236,12 +236,12 @@ impl Generator {
             prompt_tokens,
             streaming: job.streams_to_client(),
             coalesce: self.settings.coalesce,
-            // A request that may not leave tier 1 is not judged either.
+            // A request fixed to tier 1 could not be moved: not judged either.
             gate: self
                 .settings
                 .early_exit
                 .as_ref()
-                .filter(|_| may_escalate(&self.settings, &job.routed.routing).is_ok())
+                .filter(|_| job.routed.routing.fixed_tier() != Some(Tier::Small))
                 .map(|g| ConfidenceGate::new(g.hold_tokens, g.min_mean_logprob)),
             started_at,
         }
