@@ -119,16 +119,36 @@ export function decode(payload, contentType) {
 }
 
 /**
+ * `s` as one subject/key token, injectively: letters, digits and `-` kept,
+ * every other byte `_XX` (upper-case hex), the empty string `_`. The same
+ * rule as triage_protocol::ids::key_token.
+ */
+export function keyToken(s) {
+  if (!s) return "_";
+  let out = "";
+  for (const b of new TextEncoder().encode(s)) {
+    const c = String.fromCharCode(b);
+    out += /[A-Za-z0-9-]/.test(c) ? c : `_${b.toString(16).toUpperCase().padStart(2, "0")}`;
+  }
+  return out;
+}
+
+/** JetStream's de-duplication key of a request: its id within its tenant. */
+export function requestMsgId(request) {
+  return `request:${keyToken(request.tenant ?? "")}.${keyToken(request.id)}`;
+}
+
+/**
  * Headers for publishing `request`: encoding, where to answer (JetStream
- * messages have no reply subject of their own), the request id as
- * JetStream's de-duplication key, and a new trace. A plain object; the
- * caller turns it into NATS headers.
+ * messages have no reply subject of their own), the tenant-scoped request
+ * id as JetStream's de-duplication key, and a new trace. A plain object;
+ * the caller turns it into NATS headers.
  */
 export function requestHeaders(request, replyTo, contentType = MSGPACK_MIME) {
   return {
     [CONTENT_TYPE]: contentType,
     [REPLY_TO]: replyTo,
-    [MSG_ID]: request.id,
+    [MSG_ID]: requestMsgId(request),
     [TRACEPARENT]: newTraceparent(),
   };
 }

@@ -126,14 +126,31 @@ def decode(payload: bytes, content_type: Optional[str]) -> dict[str, Any]:
     return value
 
 
+def key_token(s: str) -> str:
+    """`s` as one subject/key token, injectively: letters, digits and `-`
+    kept, every other byte `_XX` (upper-case hex), the empty string `_`.
+    The same rule as triage_protocol::ids::key_token."""
+    if not s:
+        return "_"
+    return "".join(
+        chr(b) if chr(b).isascii() and (chr(b).isalnum() or b == 0x2D) else f"_{b:02X}" for b in s.encode()
+    )
+
+
+def request_msg_id(request: dict[str, Any]) -> str:
+    """JetStream's de-duplication key of a request: its id within its tenant
+    (`request:<tenant>.<id>`), as every Triage client writes it."""
+    return f"request:{key_token(request.get('tenant') or '')}.{key_token(request['id'])}"
+
+
 def request_headers(request: dict[str, Any], reply_to: str, content_type: str = MSGPACK_MIME) -> dict[str, str]:
     """Headers for publishing `request`: encoding, where to answer (JetStream
-    messages have no reply subject of their own), the request id as
-    JetStream's de-duplication key, and a new trace."""
+    messages have no reply subject of their own), the tenant-scoped request
+    id as JetStream's de-duplication key, and a new trace."""
     return {
         CONTENT_TYPE: content_type,
         REPLY_TO: reply_to,
-        MSG_ID: request["id"],
+        MSG_ID: request_msg_id(request),
         TRACEPARENT: new_traceparent(),
     }
 

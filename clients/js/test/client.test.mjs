@@ -23,10 +23,18 @@ test("ids are UUIDv7 and headers carry the reply subject, the id and a trace", (
   const h = tc.requestHeaders(req, "_INBOX.abc");
   assert.equal(h["Triage-Reply-To"], "_INBOX.abc");
   assert.equal(h["Content-Type"], "application/msgpack");
-  assert.equal(h["Nats-Msg-Id"], req.id);
+  assert.equal(h["Nats-Msg-Id"], `request:_.${req.id}`);
   assert.match(h.traceparent, /^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
   assert.equal(tc.subject("acme.", "llm.requests"), "acme.llm.requests");
   assert.equal(tc.subject("", "llm.requests"), "llm.requests");
+});
+
+test("de-duplication ids are scoped by tenant like the Rust side", () => {
+  // The same vector as triage_protocol::ids' tests.
+  assert.equal(tc.requestMsgId({ tenant: "a.b", id: "x_1é" }), "request:a_2Eb.x_5F1_C3_A9");
+  assert.notEqual(tc.requestMsgId({ tenant: "acme", id: "r1" }), tc.requestMsgId({ tenant: "globex", id: "r1" }));
+  assert.equal(tc.keyToken(""), "_");
+  assert.notEqual(tc.keyToken("a.b"), tc.keyToken("x612e62"));
 });
 
 test("decode follows the content type and wants a map", () => {

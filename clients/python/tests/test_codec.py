@@ -228,10 +228,19 @@ class ClientBehaviour(unittest.TestCase):
         headers = tc.request_headers(req, "_INBOX.abc")
         self.assertEqual(headers["Triage-Reply-To"], "_INBOX.abc")
         self.assertEqual(headers["Content-Type"], "application/msgpack")
-        self.assertEqual(headers["Nats-Msg-Id"], req["id"])
+        self.assertEqual(headers["Nats-Msg-Id"], "request:_." + req["id"])
         self.assertRegex(headers["traceparent"], r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
         self.assertEqual(tc.subject("acme.", "llm.requests"), "acme.llm.requests")
         self.assertEqual(tc.subject("", "llm.requests"), "llm.requests")
+
+    def test_dedup_ids_are_scoped_by_tenant_like_the_rust_side(self):
+        # The same vector as triage_protocol::ids' tests.
+        self.assertEqual(tc.request_msg_id({"tenant": "a.b", "id": "x_1é"}), "request:a_2Eb.x_5F1_C3_A9")
+        self.assertNotEqual(
+            tc.request_msg_id({"tenant": "acme", "id": "r1"}), tc.request_msg_id({"tenant": "globex", "id": "r1"})
+        )
+        self.assertEqual(tc.key_token(""), "_")
+        self.assertNotEqual(tc.key_token("a.b"), tc.key_token("x612e62"))
 
     def test_printer_restarts_on_a_new_attempt_and_ends_on_the_final_message(self):
         out, err = io.StringIO(), io.StringIO()

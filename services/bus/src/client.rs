@@ -96,7 +96,9 @@ impl ClientError {
             ClientError::Submit { .. } | ClientError::Closed(_) => ErrorCode::BackendUnavailable,
             ClientError::Timeout { .. } => ErrorCode::DeadlineExceeded,
             ClientError::Duplicate { .. } => ErrorCode::DuplicateRequest,
-            ClientError::Decode { .. } => ErrorCode::Internal,
+            ClientError::QueueFull { .. } => ErrorCode::QueueFull,
+            // Lost chunks are Triage's fault, not the request's.
+            ClientError::Decode { .. } | ClientError::Incomplete { .. } => ErrorCode::Internal,
         }
     }
 
@@ -192,7 +194,9 @@ impl TriageClient {
                     detail: e.to_string(),
                 })?;
         request.reply_to = Some(inbox.clone());
-        let mut h = crate::envelope::outgoing(self.encoding, Some(&id));
+        // De-duplicated per tenant: two tenants may use the same id.
+        let msg_id = triage_protocol::RequestKey::of(&request).msg_id("request");
+        let mut h = crate::envelope::outgoing(self.encoding, Some(&msg_id));
         h.insert(headers::REPLY_TO, inbox.as_str());
         // One try: the application owns its retry policy (and its deadline).
         let payload = encode(self.encoding, &request).into();

@@ -111,9 +111,16 @@ pub struct StreamsConfig {
     /// JetStream's de-duplication window for `Nats-Msg-Id`.
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
-    /// How long finished request ids are remembered (against double answers).
+    /// How long finished request ids are remembered (against double answers);
+    /// workers refuse to start when it is shorter than their redelivery
+    /// window (`ack_wait` x deliveries).
     #[serde(with = "humantime_serde")]
     pub finished_ttl: Duration,
+    /// Bytes the finished-ids bucket may hold (about 150 bytes a request);
+    /// when full, new records are refused (and counted), none is dropped.
+    pub finished_max_bytes: i64,
+    /// Values kept per key of the finished-ids bucket.
+    pub finished_history: i64,
 }
 
 impl Default for StreamsConfig {
@@ -127,6 +134,9 @@ impl Default for StreamsConfig {
             results: StreamLimits::new(Duration::from_secs(7 * DAY), GIB),
             duplicate_window: Duration::from_secs(120),
             finished_ttl: Duration::from_secs(DAY),
+            // About 400,000 requests at ~150 bytes a record.
+            finished_max_bytes: 64 << 20,
+            finished_history: 1,
         }
     }
 }

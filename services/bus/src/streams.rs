@@ -145,35 +145,24 @@ fn same_managed_fields(have: &stream::Config, want: &stream::Config) -> bool {
 }
 
 /// The key-value bucket of finished request ids (NATS 2.9 has KV), which
-/// lets a worker ack a redelivered request it already answered.
+/// lets a worker ack a redelivered request it already answered. Its
+/// retention, size and history come from `cfg`; an existing bucket whose
+/// limits differ is updated.
 pub async fn finished_bucket(
     js: &jetstream::Context,
     ns: &Namespace,
     cfg: &StreamsConfig,
 ) -> Result<jetstream::kv::Store, BusError> {
     let bucket = ns.finished_bucket();
+    let want = finished_config(&bucket, cfg);
     if let Ok(store) = js.get_key_value(&bucket).await {
+        ensure_stream(js, want).await?;
         return Ok(store);
     }
     // The bucket's stream is created directly: async-nats's
     // `create_key_value` first queries account info in a shape NATS 2.9
     // does not send. This is the same stream config a KV bucket gets.
-    let created = js
-        .create_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some("Triage: ids of requests whose final answer was sent".into()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: cfg.finished_ttl,
-            max_bytes: 64 << 20,
-            num_replicas: cfg.replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await;
+    let created = js.create_stream(want).await;
     let created = match created {
         Ok(_) => js.get_key_value(&bucket).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -187,3 +176,31 @@ pub async fn finished_bucket(
             .map_err(|_| BusError::js(format!("create bucket {bucket}"), create_err)),
     }
 }
+
+/// The stream behind the finished-ids bucket. Full means new records are
+/// refused (`discard: new`), never old ones dropped early.
+pub fn finished_config(bucket: &str, cfg: &StreamsConfig) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some("Triage: ids of requests whose final answer was sent".into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: cfg.finished_history,
+        max_age: cfg.finished_ttl,
+        max_bytes: cfg.finished_max_bytes,
+        num_replicas: cfg.replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        // What the server would choose (2 minutes, at most the TTL), so an
+        // unchanged bucket compares equal and is not updated.
+        duplicate_window: match cfg.finished_ttl {
+            ttl if ttl.is_zero() => DEFAULT_DUPLICATE_WINDOW,
+            ttl => ttl.min(DEFAULT_DUPLICATE_WINDOW),
+        },
+        ..Default::default()
+    }
+}
+
+/// JetStream's default de-duplication window.
+const DEFAULT_DUPLICATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);

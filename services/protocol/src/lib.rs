@@ -1,7 +1,8 @@
 //! Triage's wire protocol.
 //!
 //! Everything that crosses NATS is defined here: subject and stream names
-//! ([`subjects`]), the messages ([`message`]), how they are encoded
+//! ([`subjects`]), request ids and the keys built from them ([`ids`]), the
+//! messages ([`message`]), how they are encoded
 //! ([`encoding`]), the closed list of error codes ([`error`]) and the rules
 //! for the subjects a worker may answer on ([`reply`]), and the check that a
 //! streamed answer arrived whole ([`answer_check`]). The crate does no
@@ -15,6 +16,7 @@ pub mod answer_check;
 pub mod encoding;
 pub mod error;
 pub mod headers;
+pub mod ids;
 pub mod message;
 pub mod params;
 pub mod reply;
@@ -23,6 +25,7 @@ pub mod subjects;
 pub use answer_check::{AnswerCheck, AnswerText, ChunkVerdict, IncompleteAnswer};
 pub use encoding::{decode, encode, DecodeError, Encoding};
 pub use error::ErrorCode;
+pub use ids::{check_request_id, RequestKey};
 pub use message::*;
 pub use reply::{ReplyPolicy, ReplySubjectError, GATEWAY_REPLY_PREFIX};
 pub use subjects::{Namespace, StreamKind};

@@ -267,7 +267,37 @@ impl RoutingDecision {
             threshold: None,
         }
     }
+
+    /// The operator pinned the request's tenant to `tier`
+    /// (reason `tenant_pin:<tier>`).
+    pub fn tenant_pin(tier: Tier) -> Self {
+        Self::fixed(tier, format!("{TENANT_PIN}:{tier}"))
+    }
+
+    /// The client asked for `tier` and the policy allowed it
+    /// (reason `override:<tier>`).
+    pub fn requested(tier: Tier) -> Self {
+        Self::fixed(tier, format!("{OVERRIDE}:{tier}"))
+    }
+
+    /// The tier fixed by a tenant pin or the client's explicit `tier`, if
+    /// either chose one: such a request is answered there or not at all
+    /// (no escalation moves it).
+    pub fn fixed_tier(&self) -> Option<Tier> {
+        self.reasons.iter().find_map(|r| {
+            let (kind, tier) = r.split_once(':')?;
+            if kind != TENANT_PIN && kind != OVERRIDE {
+                return None;
+            }
+            tier.parse::<u8>().ok().and_then(|t| Tier::try_from(t).ok())
+        })
+    }
 }
+
+/// The reason kind of a tenant pin.
+const TENANT_PIN: &str = "tenant_pin";
+/// The reason kind of a client's explicit tier.
+const OVERRIDE: &str = "override";
 
 /// What the router publishes on `llm.tier1` / `llm.tier2`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -491,8 +521,10 @@ pub struct UsageEvent {
 }
 
 impl UsageEvent {
-    /// The JetStream message id that makes publishing idempotent.
+    /// The JetStream message id that makes publishing idempotent:
+    /// `usage:<tenant>.<id>:<attempt>` (see [`crate::RequestKey::msg_id`]).
     pub fn msg_id(&self) -> String {
-        format!("usage:{}:{}", self.id, self.attempt)
+        let key = crate::RequestKey::new(self.tenant.as_deref(), &self.id);
+        format!("{}:{}", key.msg_id("usage"), self.attempt)
     }
 }

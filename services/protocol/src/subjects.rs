@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::RequestKey;
 use crate::message::Tier;
 
 /// The streams Triage owns.
@@ -186,13 +187,14 @@ impl Namespace {
         self.stream_subject(StreamKind::Dead)
     }
 
-    /// `llm.results.<id>`: where a kept result for request `id` is stored.
-    /// Ids are hex-encoded when they hold characters a subject token cannot.
-    pub fn result(&self, request_id: &str) -> String {
+    /// `llm.results.<tenant>.<id>`: where a kept result of the request is
+    /// stored, both parts encoded by [`RequestKey::tokens`] (so two tenants'
+    /// equal ids, or `a.b` and its escaped form, never share a subject).
+    pub fn result(&self, key: RequestKey<'_>) -> String {
         format!(
             "{}.{}",
             self.qualify(StreamKind::Results.base_subject()),
-            subject_token(request_id)
+            key.tokens()
         )
     }
 
@@ -215,25 +217,6 @@ impl Namespace {
             || subject.starts_with("$JS.")
             || subject.starts_with("$KV.")
             || subject.starts_with("$SYS.")
-    }
-}
-
-/// Makes an id usable as one subject token: kept as is when it is plain
-/// (`[A-Za-z0-9_-]`), otherwise hex-encoded with an `x` marker.
-pub fn subject_token(id: &str) -> String {
-    if !id.is_empty()
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        id.to_string()
-    } else {
-        let mut s = String::with_capacity(1 + id.len() * 2);
-        s.push('x');
-        for b in id.bytes() {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
     }
 }
 
@@ -273,9 +256,15 @@ mod tests {
     }
 
     #[test]
-    fn result_subjects_are_single_tokens() {
+    fn result_subjects_are_tenant_and_id_tokens() {
         let ns = Namespace::default();
-        assert_eq!(ns.result("req-1"), "llm.results.req-1");
-        assert_eq!(ns.result("a.b"), "llm.results.x612e62");
+        assert_eq!(
+            ns.result(RequestKey::new(None, "req-1")),
+            "llm.results._.req-1"
+        );
+        assert_eq!(
+            ns.result(RequestKey::new(Some("acme"), "a.b")),
+            "llm.results.acme.a_2Eb"
+        );
     }
 }

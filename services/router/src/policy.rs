@@ -23,12 +23,12 @@ pub fn plan(request: &Request, policy: &PolicyConfig) -> Plan {
             .get(tenant)
             .and_then(|t| Tier::try_from(*t).ok())
         {
-            return Plan::Fixed(RoutingDecision::fixed(tier, format!("tenant_pin:{tier}")));
+            return Plan::Fixed(RoutingDecision::tenant_pin(tier));
         }
     }
     if let Some(tier) = request.tier.and_then(|t| Tier::try_from(t).ok()) {
         if policy.allow_tier_override {
-            return Plan::Fixed(RoutingDecision::fixed(tier, format!("override:{tier}")));
+            return Plan::Fixed(RoutingDecision::requested(tier));
         }
     }
     Plan::Score
@@ -91,6 +91,11 @@ mod tests {
             Plan::Fixed(d) => {
                 assert_eq!(d.tier, Tier::Small);
                 assert_eq!(d.reasons, vec!["tenant_pin:1"]);
+                assert_eq!(
+                    d.fixed_tier(),
+                    Some(Tier::Small),
+                    "workers read the pin back"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -103,6 +108,11 @@ mod tests {
         assert!(
             matches!(plan(&r, &policy()), Plan::Fixed(d) if d.tier == Tier::Small && d.reasons == ["override:1"])
         );
+        r.tier = Some(2);
+        assert!(
+            matches!(plan(&r, &policy()), Plan::Fixed(d) if d.fixed_tier() == Some(Tier::Large))
+        );
+        r.tier = Some(1);
         r.tier = None;
         assert_eq!(plan(&r, &policy()), Plan::Score);
         r.tenant = Some("other".into());

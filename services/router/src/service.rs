@@ -520,14 +520,14 @@ impl BatchProcessor {
         );
         let subject = self.ns.tier(decision.tier);
         let id = request.id.clone();
+        let msg_id = triage_protocol::RequestKey::of(&request).msg_id("route");
         let body = RoutedRequest {
             version: SCHEMA_VERSION,
             request,
             routing: decision,
             routed_at_ms: triage_protocol::now_ms(),
         };
-        let headers =
-            triage_bus::envelope::outgoing(envelope.encoding, Some(&format!("route:{id}")));
+        let headers = triage_bus::envelope::outgoing(envelope.encoding, Some(&msg_id));
         // Retried in place: the message id makes a repeat a no-op, and a
         // redelivery would score the request again.
         let payload = encode(envelope.encoding, &body).into();

@@ -1,7 +1,7 @@
 //! Checks a request before it is scored. Each failure is an error reply
 //! with a specific code; the message is not retried.
 
-use triage_protocol::{ErrorCode, Request};
+use triage_protocol::{check_request_id, ErrorCode, Request};
 
 use crate::config::PolicyConfig;
 
@@ -23,9 +23,13 @@ impl Rejection {
     }
 }
 
-/// Validates `request`, in order: text present, size, `n` with `stream`,
-/// backend params, tier override.
+/// Validates `request`, in order: id, text present, size, `n` with
+/// `stream`, backend params, tier override.
 pub fn validate(request: &Request, policy: &PolicyConfig) -> Result<(), Rejection> {
+    // The id becomes keys and subject tokens downstream: bounded and plain.
+    if let Err(e) = check_request_id(&request.id) {
+        return Err(Rejection::new(ErrorCode::InvalidRequest, e.to_string()));
+    }
     let has_text = request
         .chat_messages()
         .iter()
@@ -92,6 +96,19 @@ mod tests {
     #[test]
     fn accepts_a_normal_request() {
         assert_eq!(check(&Request::from_prompt("hello")), None);
+    }
+
+    #[test]
+    fn request_ids_are_bounded_and_plain() {
+        let mut r = Request::from_prompt("hello");
+        r.id = "tenant-7:run.2_b".into();
+        assert_eq!(check(&r), None);
+        for bad in ["a b".to_string(), "a/b".into(), "x".repeat(129)] {
+            r.id = bad.clone();
+            let err = validate(&r, &PolicyConfig::default()).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidRequest, "{bad:?}");
+            assert!(err.message.contains("`id`"), "{}", err.message);
+        }
     }
 
     #[test]

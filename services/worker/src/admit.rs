@@ -5,7 +5,9 @@
 //! instead.
 
 use triage_bus::Envelope;
-use triage_protocol::{decode, ErrorCode, Namespace, ReplyPolicy, Request, RoutedRequest, Tier};
+use triage_protocol::{
+    decode, ErrorCode, Namespace, ReplyPolicy, Request, RequestKey, RoutedRequest, Tier,
+};
 
 use crate::attempt::{base_from_headers, first_attempt};
 use crate::failure::Failure;
@@ -102,7 +104,8 @@ impl Admitter {
             Ok(request) => request,
             Err(invalid) => return Admission::Invalid(invalid),
         };
-        if let Some(note) = self.answered_before(&request.routed.request.id).await {
+        let key = RequestKey::of(&request.routed.request);
+        if let Some(note) = self.answered_before(key).await {
             // A first delivery of a finished id is a new publish (a client
             // retry after the streams' duplicate window): it gets an answer.
             return if env.deliveries <= 1 {
@@ -153,15 +156,15 @@ impl Admitter {
     /// escalated before (a crash between the escalation and the ack)? A
     /// failed look-up generates: answering twice beats not answering.
     /// Returns the record's note.
-    async fn answered_before(&self, id: &str) -> Option<String> {
+    async fn answered_before(&self, key: RequestKey<'_>) -> Option<String> {
         let escalated = async {
             if self.tier == Tier::Small {
-                self.finished.escalated(id).await
+                self.finished.escalated(key).await
             } else {
                 Ok(None)
             }
         };
-        let (finished, escalated) = tokio::join!(self.finished.get(id), escalated);
+        let (finished, escalated) = tokio::join!(self.finished.get(key), escalated);
         match finished.and_then(|f| escalated.map(|e| f.or(e))) {
             Ok(Some(note)) => {
                 tracing::info!(%note, "already answered or escalated: not generated again");
@@ -185,6 +188,10 @@ fn refusal(request: &Request, deliveries: u64, max_deliveries: u32) -> Option<Fa
             "delivered {deliveries} times without an answer (workers kept failing on it); the limit is {max_deliveries}"
         );
         return Some(Failure::dead(ErrorCode::MaxDeliveriesExceeded, msg));
+    }
+    // Publishers straight to a tier queue skip the router's check.
+    if let Err(e) = triage_protocol::check_request_id(&request.id) {
+        return Some(Failure::reply(ErrorCode::InvalidRequest, e.to_string()));
     }
     if request.is_expired(triage_protocol::now_ms()) {
         return Some(Failure::reply(
@@ -271,6 +278,12 @@ mod tests {
             code(&unstreamed, 1),
             Some((ErrorCode::InvalidRequest, false))
         );
+
+        let spaced = Request {
+            id: "a b".into(),
+            ..Request::from_prompt("hello")
+        };
+        assert_eq!(code(&spaced, 1), Some((ErrorCode::InvalidRequest, false)));
 
         let blank = Request::from_prompt("  \n\t ");
         assert_eq!(code(&blank, 1), Some((ErrorCode::EmptyPrompt, false)));

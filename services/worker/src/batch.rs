@@ -22,8 +22,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use triage_bus::{envelope, publish};
 use triage_protocol::{
-    decode, encode, headers, Encoding, Namespace, Reply, Request, RoutedRequest, RoutingDecision,
-    StreamKind, Tier,
+    decode, encode, headers, Encoding, Namespace, Reply, Request, RequestKey, RoutedRequest,
+    RoutingDecision, StreamKind, Tier,
 };
 
 /// Where requests are submitted.
@@ -121,6 +121,9 @@ pub fn parse_input(text: &str) -> Result<Vec<Request>, (usize, String)> {
                 n,
                 "missing `id`: batch requests need ids, which make resubmission idempotent".into(),
             ));
+        }
+        if let Err(e) = triage_protocol::check_request_id(&request.id) {
+            return Err((n, e.to_string()));
         }
         if request.chat_messages().is_empty() {
             return Err((n, "neither `prompt` nor `messages` is set".into()));
@@ -309,7 +312,8 @@ struct Batch<'a> {
     report: BatchReport,
     bar: ProgressBar,
     todo: VecDeque<Request>,
-    outstanding: HashMap<String, Instant>,
+    /// Submitted and awaited: id → (tenant, when submitted).
+    outstanding: HashMap<String, (Option<String>, Instant)>,
 }
 
 impl Batch<'_> {
@@ -319,7 +323,7 @@ impl Batch<'_> {
             let Some(request) = self.todo.pop_front() else {
                 break;
             };
-            if let Some(reply) = self.lookup(&request.id).await? {
+            if let Some(reply) = self.lookup(RequestKey::of(&request)).await? {
                 self.report.recovered += 1;
                 self.record(&reply)?;
                 continue;
@@ -333,7 +337,8 @@ impl Batch<'_> {
             )
             .await?;
             self.report.submitted += 1;
-            self.outstanding.insert(request.id, Instant::now());
+            self.outstanding
+                .insert(request.id, (request.tenant, Instant::now()));
         }
         Ok(())
     }
@@ -360,14 +365,14 @@ impl Batch<'_> {
     /// Looks up, in the results stream, the requests awaited longer than
     /// the poll interval (the durable path: a lost reply is found here).
     async fn look_up_due(&mut self) -> Result<(), BatchError> {
-        let due: Vec<String> = self
+        let due: Vec<(String, Option<String>)> = self
             .outstanding
             .iter()
-            .filter(|(_, at)| at.elapsed() >= self.options.poll_interval)
-            .map(|(id, _)| id.clone())
+            .filter(|(_, (_, at))| at.elapsed() >= self.options.poll_interval)
+            .map(|(id, (tenant, _))| (id.clone(), tenant.clone()))
             .collect();
-        for id in due {
-            if let Some(reply) = self.lookup(&id).await? {
+        for (id, tenant) in due {
+            if let Some(reply) = self.lookup(RequestKey::new(tenant.as_deref(), &id)).await? {
                 self.outstanding.remove(&id);
                 self.record(&reply)?;
             }
@@ -375,9 +380,9 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// The kept result of `id`, if the results stream has one.
-    async fn lookup(&self, id: &str) -> Result<Option<Reply>, BatchError> {
-        let subject = self.ns.result(id);
+    /// The kept result of the request, if the results stream has one.
+    async fn lookup(&self, key: RequestKey<'_>) -> Result<Option<Reply>, BatchError> {
+        let subject = self.ns.result(key);
         match self.results.get_last_raw_message_by_subject(&subject).await {
             Ok(m) => {
                 let encoding = Encoding::from_content_type(
@@ -443,7 +448,7 @@ async fn submit(
     if request.submitted_at_ms.is_none() {
         request.submitted_at_ms = Some(triage_protocol::now_ms());
     }
-    let msg_id = format!("batch:{}", request.id);
+    let msg_id = RequestKey::of(&request).msg_id("batch");
     let mut h = envelope::outgoing(options.encoding, Some(&msg_id));
     h.insert(headers::REPLY_TO, inbox);
     let (subject, payload) = match options.submit_to {
@@ -515,6 +520,11 @@ mod tests {
         assert!(reason.contains("max_tokens"), "{reason}");
         let (_, reason) = parse_input("{\"id\":\"a\"}").unwrap_err();
         assert!(reason.contains("prompt"));
+        let (line, reason) =
+            parse_input("{\"id\":\"a\",\"prompt\":\"x\"}\n{\"id\":\"a b\",\"prompt\":\"x\"}")
+                .unwrap_err();
+        assert_eq!(line, 2);
+        assert!(reason.contains("`id`"), "{reason}");
         assert!(parse_input("not json").is_err());
     }
 

@@ -14,6 +14,7 @@ use triage_protocol::{ReplyPolicy, Tier};
 use triage_runtime::telemetry::LogFormat;
 
 use crate::attempt::ATTEMPTS_PER_DELIVERY;
+use crate::token_cap::MaxTokensCap;
 
 /// Environment variable prefix of the worker's settings.
 pub const ENV_PREFIX: &str = "TRIAGE_WORKER_";
@@ -51,6 +52,9 @@ pub struct WorkerConfig {
     pub escalate_when_unavailable: bool,
     /// Keep idle backends warm.
     pub prewarm: PrewarmConfig,
+    /// Operator ceilings on `max_tokens` (this tier's, and per tenant):
+    /// larger requests are clamped.
+    pub max_tokens: MaxTokensCap,
     /// A Hugging Face `tokenizer.json` used to count prompt tokens (for the
     /// `max_model_len` check) and to estimate usage when a backend sends
     /// none. Unset: the documented approximation of [`crate::tokens`].
@@ -89,6 +93,7 @@ impl Default for WorkerConfig {
             early_exit: EarlyExitConfig::default(),
             escalate_when_unavailable: true,
             prewarm: PrewarmConfig::default(),
+            max_tokens: MaxTokensCap::default(),
             tokenizer: None,
             shutdown_grace: Duration::from_secs(30),
             depth_poll_interval: Duration::from_secs(5),
@@ -209,6 +214,13 @@ impl ConsumerConfig {
             max_deliver: i64::from(self.max_deliveries) + 1,
             max_ack_pending: self.max_ack_pending,
         }
+    }
+
+    /// The longest a message can keep coming back: every delivery JetStream
+    /// makes (one above ours) waiting out the ack wait. The finished-ids
+    /// record must outlive it.
+    pub fn redelivery_window(&self) -> Duration {
+        self.ack_wait * (self.max_deliveries + 1)
     }
 
     /// How often a long generation signals "in progress" (a third of the
@@ -408,6 +420,8 @@ CONFIGURATION (TOML key = default; env TRIAGE_WORKER_<KEY> with `__` for `.`)
   early_exit.min_mean_logprob = -1.0  escalate below this mean logprob
   escalate_when_unavailable = true  tier 1: republish to tier 2 when exhausted
   prewarm.idle_after = \"5m\"      one-token request to a backend idle this long; 0s: off
+  max_tokens.tier                ceiling on max_tokens for this tier; larger (or unset) requests are clamped
+  max_tokens.tenants.<tenant>    ceiling for one tenant (the lower of the two applies)
   shutdown_grace = \"30s\"         SIGTERM: time to finish in-flight work before nak
   depth_poll_interval = \"5s\"     consumer pending/ack-pending polling
   metrics_addr = \"127.0.0.1:9472\"  Prometheus /metrics
@@ -420,7 +434,9 @@ CONFIGURATION (TOML key = default; env TRIAGE_WORKER_<KEY> with `__` for `.`)
   nats.streams.replicas = 1      stream replicas
   nats.streams.{requests,tiers,usage,dead,results}.max_age / .max_bytes / .max_msgs  stream limits (-1 = none; at a limit the work queues and usage refuse new messages: queue_full)
   nats.streams.duplicate_window = \"2m\"  JetStream de-duplication window
-  nats.streams.finished_ttl = \"1day\"  how long finished ids are remembered
+  nats.streams.finished_ttl = \"1day\"  how long finished ids are remembered (>= ack_wait x (max_deliveries + 1))
+  nats.streams.finished_max_bytes = 67108864  finished-ids bucket size; full: records refused and counted
+  nats.streams.finished_history = 1  values kept per finished-ids key
 ";
 
 /// A configuration that loads but cannot work.
@@ -515,6 +531,21 @@ impl WorkerConfig {
         if self.health.interval.is_zero() {
             return bad("health.interval must be above 0".into());
         }
+        let ttl = self.nats.streams.finished_ttl;
+        let window = self.consumer.redelivery_window();
+        if ttl < window {
+            return bad(format!(
+                "nats.streams.finished_ttl ({}) is shorter than the redelivery window \
+                 consumer.ack_wait x (consumer.max_deliveries + 1) = {}: a redelivered request \
+                 could be answered twice",
+                humantime_serde::re::humantime::format_duration(ttl),
+                humantime_serde::re::humantime::format_duration(window)
+            ));
+        }
+        if self.nats.streams.finished_history < 1 {
+            return bad("nats.streams.finished_history must be at least 1".into());
+        }
+        self.max_tokens.check().map_err(InvalidConfig)?;
         if let Some(path) = &self.tokenizer {
             if !path.exists() {
                 return bad(format!("tokenizer {} does not exist", path.display()));
@@ -556,6 +587,22 @@ mod tests {
         c.backend_urls = "http://a:1".into();
         c.retry.max_attempts = ATTEMPTS_PER_DELIVERY + 1;
         assert!(c.validate().unwrap_err().0.contains("max_attempts"));
+    }
+
+    #[test]
+    fn finished_ids_must_outlive_the_redelivery_window() {
+        let mut c = WorkerConfig::default();
+        c.consumer.ack_wait = Duration::from_secs(60);
+        c.consumer.max_deliveries = 4;
+        c.nats.streams.finished_ttl = Duration::from_secs(300);
+        assert_eq!(c.consumer.redelivery_window(), Duration::from_secs(300));
+        c.validate().expect("exactly the window is enough");
+        c.nats.streams.finished_ttl = Duration::from_secs(299);
+        let err = c.validate().unwrap_err().0;
+        assert!(err.contains("finished_ttl") && err.contains("5m"), "{err}");
+        c.nats.streams.finished_ttl = Duration::from_secs(3600);
+        c.max_tokens.tier = Some(0);
+        assert!(c.validate().unwrap_err().0.contains("max_tokens.tier"));
     }
 
     #[test]

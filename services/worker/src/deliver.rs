@@ -17,7 +17,7 @@
 
 use triage_bus::{BusError, Envelope};
 use triage_protocol::{
-    Completion, Encoding, ErrorCode, ErrorReply, Reply, RoutedRequest, Tier, UsageEvent,
+    Completion, Encoding, ErrorCode, ErrorReply, Reply, Request, RoutedRequest, Tier, UsageEvent,
 };
 
 use crate::failure::Failure;
@@ -35,15 +35,14 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// The answer channels of request `id` (see [`Publisher::outbox`]).
+    /// The answer channels of `request` (see [`Publisher::outbox`]).
     pub fn outbox(
         &self,
         encoding: Encoding,
-        id: String,
+        request: &Request,
         reply_to: Option<String>,
-        keep_result: bool,
     ) -> Outbox<'_> {
-        self.publisher.outbox(encoding, id, reply_to, keep_result)
+        self.publisher.outbox(encoding, request, reply_to)
     }
 
     /// The final answer and its usage, then the record.
@@ -57,7 +56,7 @@ impl Deliverer {
         outbox.finish(&Reply::Completion(completion)).await?;
         outbox.usage(usage).await?;
         let note = format!("completed tier={} attempt={attempt}", self.tier);
-        self.record_finished(&outbox.id, &note).await;
+        self.record_finished(outbox, &note).await;
         Ok(())
     }
 
@@ -83,7 +82,7 @@ impl Deliverer {
         }
         let reply = Reply::Error(ErrorReply::new(outbox.id.clone(), code, reason));
         outbox.finish(&reply).await?;
-        self.record_finished(&outbox.id, &format!("error code={code}"))
+        self.record_finished(outbox, &format!("error code={code}"))
             .await;
         Ok(())
     }
@@ -101,7 +100,7 @@ impl Deliverer {
         if outbox.keep_result {
             message.push_str(&format!(
                 "; its kept result is on {}",
-                self.publisher.ns.result(&outbox.id)
+                self.publisher.ns.result(outbox.key())
             ));
         }
         tracing::warn!(%code, %note, "request id reused");
@@ -126,7 +125,8 @@ impl Deliverer {
     ) -> Result<(), BusError> {
         outbox.escalate(env, routed, reason, attempt_base).await?;
         let note = format!("escalated {reason}");
-        if let Err(e) = self.finished.mark_escalated(&outbox.id, &note).await {
+        if let Err(e) = self.finished.mark_escalated(outbox.key(), &note).await {
+            self.count_record_failure();
             tracing::warn!(error = %e, "escalation record not written");
         }
         Ok(())
@@ -152,11 +152,17 @@ impl Deliverer {
         p.dead_letter(env, payload, code, reason).await
     }
 
-    async fn record_finished(&self, id: &str, note: &str) {
-        if let Err(e) = self.finished.put(id, note).await {
+    async fn record_finished(&self, outbox: &Outbox<'_>, note: &str) {
+        if let Err(e) = self.finished.put(outbox.key(), note).await {
             // The ack still follows: without it the request would be generated
             // again; the record only guards the window between answer and ack.
+            self.count_record_failure();
             tracing::warn!(error = %e, "finished-ids record not written");
         }
+    }
+
+    fn count_record_failure(&self) {
+        let m = &self.publisher.metrics;
+        m.finished_write_failures.get_or_create(&m.tier()).inc();
     }
 }

@@ -22,8 +22,8 @@
 //! retried and for how long), [`breaker`] and [`pool::pick`] (backend
 //! choice), [`coalesce`] (chunk coalescing), [`early_exit`] (the confidence
 //! gate), [`attempt`] (attempt numbering across crashes and escalation),
-//! [`tokens`] (token counting and usage estimation) and [`failure`] (a final
-//! error). I/O at the edges: [`pool`] (health checks, pre-warm),
+//! [`tokens`] (token counting and usage estimation), [`token_cap`] (the
+//! operator's `max_tokens` ceilings) and [`failure`] (a final error). I/O at the edges: [`pool`] (health checks, pre-warm),
 //! [`outbox`] (everything published), [`finished`] (the finished-ids
 //! record), [`worker`] (connecting, background jobs) and [`batch`] (the
 //! `batch` command).
@@ -45,6 +45,7 @@ pub mod outbox;
 pub mod pipeline;
 pub mod pool;
 pub mod retry;
+pub mod token_cap;
 pub mod tokens;
 pub mod worker;
 

@@ -111,6 +111,9 @@ pub struct WorkerMetrics {
     pub consumer_pending: Family<TierLabels, Gauge>,
     /// The consumer's delivered-but-unacked messages.
     pub consumer_ack_pending: Family<TierLabels, Gauge>,
+    /// Finished-ids (or escalation) records that could not be written: a
+    /// redelivery of those requests would be generated again.
+    pub finished_write_failures: Family<TierLabels, Counter>,
 }
 
 impl WorkerMetrics {
@@ -118,7 +121,7 @@ impl WorkerMetrics {
     pub fn register(tier: u8, registry: &mut Registry) -> Self {
         let latency = || Histogram::new(exponential_buckets(0.001, 2.0, 18));
         let mut r = Registrar::new(registry, "triage_worker");
-        Self {
+        let metrics = Self {
             tier,
             ttft: r.add(
                 "ttft_seconds",
@@ -184,7 +187,17 @@ impl WorkerMetrics {
                 "Messages delivered to the tier's workers and not yet acked",
                 Family::default(),
             ),
-        }
+            finished_write_failures: r.add(
+                "finished_write_failures",
+                "Finished-ids or escalation records not written (a redelivery would generate again)",
+                Family::default(),
+            ),
+        };
+        // Exported as 0 from the start, so the alert's increase() sees the first failure.
+        let _ = metrics
+            .finished_write_failures
+            .get_or_create(&metrics.tier());
+        metrics
     }
 
     /// Labels for `backend`.

@@ -12,7 +12,8 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use triage_bus::{envelope, publish, BusError, DeadLetter, Envelope};
 use triage_protocol::{
-    encode, headers, Chunk, Encoding, ErrorCode, Namespace, Reply, RoutedRequest, Tier, UsageEvent,
+    encode, headers, Chunk, Encoding, ErrorCode, Namespace, Reply, Request, RequestKey,
+    RoutedRequest, Tier, UsageEvent,
 };
 
 use crate::attempt::ATTEMPT_BASE_HEADER;
@@ -33,22 +34,22 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// The channels of one request. `reply_to` is the checked reply subject,
-    /// if the client gave a usable one; `keep_result` also keeps the final
-    /// reply on `llm.results.<id>`.
+    /// The channels of `request`. `reply_to` is the checked reply subject,
+    /// if the client gave a usable one; the request's `keep_result` also
+    /// keeps the final reply on `llm.results.<tenant>.<id>`.
     pub fn outbox(
         &self,
         encoding: Encoding,
-        id: String,
+        request: &Request,
         reply_to: Option<String>,
-        keep_result: bool,
     ) -> Outbox<'_> {
         Outbox {
             publisher: self,
             encoding,
             reply_to,
-            keep_result,
-            id,
+            keep_result: request.keep_result,
+            id: request.id.clone(),
+            tenant: request.tenant.clone(),
         }
     }
 
@@ -97,9 +98,16 @@ pub struct Outbox<'a> {
     pub keep_result: bool,
     /// The request id.
     pub id: String,
+    /// The request's tenant (ids are unique per tenant).
+    pub tenant: Option<String>,
 }
 
 impl Outbox<'_> {
+    /// The request's identity in keys, subjects and message ids.
+    pub fn key(&self) -> RequestKey<'_> {
+        RequestKey::new(self.tenant.as_deref(), &self.id)
+    }
+
     /// Whether chunks can reach anyone.
     pub fn can_stream(&self) -> bool {
         self.reply_to.is_some()
@@ -132,7 +140,8 @@ impl Outbox<'_> {
         if self.keep_result {
             let h = envelope::outgoing(self.encoding, None);
             let payload: Bytes = encode(self.encoding, reply).into();
-            publish::durable(&p.js, "kept result", &p.ns.result(&self.id), h, payload).await?;
+            let subject = p.ns.result(self.key());
+            publish::durable(&p.js, "kept result", &subject, h, payload).await?;
             p.metrics.published("result");
         }
         self.reply(reply).await;
@@ -177,7 +186,7 @@ impl Outbox<'_> {
         routed.routing.tier = Tier::Large;
         routed.routing.reasons.push(reason.to_string());
         routed.routed_at_ms = triage_protocol::now_ms();
-        let msg_id = format!("escalate:{}", self.id);
+        let msg_id = self.key().msg_id("escalate");
         let mut h = envelope::outgoing(self.encoding, Some(&msg_id));
         if let Some(reply) = &env.reply_hint {
             h.insert(headers::REPLY_TO, reply.as_str());

@@ -144,12 +144,8 @@ impl Pipeline {
 
     fn outbox(&self, env: &Envelope, request: &Decoded) -> Outbox<'_> {
         let r = &request.routed.request;
-        self.deliver.outbox(
-            env.encoding,
-            r.id.clone(),
-            request.reply_to.clone(),
-            r.keep_result,
-        )
+        self.deliver
+            .outbox(env.encoding, r, request.reply_to.clone())
     }
 
     /// Acks or naks the message as the stages decided.

@@ -36,6 +36,10 @@ fn child_env(world: &World, backends: &[&SimHandle]) -> Vec<(String, String)> {
         ("SHUTDOWN_GRACE", "5s".into()),
         ("METRICS_ADDR", "127.0.0.1:0".into()),
         ("NATS__STREAMS__FINISHED_TTL", "1h".into()),
+        (
+            "NATS__STREAMS__FINISHED_MAX_BYTES",
+            (8u64 << 20).to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (format!("TRIAGE_WORKER_{k}"), v))
@@ -345,6 +349,57 @@ async fn an_interrupted_batch_resumes_without_losing_or_repeating_requests() {
     assert_eq!(backend.stats().requests_received, 8);
     world.settled().await;
     assert_eq!(world.usage_events().await.len(), 8);
+    worker.stop().await;
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn the_finished_record_is_sized_from_configuration_and_failed_writes_are_counted() {
+    let world = World::new().await;
+    let bucket_stream = format!("KV_{}", world.ns.finished_bucket());
+    let (js, name) = (&world.js, &bucket_stream);
+    let bucket_config = || async move {
+        let mut stream = js.get_stream(name).await.unwrap();
+        stream.info().await.unwrap().config.clone()
+    };
+    let provisioned = bucket_config().await;
+    assert_eq!(provisioned.max_bytes, 8 << 20);
+    assert_eq!(provisioned.max_age, Duration::from_secs(3600));
+    assert_eq!(provisioned.max_messages_per_subject, 1);
+    assert_eq!(
+        provisioned.discard,
+        async_nats::jetstream::stream::DiscardPolicy::New,
+        "a full bucket refuses new records, it never drops live ones"
+    );
+
+    // A worker configured otherwise resizes the bucket at start.
+    let backend = sim("m", 4, 0).await;
+    let mut config = world.config(&[&backend]);
+    config.nats.streams.finished_max_bytes = 4 << 20;
+    config.nats.streams.finished_history = 2;
+    config.nats.streams.finished_ttl = Duration::from_secs(7200);
+    let worker = world.start(config, Tier::Small).await;
+    let resized = bucket_config().await;
+    assert_eq!(resized.max_bytes, 4 << 20);
+    assert_eq!(resized.max_messages_per_subject, 2);
+    assert_eq!(resized.max_age, Duration::from_secs(7200));
+    let failures = "triage_worker_finished_write_failures_total{tier=\"1\"}";
+    assert_eq!(
+        worker.metric(failures),
+        Some(0.0),
+        "exported before any failure"
+    );
+
+    // Without the bucket the answer still comes; the lost record is counted.
+    world.js.delete_stream(&bucket_stream).await.unwrap();
+    let got = world
+        .submit(Tier::Small, prompt("remember me"))
+        .await
+        .collect(LONG)
+        .await;
+    got.completion();
+    world.settled().await;
+    assert_eq!(worker.metric(failures), Some(1.0));
     worker.stop().await;
     world.teardown().await;
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use common::*;
 use prometheus_client::registry::Registry;
-use triage_protocol::{headers, ErrorCode, StreamKind, Tier, UsageStatus};
+use triage_protocol::{
+    headers, Encoding, ErrorCode, RoutingDecision, StreamKind, Tier, UsageStatus,
+};
 use triage_vllm_sim::{FaultConfig, FaultKind, SimConfig};
 use triage_worker::Worker;
 
@@ -293,6 +295,54 @@ async fn tier1_exhausted_escalates_to_tier2_and_tier2_exhausted_is_dead_lettered
 }
 
 #[tokio::test]
+async fn requests_pinned_or_forced_to_tier1_fail_instead_of_escalating() {
+    let world = World::new().await;
+    let small = sim("small", 8, 0).await;
+    small.set_faults(FaultConfig::always_error(503)).unwrap();
+    let t1 = world.start(world.config(&[&small]), Tier::Small).await;
+
+    for (routing, reason) in [
+        (RoutingDecision::tenant_pin(Tier::Small), "tenant_pin:1"),
+        (RoutingDecision::requested(Tier::Small), "override:1"),
+    ] {
+        let mut replies = world
+            .submit_routed(routing, prompt("stay on tier 1"), Encoding::MsgPack)
+            .await;
+        let e = replies.collect(LONG).await;
+        assert_eq!(e.error().code, ErrorCode::BackendUnavailable);
+        let message = &e.error().message;
+        assert!(
+            message.contains("not escalated") && message.contains(reason),
+            "{message}"
+        );
+        world.settled().await;
+        assert_eq!(
+            world.tier_messages(Tier::Large).await,
+            0,
+            "{reason}: nothing for tier 2"
+        );
+    }
+    assert_eq!(
+        t1.metric("triage_worker_escalations_total{tier=\"1\""),
+        None,
+        "no escalation counted"
+    );
+
+    // The same failure without a pin escalates (nobody serves tier 2 here,
+    // so the copy waits in its queue).
+    let scored = RoutingDecision::fixed(Tier::Small, "embedding=0.1000");
+    let _replies = world
+        .submit_routed(scored, prompt("move me"), Encoding::MsgPack)
+        .await;
+    let wait = Deadline::after(LONG, "the unpinned request escalated to tier 2");
+    while world.tier_messages(Tier::Large).await == 0 {
+        wait.poll_again().await;
+    }
+    t1.stop().await;
+    world.teardown().await;
+}
+
+#[tokio::test]
 async fn every_tier1_backend_out_of_service_escalates_at_once() {
     let world = World::new().await;
     let small = sim("small", 8, 0).await;
@@ -438,6 +488,38 @@ async fn low_confidence_starts_escalate_before_anything_reaches_the_client() {
     );
     t1.stop().await;
     t2.stop().await;
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn unsure_starts_of_requests_pinned_to_tier1_are_answered_there() {
+    let world = World::new().await;
+    let unsure = sim_with(SimConfig {
+        logprob_min: -3.0,
+        logprob_max: -2.0,
+        ..SimConfig::instant("small", 30)
+    })
+    .await;
+    let mut config = world.config(&[&unsure]);
+    config.early_exit.enabled = true;
+    config.early_exit.hold_tokens = 4;
+    config.early_exit.min_mean_logprob = -1.0;
+    let t1 = world.start(config, Tier::Small).await;
+    let pinned = RoutingDecision::tenant_pin(Tier::Small);
+    let got = world
+        .submit_routed(pinned, prompt("hard question"), Encoding::MsgPack)
+        .await
+        .collect(LONG)
+        .await;
+    assert_eq!(
+        got.completion().tier,
+        Tier::Small,
+        "the gate does not judge it"
+    );
+    assert_eq!(got.completion().attempt, 1);
+    world.settled().await;
+    assert_eq!(world.tier_messages(Tier::Large).await, 0);
+    t1.stop().await;
     world.teardown().await;
 }
 

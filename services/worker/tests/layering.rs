@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
         "outbox",
         "pool",
         "retry",
+        "token_cap",
         "tokens",
     ],
     &["admit", "generate", "deliver"],

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use triage_protocol::{
-    decode, headers, Encoding, ErrorCode, Reply, Request, StreamKind, Tier, UsageStatus,
+    decode, headers, Encoding, ErrorCode, Reply, Request, RequestKey, StreamKind, Tier, UsageStatus,
 };
 use triage_vllm_sim::{FaultConfig, FaultKind};
 
@@ -54,7 +54,8 @@ async fn streams_in_order_with_correct_usage_then_acks() {
             .get(async_nats::header::NATS_MESSAGE_ID)
             .unwrap_or_else(|| panic!("{:?}", usage_msgs[0].headers))
             .as_str(),
-        format!("usage:{}:1", replies.id)
+        format!("usage:_.{}:1", replies.id),
+        "scoped by the (absent) tenant"
     );
     let events = world.usage_of(&replies.id).await;
     assert_eq!(events[0].status, UsageStatus::Ok);
@@ -182,7 +183,7 @@ async fn kept_results_go_to_the_results_stream_even_without_a_reply_subject() {
     let wait = Deadline::after(LONG, "the kept result on the results stream");
     let kept = loop {
         match stream
-            .get_last_raw_message_by_subject(&world.ns.result("kept-1"))
+            .get_last_raw_message_by_subject(&world.ns.result(RequestKey::new(None, "kept-1")))
             .await
         {
             Ok(m) => break m,
@@ -434,6 +435,79 @@ async fn a_reused_request_id_is_told_what_happened_to_the_first_not_left_in_sile
     // Generated and booked once.
     world.settled().await;
     assert_eq!(world.usage_of("reused-id-1").await.len(), 1);
+    worker.stop().await;
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn equal_ids_of_two_tenants_and_escaped_forms_are_different_requests() {
+    let world = World::new().await;
+    let backend = sim("tier1-sim", 4, 0).await;
+    let worker = world.start(world.config(&[&backend]), Tier::Small).await;
+
+    // `a.b` was once stored under its hex form `x612e62`, which is also a
+    // plain id: the second would have been taken for a duplicate.
+    for (tenant, id) in [
+        (Some("acme"), "shared-1"),
+        (Some("globex"), "shared-1"),
+        (None, "shared-1"),
+        (None, "a.b"),
+        (None, "x612e62"),
+    ] {
+        let request = Request {
+            id: id.into(),
+            tenant: tenant.map(str::to_string),
+            ..prompt("hello")
+        };
+        let got = world.submit(Tier::Small, request).await.collect(LONG).await;
+        assert_eq!(got.completion().attempt, 1, "{tenant:?}/{id} was answered");
+        world.settled().await;
+    }
+    assert_eq!(backend.stats().requests_received, 5, "each generated once");
+    assert_eq!(
+        worker.metric("triage_worker_errors_total{tier=\"1\",code=\"duplicate_request\"}"),
+        None
+    );
+    worker.stop().await;
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn max_tokens_above_the_operator_ceilings_is_clamped_and_booked_as_generated() {
+    let world = World::new().await;
+    let backend = sim("tier1-sim", 40, 0).await;
+    let mut config = world.config(&[&backend]);
+    config.max_tokens.tier = Some(5);
+    config.max_tokens.tenants.insert("free".into(), 3);
+    let worker = world.start(config, Tier::Small).await;
+
+    for (tenant, asked, expected) in [
+        (None, Some(64), 5),
+        (Some("free"), Some(64), 3),
+        (Some("free"), None, 3),
+        (Some("paying"), Some(2), 2),
+    ] {
+        let request = Request {
+            tenant: tenant.map(str::to_string),
+            max_tokens: asked,
+            ..Request::from_prompt("Tell me everything.")
+        };
+        let mut replies = world.submit(Tier::Small, request).await;
+        let got = replies.collect(LONG).await;
+        let c = got.completion();
+        assert_eq!(
+            c.usage.completion_tokens, expected,
+            "{tenant:?} asked {asked:?}"
+        );
+        assert_eq!(c.finish_reason, "length");
+        world.settled().await;
+        let booked = world.usage_of(&replies.id).await;
+        assert_eq!(booked.len(), 1);
+        assert_eq!(
+            booked[0].usage.completion_tokens, expected,
+            "the ledger gets what ran"
+        );
+    }
     worker.stop().await;
     world.teardown().await;
 }

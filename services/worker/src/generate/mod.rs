@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use triage_backend::{ChatMessage as BackendMessage, ChatRequest, StreamOptions};
-use triage_protocol::{Completion, ErrorCode, RoutedRequest, Tier, UsageEvent, UsageStatus};
+use triage_protocol::{
+    Completion, ErrorCode, RoutedRequest, RoutingDecision, Tier, UsageEvent, UsageStatus,
+};
 
 use crate::config::{EarlyExitConfig, RetryConfig, WorkerConfig};
 use crate::early_exit::ConfidenceGate;
@@ -22,6 +24,7 @@ use crate::metrics::WorkerMetrics;
 use crate::outbox::Outbox;
 use crate::pool::{Backend, BackendPool, Lease};
 use crate::retry::{classify, FailureClass, Next, RetryBudget};
+use crate::token_cap::MaxTokensCap;
 use crate::tokens::{fit_max_tokens, TokenCounter};
 use stream::{CallFailed, Done, How, Spent};
 
@@ -42,6 +45,8 @@ pub struct Settings {
     /// Whether exhausting the backends escalates to tier 2 (tier 1 with
     /// `escalate_when_unavailable`) instead of failing.
     pub escalate: bool,
+    /// The operator's ceilings on `max_tokens`.
+    pub max_tokens: MaxTokensCap,
 }
 
 impl Settings {
@@ -53,6 +58,7 @@ impl Settings {
             coalesce: config.coalesce.interval,
             early_exit: (tier1 && config.early_exit.enabled).then(|| config.early_exit.clone()),
             escalate: tier1 && config.escalate_when_unavailable,
+            max_tokens: config.max_tokens.clone(),
         }
     }
 }
@@ -152,6 +158,8 @@ impl Generator {
             .map(|m| BackendMessage::new(m.role, m.content))
             .collect();
         let prompt_tokens = self.counter.count_chat(&request.chat_messages());
+        let caps = &self.settings.max_tokens;
+        let wanted = caps.apply(request.tenant.as_deref(), request.max_tokens);
         let mut run = Attempts {
             budget: RetryBudget::new(&self.settings.retry),
             avoid: None,
@@ -169,14 +177,13 @@ impl Generator {
             }
             let Some(lease) = self.pool.choose(run.avoid) else {
                 let why = "every backend is out of service (circuit breakers open)";
-                return self.exhausted(format!("{why}{}", run.last_error()), &run);
+                return self.exhausted(job, format!("{why}{}", run.last_error()), &run);
             };
             let backend = lease.backend();
-            let max_tokens =
-                match fit_max_tokens(prompt_tokens, request.max_tokens, backend.max_model_len()) {
-                    Ok(m) => m,
-                    Err(tokens) => return context_too_long(tokens, backend),
-                };
+            let max_tokens = match fit_max_tokens(prompt_tokens, wanted, backend.max_model_len()) {
+                Ok(m) => m,
+                Err(tokens) => return context_too_long(tokens, backend),
+            };
             let attempt = job.first_attempt + run.budget.begin_call();
             run.last_attempt = attempt;
             tracing::Span::current().record("attempt", attempt);
@@ -229,10 +236,12 @@ impl Generator {
             prompt_tokens,
             streaming: job.streams_to_client(),
             coalesce: self.settings.coalesce,
+            // A request fixed to tier 1 could not be moved: not judged either.
             gate: self
                 .settings
                 .early_exit
                 .as_ref()
+                .filter(|_| job.routed.routing.fixed_tier() != Some(Tier::Small))
                 .map(|g| ConfidenceGate::new(g.hold_tokens, g.min_mean_logprob)),
             started_at,
         }
@@ -393,22 +402,27 @@ impl Generator {
             }
             Next::GiveUp(why) => {
                 tracing::warn!(backend = %label, attempt, %error, "{}", why.describe());
-                Err(self.exhausted(format!("{}{}", why.describe(), run.last_error()), run))
+                let why = format!("{}{}", why.describe(), run.last_error());
+                Err(self.exhausted(job, why, run))
             }
         }
     }
 
-    /// No backend can answer: escalate from tier 1, else fail for good.
-    fn exhausted(&self, why: String, run: &Attempts) -> Outcome {
-        if self.settings.escalate {
-            tracing::warn!(reason = %why, "tier 1 exhausted: escalating to tier 2");
-            Outcome::Escalate {
-                reason: ESCALATED_UNAVAILABLE,
-                attempt_base: run.last_attempt + 1,
+    /// No backend can answer: escalate from tier 1 where allowed, else
+    /// fail for good.
+    fn exhausted(&self, job: &Job<'_>, why: String, run: &Attempts) -> Outcome {
+        match may_escalate(&self.settings, &job.routed.routing) {
+            Ok(()) => {
+                tracing::warn!(reason = %why, "tier 1 exhausted: escalating to tier 2");
+                Outcome::Escalate {
+                    reason: ESCALATED_UNAVAILABLE,
+                    attempt_base: run.last_attempt + 1,
+                }
             }
-        } else {
-            let message = format!("tier {} could not answer: {why}", self.tier);
-            Outcome::Failed(Failure::dead(ErrorCode::BackendUnavailable, message))
+            Err(not_moved) => {
+                let message = format!("tier {} could not answer: {why}{not_moved}", self.tier);
+                Outcome::Failed(Failure::dead(ErrorCode::BackendUnavailable, message))
+            }
         }
     }
 
@@ -439,6 +453,23 @@ impl Generator {
             finished_at_ms: triage_protocol::now_ms(),
             error_code,
         }
+    }
+}
+
+/// Whether a request may be moved to tier 2: only from a tier-1 worker that
+/// escalates, and only if neither the operator (tenant pin) nor the client
+/// (explicit `tier`) fixed its tier to 1. `Err` holds what the error
+/// message adds about why it stayed (empty when escalation is simply off).
+fn may_escalate(settings: &Settings, routing: &RoutingDecision) -> Result<(), String> {
+    if !settings.escalate {
+        return Err(String::new());
+    }
+    match routing.fixed_tier() {
+        Some(Tier::Small) => Err(format!(
+            "; not escalated to tier 2: the request is fixed to tier 1 ({})",
+            routing.reasons.join(", ")
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -487,6 +518,33 @@ mod tests {
         let t1 = Settings::new(&config, Tier::Small);
         assert_eq!(t1.early_exit, None);
         assert!(!t1.escalate);
+    }
+
+    #[test]
+    fn requests_fixed_to_tier_1_are_not_escalated() {
+        let mut config = WorkerConfig {
+            escalate_when_unavailable: true,
+            ..WorkerConfig::default()
+        };
+        let t1 = Settings::new(&config, Tier::Small);
+        let scored = RoutingDecision::fixed(Tier::Small, "embedding=0.2");
+        assert_eq!(may_escalate(&t1, &scored), Ok(()));
+        for fixed in [
+            RoutingDecision::tenant_pin(Tier::Small),
+            RoutingDecision::requested(Tier::Small),
+        ] {
+            let why = may_escalate(&t1, &fixed).unwrap_err();
+            assert!(why.contains("fixed to tier 1"), "{why}");
+            assert!(why.contains(&fixed.reasons[0]), "{why}");
+        }
+        // A tier-2 pin that reached tier 1 anyway is not held there.
+        assert_eq!(
+            may_escalate(&t1, &RoutingDecision::tenant_pin(Tier::Large)),
+            Ok(())
+        );
+        config.escalate_when_unavailable = false;
+        let off = Settings::new(&config, Tier::Small);
+        assert_eq!(may_escalate(&off, &scored), Err(String::new()));
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub fn tiny_streams() -> StreamsConfig {
     ] {
         limits.max_bytes = 8 << 20;
     }
+    s.finished_max_bytes = 8 << 20;
     s
 }
 
@@ -155,9 +156,16 @@ impl World {
         self.submit_with(tier, request, Encoding::MsgPack).await
     }
 
-    pub async fn submit_with(
+    pub async fn submit_with(&self, tier: Tier, request: Request, encoding: Encoding) -> Replies {
+        let routing = RoutingDecision::fixed(tier, "test");
+        self.submit_routed(routing, request, encoding).await
+    }
+
+    /// Publishes `request` with the router's decision `routing` (on the
+    /// queue of `routing.tier`).
+    pub async fn submit_routed(
         &self,
-        tier: Tier,
+        routing: RoutingDecision,
         mut request: Request,
         encoding: Encoding,
     ) -> Replies {
@@ -165,10 +173,11 @@ impl World {
         let inbox = self.client.new_inbox();
         let sub = self.client.subscribe(inbox.clone()).await.unwrap();
         request.reply_to = Some(inbox.clone());
+        let tier = routing.tier;
         let routed = RoutedRequest {
             version: 1,
             request: request.clone(),
-            routing: RoutingDecision::fixed(tier, "test"),
+            routing,
             routed_at_ms: triage_protocol::now_ms(),
         };
         self.publish_routed(tier, &routed, encoding).await;
