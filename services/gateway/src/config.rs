@@ -30,6 +30,15 @@ Configuration keys (TOML file or TRIAGE_GATEWAY_<KEY>, nested with __):
   reply_prefix = \"_GW\"           reply subjects are <reply_prefix>.<instance_id>.<n>; the
                                  router's and workers' reply policy must allow it (_GW. is allowed by default)
   nats_chat = true               answer core NATS requests on llm.chat (one whole answer each)
+  auth.keys = false              require an API key (Authorization: Bearer trk_...) on /v1/*; off: every
+                                 request is accepted without a tenant (local use; printed at start)
+  auth.cache_ttl = \"30s\"        a verified key is trusted this long before its row is read again
+                                 (also how soon a revocation takes effect)
+  auth.spend_cache_ttl = \"30s\"  how long a tenant's spend today is reused for budget checks
+  database.url = \"postgres://postgres@127.0.0.1:5432/triage\"  the keys and the ledger (TRIAGE_DATABASE_URL
+                                 sets the default; used only with auth.keys)
+  database.max_connections = 4   its pool size
+  database.acquire_timeout = \"5s\"  a query's wait for a connection
   aliases.<name> = \"triage-auto\"  extra model names for triage-auto, triage-tier1 or triage-tier2
   log_format = \"text\"            text or json log lines
   nats.url = \"nats://127.0.0.1:4222\"  NATS server(s), comma-separated (TRIAGE_NATS_URL sets the default)
@@ -63,6 +72,10 @@ pub struct GatewayConfig {
     pub reply_prefix: String,
     /// Whether to answer core NATS requests on `llm.chat`.
     pub nats_chat: bool,
+    /// API keys.
+    pub auth: AuthConfig,
+    /// Postgres: the keys and the ledger's rollups (with `auth.keys`).
+    pub database: triage_ledger::config::DatabaseConfig,
     /// Extra model names, each for one of the three Triage models.
     pub aliases: BTreeMap<String, String>,
     /// Log line format.
@@ -86,9 +99,35 @@ impl Default for GatewayConfig {
             instance_id: String::new(),
             reply_prefix: GATEWAY_REPLY_PREFIX.into(),
             nats_chat: true,
+            auth: AuthConfig::default(),
+            database: triage_ledger::config::DatabaseConfig::default(),
             aliases: BTreeMap::new(),
             log_format: LogFormat::Text,
             nats,
+        }
+    }
+}
+
+/// API keys: who may call, as which tenant, how often.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require a key on `/v1/*`.
+    pub keys: bool,
+    /// How long a verified key is trusted before its row is read again.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How long a tenant's spend today is reused for budget checks.
+    #[serde(with = "humantime_serde")]
+    pub spend_cache_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            keys: false,
+            cache_ttl: Duration::from_secs(30),
+            spend_cache_ttl: Duration::from_secs(30),
         }
     }
 }

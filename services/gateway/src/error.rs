@@ -28,6 +28,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// A machine-readable code (Triage's error codes, or the gateway's own).
     pub code: Option<String>,
+    /// Seconds until a retry may succeed (a `Retry-After` header, for 429s).
+    pub retry_after_s: Option<u64>,
 }
 
 /// The JSON body.
@@ -53,6 +55,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: None,
+            retry_after_s: None,
         }
     }
 
@@ -138,6 +141,32 @@ impl ApiError {
         .with_code("stream_incomplete")
     }
 
+    /// 401: no key, not a key, an unknown or revoked one.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, INVALID_REQUEST, message).with_code("invalid_api_key")
+    }
+
+    /// 429 for a rate limit (`kind` = `requests` or `tokens`, as OpenAI
+    /// names them), retryable after `retry_after_s`.
+    pub fn rate_limited(
+        kind: &'static str,
+        message: impl Into<String>,
+        retry_after_s: u64,
+    ) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, kind, message)
+            .with_code("rate_limit_exceeded");
+        e.retry_after_s = Some(retry_after_s.max(1));
+        e
+    }
+
+    /// 429 for a spent daily budget, retryable at the next UTC midnight.
+    pub fn budget_spent(message: impl Into<String>, retry_after_s: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message)
+            .with_code("insufficient_quota");
+        e.retry_after_s = Some(retry_after_s.max(1));
+        e
+    }
+
     /// The JSON body.
     pub fn body(&self) -> ErrorBody<'_> {
         ErrorBody {
@@ -153,7 +182,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        response
     }
 }
 

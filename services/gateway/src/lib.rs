@@ -10,10 +10,15 @@
 //! error bodies with the right status ([`error`]). [`server`] holds the
 //! routes, [`health`] the readiness check, [`metrics`] the Prometheus
 //! metrics. [`nats_chat`] answers core NATS requests on `llm.chat` whole.
+//! [`auth`] checks API keys ([`api_key`]: the format, [`keys`]: the table),
+//! rates and budgets, and gives each request its tenant.
 
+pub mod api_key;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod keys;
 pub mod metrics;
 pub mod models;
 pub mod nats_chat;
@@ -44,6 +49,9 @@ pub enum GatewayError {
     /// NATS is unreachable.
     #[error(transparent)]
     Bus(#[from] triage_bus::BusError),
+    /// Postgres (the API keys) is unusable.
+    #[error("API keys need Postgres: {0}")]
+    Keys(#[from] triage_ledger::StoreError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -52,6 +60,27 @@ pub enum GatewayError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// Keys checked against Postgres (the table migrated first), or off.
+async fn authenticator(config: &GatewayConfig) -> Result<auth::Authenticator, GatewayError> {
+    let store = if config.auth.keys {
+        let store = config.database.store()?;
+        store.migrate().await?;
+        tracing::info!("API keys required on /v1/* (auth.keys = true)");
+        Some(keys::KeyStore::new(store.pool().clone()))
+    } else {
+        tracing::warn!(
+            "API keys are OFF: every request is accepted and booked without a tenant; \
+             set auth.keys = true (TRIAGE_GATEWAY_AUTH__KEYS=true) outside local use"
+        );
+        None
+    };
+    Ok(auth::Authenticator::new(
+        store,
+        config.auth.cache_ttl,
+        config.auth.spend_cache_ttl,
+    ))
 }
 
 /// A gateway connected to NATS, not yet listening.
@@ -82,7 +111,9 @@ impl Gateway {
         let reply_prefix = config.instance_reply_prefix();
         tracing::info!(%reply_prefix, "answers arrive on {reply_prefix}.<n>");
         let client = TriageClient::new(nats.clone(), ns.clone()).with_reply_prefix(reply_prefix);
+        let auth = authenticator(&config).await?;
         let state = AppState {
+            auth,
             client,
             js: async_nats::jetstream::new(nats.clone()),
             nats,

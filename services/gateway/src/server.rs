@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use triage_bus::{ReplyStream, TriageClient};
 use triage_protocol::{Completion, Namespace, Request};
 
+use crate::auth::Identity;
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
 use crate::health;
@@ -38,6 +39,7 @@ pub const IGNORED_HEADER: &str = "x-triage-ignored-params";
 
 /// What every handler shares.
 pub struct AppState {
+    pub(crate) auth: crate::auth::Authenticator,
     pub(crate) client: TriageClient,
     pub(crate) nats: async_nats::Client,
     pub(crate) js: jetstream::Context,
@@ -63,24 +65,62 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn models(State(s): State<Arc<AppState>>) -> Response {
+async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = s.auth.authenticate(&headers).await {
+        return e.into_response();
+    }
     Json(s.catalogue.list(s.started)).into_response()
 }
 
-async fn model(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+async fn model(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(e) = s.auth.authenticate(&headers).await {
+        return e.into_response();
+    }
     match s.catalogue.resolve(&id) {
         Some(m) => Json(s.catalogue.card(m, s.started)).into_response(),
         None => ApiError::unknown_model(&id).into_response(),
     }
 }
 
-async fn chat(s: State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    complete(s.0, Endpoint::Chat, body).await
+async fn chat(
+    s: State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    complete(s.0, Endpoint::Chat, &headers, body).await
 }
 
-async fn completions(s: State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    complete(s.0, Endpoint::Completions, body).await
+async fn completions(
+    s: State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    complete(s.0, Endpoint::Completions, &headers, body).await
 }
+
+/// The key's checks for a parsed request: its tenant set from the key, the
+/// model allowed, rates and the budget. Tokens counted against the
+/// per-minute limit: the prompt's estimate plus what may be generated.
+async fn authorize(s: &AppState, identity: &Identity, p: &mut Prepared) -> Result<(), ApiError> {
+    let messages = p.request.chat_messages();
+    let prompt = triage_token_estimate::count_chat(
+        messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_str())),
+    );
+    let tokens = prompt.saturating_add(p.request.max_tokens.unwrap_or(DEFAULT_TOKEN_CHARGE));
+    s.auth.admit(identity, &p.model, tokens)?;
+    s.auth.within_budget(identity).await?;
+    p.request.tenant = identity.tenant();
+    Ok(())
+}
+
+/// Tokens charged to a per-minute limit for a request without `max_tokens`.
+const DEFAULT_TOKEN_CHARGE: u32 = 256;
 
 /// A checked request, ready to queue.
 struct Prepared {
@@ -135,10 +175,19 @@ fn prepare(
 async fn complete(
     s: Arc<AppState>,
     endpoint: Endpoint,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request_id = uuid::Uuid::now_v7().to_string();
-    let (model, mut response) = match prepare(&s, endpoint, body, &request_id) {
+    // An unauthenticated caller learns nothing about its body first.
+    let prepared = async {
+        let identity = s.auth.authenticate(headers).await?;
+        let mut p = prepare(&s, endpoint, body, &request_id)?;
+        authorize(&s, &identity, &mut p).await?;
+        Ok::<_, ApiError>(p)
+    }
+    .await;
+    let (model, mut response) = match prepared {
         Err(e) => ("unknown".to_string(), e.into_response()),
         Ok(p) => {
             let model = p.model.clone();

@@ -492,3 +492,168 @@ sys.exit("no error raised; text " + repr(text))
     asked.await.unwrap();
     world.teardown().await;
 }
+
+/// `triage-gateway <args>` (the keys commands) on the default database.
+async fn gateway_cli(args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_triage-gateway"));
+    cmd.args(args);
+    run(cmd, Duration::from_secs(60)).await
+}
+
+async fn create_key(args: &[&str]) -> String {
+    let out = gateway_cli(&[&["keys", "create"], args].concat()).await;
+    common::assert_success(&out);
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn keyed_config(world: &World) -> triage_gateway::GatewayConfig {
+    let mut config = world.gateway_config();
+    config.auth.keys = true;
+    // Re-read every key's row each time: a revocation is seen at once.
+    config.auth.cache_ttl = Duration::ZERO;
+    config
+}
+
+fn ask(gw: &common::Gw, key: Option<&str>) -> reqwest::RequestBuilder {
+    let r = http()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .json(&json!({"model": "triage-auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}));
+    match key {
+        Some(k) => r.bearer_auth(k),
+        None => r,
+    }
+}
+
+fn whole(id: &str) -> Vec<Reply> {
+    vec![completion(id, 1, 0, Some("Hi."))]
+}
+
+#[tokio::test]
+async fn api_keys_give_the_tenant_limit_the_rate_and_can_be_revoked() {
+    let world = World::new().await;
+    let gw = world.gateway(keyed_config(&world)).await;
+    let tenant = format!("tenant-{}", world.prefix);
+    let key = create_key(&["--tenant", &tenant, "--rpm", "2"]).await;
+    assert!(key.starts_with("trk_"), "{key}");
+
+    for (presented, why) in [(None, "no key"), (Some("sk-not-ours"), "not a key")] {
+        let r = ask(&gw, presented).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{why}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_api_key", "{why}: {body}");
+    }
+    let forged = format!("{}x", &key[..key.len() - 1]);
+    assert_eq!(ask(&gw, Some(&forged)).send().await.unwrap().status(), 401);
+    let models = http()
+        .get(format!("{}/v1/models", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 401, "the models need a key too");
+
+    // The tenant comes from the key, whatever the body says.
+    for _ in 0..2 {
+        let asked = world.responder().await.answer(whole);
+        let r = ask(&gw, Some(&key)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            asked.await.unwrap().tenant.as_deref(),
+            Some(tenant.as_str())
+        );
+    }
+    let limited = ask(&gw, Some(&key)).send().await.unwrap();
+    assert_eq!(limited.status(), 429, "the third request in a minute");
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=31).contains(&retry), "{retry}");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("2 requests per minute"));
+
+    let key_id = &key[4..16];
+    let listed = gateway_cli(&["keys", "list", "--tenant", &tenant]).await;
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        listed.contains(key_id) && !listed.contains(&key),
+        "{listed}"
+    );
+    common::assert_success(&gateway_cli(&["keys", "revoke", key_id]).await);
+    let r = ask(&gw, Some(&key)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{body}"
+    );
+    let again = gateway_cli(&["keys", "revoke", key_id]).await;
+    assert!(!again.status.success(), "a key is revoked once");
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn a_spent_budget_and_a_foreign_model_are_refused_as_the_openai_sdk_expects() {
+    let world = World::new().await;
+    let gw = world.gateway(keyed_config(&world)).await;
+    let tenant = format!("spender-{}", world.prefix);
+    let key = create_key(&[
+        "--tenant",
+        &tenant,
+        "--budget-usd-day",
+        "0.5",
+        "--models",
+        "triage-auto,triage-tier1",
+    ])
+    .await;
+    let pool = sqlx::PgPool::connect(&triage_ledger::config::DatabaseConfig::default().url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO usage_daily VALUES ((now() AT TIME ZONE 'UTC')::date, 1, 'm', $1, 'ok',
+         1, 0, 10, 10, 0.75, 6, 0, 0, 0)",
+    )
+    .bind(&tenant)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let script = r#"
+import sys, openai
+client = openai.OpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0, timeout=30)
+hi = [{"role": "user", "content": "hi"}]
+try:
+    client.chat.completions.create(model="triage-auto", messages=hi)
+    sys.exit("no error for a spent budget")
+except openai.RateLimitError as e:
+    assert e.code == "insufficient_quota" and "daily budget" in e.message, e.message
+try:
+    client.chat.completions.create(model="triage-tier2", messages=hi)
+    sys.exit("no error for a model the key may not use")
+except openai.NotFoundError as e:
+    assert e.status_code == 404, e
+try:
+    openai.OpenAI(base_url=sys.argv[1], api_key="trk_000000000000_" + "a" * 43, max_retries=0).models.list()
+    sys.exit("no error for an unknown key")
+except openai.AuthenticationError as e:
+    assert e.status_code == 401 and e.code == "invalid_api_key", e
+print("all refused")
+"#;
+    let mut cmd = tokio::process::Command::new(venv_python());
+    cmd.args(["-c", script, &format!("{}/v1", gw.url), &key]);
+    let out = run(cmd, Duration::from_secs(60)).await;
+    common::assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all refused"));
+    sqlx::query("DELETE FROM usage_daily WHERE tenant = $1")
+        .bind(&tenant)
+        .execute(&pool)
+        .await
+        .unwrap();
+    world.teardown().await;
+}
