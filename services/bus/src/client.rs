@@ -120,9 +120,26 @@ impl TriageClient {
         &self.ns
     }
 
-    /// Publishes `request` on `llm.requests` (waiting for JetStream's ack:
-    /// once this returns, the request is durable) and returns the stream of
-    /// its replies. `timeout` bounds the whole answer.
+    /// The subject `request` goes to: `llm.requests.<tenant>` when it names
+    /// a tenant (the router binds the tenant to that subject, and NATS
+    /// permissions bind the subject to a user), else plain `llm.requests`.
+    pub fn request_subject(&self, request: &Request) -> Result<String, ClientError> {
+        match &request.tenant {
+            None => Ok(self.ns.requests()),
+            Some(tenant) => self
+                .ns
+                .tenant_requests(tenant)
+                .map_err(|e| ClientError::Submit {
+                    id: request.id.clone(),
+                    detail: format!("field `tenant`: {e}"),
+                }),
+        }
+    }
+
+    /// Publishes `request` on its [request subject](Self::request_subject)
+    /// (waiting for JetStream's ack: once this returns, the request is
+    /// durable) and returns the stream of its replies. `timeout` bounds the
+    /// whole answer.
     pub async fn submit(
         &self,
         mut request: Request,
@@ -133,6 +150,7 @@ impl TriageClient {
             request.submitted_at_ms = Some(triage_protocol::now_ms());
         }
         let id = request.id.clone();
+        let subject = self.request_subject(&request)?;
         let inbox = self.reply_subject();
         let subscriber =
             self.client
@@ -147,7 +165,7 @@ impl TriageClient {
         h.insert(headers::REPLY_TO, inbox.as_str());
         // One try: the application owns its retry policy (and its deadline).
         let payload = encode(self.encoding, &request).into();
-        let ack = crate::publish::acked(&self.js, &self.ns.requests(), h, payload)
+        let ack = crate::publish::acked(&self.js, &subject, h, payload)
             .await
             .map_err(|e| ClientError::Submit {
                 id: id.clone(),

@@ -139,6 +139,16 @@ impl Namespace {
         }
     }
 
+    /// Every subject a stream captures: `llm.requests` also takes the
+    /// tenant-bound `llm.requests.<tenant>`.
+    pub fn stream_subjects(&self, kind: StreamKind) -> Vec<String> {
+        let main = self.stream_subject(kind);
+        match kind {
+            StreamKind::Requests => vec![main.clone(), format!("{main}.>")],
+            _ => vec![main],
+        }
+    }
+
     /// The subject of a stream (for `Results`, the wildcard it captures).
     pub fn stream_subject(&self, kind: StreamKind) -> String {
         match kind {
@@ -155,6 +165,27 @@ impl Namespace {
     /// `llm.requests`.
     pub fn requests(&self) -> String {
         self.stream_subject(StreamKind::Requests)
+    }
+
+    /// `llm.requests.<tenant>`: requests of one tenant, bound to it by the
+    /// NATS permission to publish there (deploy/nats).
+    pub fn tenant_requests(&self, tenant: &str) -> Result<String, InvalidTenant> {
+        check_tenant(tenant)?;
+        Ok(format!("{}.{tenant}", self.requests()))
+    }
+
+    /// The tenant a request subject binds: `None` for plain `llm.requests`,
+    /// the token of `llm.requests.<tenant>`, an error for anything else.
+    pub fn subject_tenant<'s>(&self, subject: &'s str) -> Result<Option<&'s str>, InvalidTenant> {
+        let plain = self.requests();
+        let Some(rest) = subject.strip_prefix(plain.as_str()) else {
+            return Err(InvalidTenant(subject.to_string()));
+        };
+        match rest.strip_prefix('.') {
+            None if rest.is_empty() => Ok(None),
+            Some(tenant) => check_tenant(tenant).map(|()| Some(tenant)),
+            None => Err(InvalidTenant(subject.to_string())),
+        }
     }
 
     /// `llm.tier1` or `llm.tier2`.
@@ -212,6 +243,29 @@ impl Namespace {
     }
 }
 
+/// Longest tenant name a subject can carry.
+pub const MAX_TENANT_LEN: usize = 64;
+
+/// A tenant that cannot be one subject token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid tenant {0:?}: a tenant bound to a subject is 1 to 64 letters, digits, '-' or '_' \
+     (requests go to llm.requests.<tenant>)"
+)]
+pub struct InvalidTenant(pub String);
+
+fn check_tenant(tenant: &str) -> Result<(), InvalidTenant> {
+    let plain = (1..=MAX_TENANT_LEN).contains(&tenant.len())
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if plain {
+        Ok(())
+    } else {
+        Err(InvalidTenant(tenant.to_string()))
+    }
+}
+
 /// Makes an id usable as one subject token: kept as is when it is plain
 /// (`[A-Za-z0-9_-]`), otherwise hex-encoded with an `x` marker.
 pub fn subject_token(id: &str) -> String {
@@ -263,6 +317,30 @@ mod tests {
             assert!(Namespace::new(p).is_err(), "{p} should be rejected");
         }
         assert_eq!(Namespace::new("").unwrap(), Namespace::default());
+    }
+
+    #[test]
+    fn tenant_subjects_round_trip_and_bad_ones_are_refused() {
+        let ns = Namespace::new("acme").unwrap();
+        assert_eq!(
+            ns.stream_subjects(StreamKind::Requests),
+            ["acme.llm.requests", "acme.llm.requests.>"]
+        );
+        let subject = ns.tenant_requests("team-a_1").unwrap();
+        assert_eq!(subject, "acme.llm.requests.team-a_1");
+        assert_eq!(ns.subject_tenant(&subject), Ok(Some("team-a_1")));
+        assert_eq!(ns.subject_tenant("acme.llm.requests"), Ok(None));
+        for bad in [
+            "acme.llm.requests.a.b",
+            "acme.llm.requestsX",
+            "llm.requests.a",
+            "acme.llm.requests.",
+        ] {
+            assert!(ns.subject_tenant(bad).is_err(), "{bad}");
+        }
+        for bad in ["", "a.b", "a b", "*", ">", &"t".repeat(65)] {
+            assert!(ns.tenant_requests(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
