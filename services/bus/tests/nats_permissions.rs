@@ -129,6 +129,11 @@ async fn every_role_works_with_its_own_credentials() {
 
     gateway_asks(&server).await;
     exporter_reads_queues(&server).await;
+    assert_eq!(
+        server.violations(),
+        Vec::<String>::new(),
+        "every step was allowed"
+    );
 }
 
 /// Tier 1's part: the finished-ids bucket, an answer, a usage event, a kept
@@ -397,6 +402,14 @@ async fn a_client_can_only_submit_its_own_requests_and_read_its_own_answers() {
             "{kind:?}"
         );
     }
+    // The server logged the refusals (what the other tests check is absent).
+    let logged = server.violations();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("User \"acme\"") && l.contains("llm.tier1")),
+        "{logged:?}"
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
 //! A private nats-server 2.9 running the shipped `deploy/nats/triage.conf`
 //! on a free port, with JetStream in a temporary directory; killed on drop.
+//! Used by this crate's permission tests and (by path) replay's secured
+//! pipeline test.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -38,7 +40,7 @@ pub struct AuthNats {
 impl AuthNats {
     /// Starts the server and waits (10 s at most) until it accepts connections.
     pub fn start() -> Self {
-        let conf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/triage.conf");
+        let conf = shipped_config();
         let store = TempDir::new();
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -51,13 +53,20 @@ impl AuthNats {
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", "0", "-sd"])
             .arg(&store.0)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(store.0.join("server.log")).expect("log file"));
         for (var, user) in USERS {
             command.env(format!("TRIAGE_NATS_{var}_PASSWORD"), password(user));
         }
-        let child = command.spawn().expect("nats-server starts");
+        let mut child = command.spawn().expect("nats-server starts");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(store.0.join("server.log")).unwrap_or_default();
+                panic!(
+                    "nats-server with {} exited ({status}):\n{log}",
+                    conf.display()
+                );
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "nats-server with {} did not listen on {port} within 10 s",
@@ -70,6 +79,15 @@ impl AuthNats {
             url: format!("nats://127.0.0.1:{port}"),
             _store: store,
         }
+    }
+
+    /// The server's log lines reporting a permissions violation, by anyone.
+    pub fn violations(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self._store.0.join("server.log")).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("Violation"))
+            .map(String::from)
+            .collect()
     }
 
     /// A raw connection as `user` whose server errors (permission
@@ -105,6 +123,16 @@ impl Drop for AuthNats {
     }
 }
 
+/// `deploy/nats/triage.conf`, found above the crate being tested.
+fn shipped_config() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .map(|dir| dir.join("deploy/nats/triage.conf"))
+        .find(|conf| conf.exists())
+        .unwrap_or_else(|| panic!("no deploy/nats/triage.conf above {}", manifest.display()))
+}
+
 /// `TRIAGE_NATS_SERVER`, else the Debian package's binary, else `PATH`.
 fn nats_server() -> String {
     std::env::var("TRIAGE_NATS_SERVER").unwrap_or_else(|_| {
@@ -137,8 +165,10 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("triage-nats-{}", uuid::Uuid::now_v7().simple()));
+        // Std only, so other crates' tests can include this file too.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("triage-nats-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         Self(dir)
     }
