@@ -1,6 +1,6 @@
 //! The pipeline's real binaries under the shipped NATS permissions
 //! (deploy/nats/triage.conf on a private nats-server 2.9): router, both
-//! workers, the ledger and the cost exporter each connect as their own user
+//! workers, the ledger, the cost exporter and the gateway each connect as their own user
 //! with their own inbox prefix, as compose configures them; a client of
 //! tenant `acme` gets an answer and its usage is booked under `acme`, the
 //! tenant the subject bound; a body claiming another tenant is refused.
@@ -104,17 +104,36 @@ fn logs_tail(dir: &std::path::Path) -> String {
     s
 }
 
-/// The body of `GET http://127.0.0.1:<port>/metrics`, or empty while it
-/// does not answer.
-fn metrics(port: u16) -> String {
+/// The response to one HTTP/1.0 request to 127.0.0.1:`port` (a JSON body
+/// when `body` is given), or empty while nothing answers there.
+fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> String {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return String::new();
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let body = body.unwrap_or("");
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = s
+        .write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body.as_bytes()));
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
+}
+
+/// [`http`] off the test's thread: the simulators run on it.
+async fn fetch(
+    port: u16,
+    method: &'static str,
+    path: &'static str,
+    body: Option<&'static str>,
+) -> String {
+    tokio::task::spawn_blocking(move || http(port, method, path, body))
+        .await
+        .unwrap()
 }
 
 fn admin_db_url() -> String {
@@ -236,6 +255,7 @@ async fn every_service_runs_with_its_own_nats_user_and_the_tenant_comes_from_the
     pool.close().await;
 
     exporter_reads_queues(&server, logs.path(), exporter_port, &db_url).await;
+    gateway_answers(&server, logs.path()).await;
     // Nothing any service tried was refused, not even what it only logs.
     assert_eq!(
         server.violations(),
@@ -318,7 +338,7 @@ async fn exporter_reads_queues(server: &AuthNats, logs: &std::path::Path, port: 
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let body = metrics(port);
+        let body = fetch(port, "GET", "/metrics", None).await;
         if body.contains("triage_queue_depth{queue=\"llm.requests\"") {
             return;
         }
@@ -329,4 +349,36 @@ async fn exporter_reads_queues(server: &AuthNats, logs: &std::path::Path, port: 
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The gateway, as its own user: publishes on plain llm.requests, reads its
+/// answers on `_GW.>`, looks the streams up for `/health`.
+async fn gateway_answers(server: &AuthNats, logs: &std::path::Path) {
+    let port = free_port();
+    let _gateway = service(
+        server,
+        logs,
+        "triage-gateway",
+        &["run"],
+        "TRIAGE_GATEWAY_",
+        "gateway",
+        &[("TRIAGE_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))],
+    );
+    const BODY: &str = r#"{"model": "triage-auto", "max_tokens": 4, "messages": [{"role": "user", "content": "Say hello."}]}"#;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = fetch(port, "POST", "/v1/chat/completions", Some(BODY)).await;
+        if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+            assert!(answer.contains("chat.completion"), "{answer}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not answer within 60 s: {answer}\n{}",
+            logs_tail(logs)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let health = fetch(port, "GET", "/health", None).await;
+    assert!(health.contains(" 200 "), "{health}");
 }
