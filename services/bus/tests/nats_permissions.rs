@@ -349,8 +349,7 @@ async fn a_client_can_only_submit_its_own_requests_and_read_its_own_answers() {
     // refused by the server and the publish is never acked.
     let mut other = Request::from_prompt("as globex");
     other.tenant = Some("globex".into());
-    let mut js = jetstream::new(acme.clone());
-    js.set_timeout(Duration::from_secs(2));
+    let js = jetstream::new(acme.clone());
     let err = TriageClient::new(acme.clone(), ns.clone())
         .submit(other, WAIT)
         .await;

@@ -101,6 +101,8 @@ impl AuthNats {
         let client =
             async_nats::ConnectOptions::with_user_and_password(user.into(), password(user))
                 .custom_inbox_prefix(inbox_prefix)
+                // A refused request is never answered: fail it soon.
+                .request_timeout(Some(Duration::from_secs(2)))
                 .event_callback(move |event| {
                     let tx = tx.clone();
                     async move {
