@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Triage example client for JavaScript: publishes one request to
-// `llm.requests` through NATS JetStream and prints the answer as it streams
+// `llm.requests` (with --tenant, `llm.requests.<tenant>`) through NATS JetStream and prints the answer as it streams
 // in, then the completion (tier, model, tokens, timings, routing reasons) or
 // the error. The proof that a Node.js service can use Triage with the npm
 // `nats` package and a MessagePack library; formats in ../../schemas/.
@@ -8,6 +8,10 @@
 //   node triage_client.mjs "What is the capital of France?"
 //   node triage_client.mjs --system "Answer briefly." --max-tokens 64 --tenant acme "Why is the sky blue?"
 //   node triage_client.mjs --messages '[{"role":"user","content":"hi"}]' --json
+//
+// With deploy/nats permissions, connect as the tenant's NATS user: --user
+// acme (or TRIAGE_NATS_USER) and TRIAGE_NATS_PASSWORD; answers then arrive on
+// `_INBOX.<tenant>.*`, the only inboxes that user may read.
 //
 // Exit status: 0 completion, 1 error reply, 2 no final answer within the
 // timeout, 3 could not submit (NATS down, no stream: start Triage first).
@@ -226,6 +230,25 @@ export class AnswerCheck {
 
 function utf8Length(text) {
   return Buffer.byteLength(text, "utf8");
+
+const TENANT_TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
+
+/**
+ * Where a request goes: `llm.requests.<tenant>` binds it to the tenant (the
+ * router takes the tenant from the subject; deploy/nats lets each client
+ * user publish only its own), plain `llm.requests` without one.
+ */
+export function requestSubject(prefix, tenant) {
+  if (tenant === undefined || tenant === null) return subject(prefix, "llm.requests");
+  if (!TENANT_TOKEN.test(tenant)) {
+    throw new TypeError(`tenant ${JSON.stringify(tenant)}: use 1 to 64 letters, digits, '-' or '_' (it is a subject token)`);
+  }
+  return subject(prefix, `llm.requests.${tenant}`);
+}
+
+/** `_INBOX.<tenant>`: the only inboxes a client user may read under deploy/nats. */
+export function inboxPrefix(tenant) {
+  return tenant ? `_INBOX.${tenant}` : "_INBOX";
 }
 
 /**
@@ -361,7 +384,8 @@ export function summary(completion) {
  */
 export async function* submit(nc, request, { prefix = "", contentType = MSGPACK_MIME, timeoutMs = 120_000 } = {}) {
   const { headers: natsHeaders, createInbox } = await import("nats");
-  const inbox = createInbox();
+  const target = requestSubject(prefix, request.tenant);
+  const inbox = createInbox(inboxPrefix(request.tenant));
   const sub = nc.subscribe(inbox);
   // One deadline for the whole answer, not per message.
   let timedOut = false;
@@ -372,7 +396,6 @@ export async function* submit(nc, request, { prefix = "", contentType = MSGPACK_
   try {
     const h = natsHeaders();
     for (const [k, v] of Object.entries(requestHeaders(request, inbox, contentType))) h.set(k, v);
-    const target = subject(prefix, "llm.requests");
     let ack;
     try {
       ack = await nc.jetstream().publish(target, encode(request, contentType), { headers: h, timeout: 10_000 });
@@ -435,7 +458,8 @@ const USAGE = `usage: triage_client.mjs [options] PROMPT
   --temperature T      sampling temperature
   --no-stream          receive only the completion, with the whole text
   --tier 1|2           ask for a tier (if the router's policy allows it)
-  --tenant T           who pays, for the ledger
+  --tenant T           who pays: the request goes to llm.requests.<tenant>
+  --user U             NATS user (env TRIAGE_NATS_USER; password in env TRIAGE_NATS_PASSWORD)
   --json               send JSON instead of MessagePack
   --timeout SECONDS    wait this long for the final answer (default 120)
   --print-request      print the request as JSON and exit without sending`;
@@ -456,6 +480,7 @@ export function parseCommandLine(argv, env = process.env) {
       "no-stream": { type: "boolean", default: false },
       tier: { type: "string" },
       tenant: { type: "string" },
+      user: { type: "string", default: env.TRIAGE_NATS_USER },
       json: { type: "boolean", default: false },
       timeout: { type: "string", default: "120" },
       "print-request": { type: "boolean", default: false },
@@ -496,9 +521,12 @@ export function parseCommandLine(argv, env = process.env) {
         tenant: values.tenant,
         submittedAtMs: Date.now(),
       });
+  if (request) requestSubject(values.prefix, request.tenant);
   return {
     help: values.help,
     request,
+    user: values.user,
+    password: env.TRIAGE_NATS_PASSWORD,
     url: values["nats-url"],
     prefix: values.prefix,
     contentType: values.json ? JSON_MIME : MSGPACK_MIME,
@@ -526,7 +554,15 @@ async function main(argv) {
   const { connect } = await import("nats");
   let nc;
   try {
-    nc = await connect({ servers: cli.url, name: "triage-js-client", timeout: 5000, maxReconnectAttempts: 2 });
+    nc = await connect({
+      servers: cli.url,
+      name: "triage-js-client",
+      timeout: 5000,
+      maxReconnectAttempts: 2,
+      user: cli.user,
+      pass: cli.password,
+      inboxPrefix: inboxPrefix(cli.request.tenant),
+    });
   } catch (e) {
     process.stderr.write(`could not connect to NATS at ${cli.url}: ${e.message}\n`);
     return 3;

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Triage example client: publishes one request to `llm.requests` through NATS
-JetStream and prints the answer as it streams in, then the completion (tier,
+"""Triage example client: publishes one request to `llm.requests` (with
+`--tenant`, to `llm.requests.<tenant>`) through NATS JetStream and prints the answer as it streams in, then the completion (tier,
 model, tokens, timings, routing reasons) or the error.
 
 It is the proof that any language can use Triage with a NATS client and a
@@ -10,6 +10,10 @@ MessagePack library; the message formats are in ../../schemas/.
     triage_client.py --system "Answer briefly." --max-tokens 64 --tenant acme "Why is the sky blue?"
     triage_client.py --messages '[{"role": "user", "content": "hi"}]' --json
     triage_client.py --tier 2 --metadata team=search --timeout 60 "Prove that sqrt(2) is irrational."
+
+With deploy/nats permissions, connect as the tenant's NATS user:
+`--user acme` (or TRIAGE_NATS_USER) and TRIAGE_NATS_PASSWORD; answers then
+arrive on `_INBOX.<tenant>.*`, the only inboxes that user may read.
 
 Exit status: 0 completion, 1 error reply, 2 no final answer within the
 timeout, 3 could not submit (NATS down, no stream: start Triage first).
@@ -21,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -226,6 +231,25 @@ def incomplete_error(request_id: str, detail: str) -> dict[str, Any]:
     }
 
 
+TENANT_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def request_subject(prefix: str, tenant: Optional[str]) -> str:
+    """Where a request goes: `llm.requests.<tenant>` binds it to the tenant
+    (the router takes the tenant from the subject; deploy/nats lets each
+    client user publish only its own), plain `llm.requests` without one."""
+    if tenant is None:
+        return subject(prefix, "llm.requests")
+    if not TENANT_TOKEN.fullmatch(tenant):
+        raise ValueError(f"tenant {tenant!r}: use 1 to 64 letters, digits, '-' or '_' (it is a subject token)")
+    return subject(prefix, f"llm.requests.{tenant}")
+
+
+def inbox_prefix(tenant: Optional[str]) -> str:
+    """`_INBOX.<tenant>`: the only inboxes a client user may read under deploy/nats."""
+    return f"_INBOX.{tenant}" if tenant else "_INBOX"
+
+
 @dataclass
 class AnswerPrinter:
     """Prints replies as they arrive: chunk text at once, a notice when a new
@@ -338,8 +362,11 @@ async def submit(
     content_type: str = MSGPACK_MIME,
     timeout: float = 120.0,
     printer: Optional[AnswerPrinter] = None,
+    user: Optional[str] = None,
+    password: Optional[str] = None,
 ) -> int:
-    """Publishes `request` and prints its answer; returns the exit status."""
+    """Publishes `request` on its tenant's subject and prints its answer;
+    returns the exit status. `user`/`password` are the NATS credentials."""
     import nats  # imported here so the encoding helpers work without it
     from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
     from nats.js.errors import NoStreamResponseError
@@ -352,7 +379,14 @@ async def submit(
 
     try:
         nc = await nats.connect(
-            url, name="triage-python-client", connect_timeout=5, max_reconnect_attempts=2, error_cb=quiet
+            url,
+            name="triage-python-client",
+            connect_timeout=5,
+            max_reconnect_attempts=2,
+            error_cb=quiet,
+            user=user,
+            password=password,
+            inbox_prefix=inbox_prefix(request.get("tenant")),
         )
     except Exception as e:  # nats-py raises several unrelated types here
         printer.err.write(f"could not connect to NATS at {url}: {e}\n")
@@ -361,7 +395,7 @@ async def submit(
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)  # before publishing, so no reply is missed
         js = nc.jetstream()
-        target = subject(prefix, "llm.requests")
+        target = request_subject(prefix, request.get("tenant"))
         payload = encode(request, content_type)
         try:
             ack = await js.publish(target, payload, timeout=10, headers=request_headers(request, inbox, content_type))
@@ -430,7 +464,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--temperature", type=float, help="sampling temperature")
     ap.add_argument("--no-stream", action="store_true", help="receive only the completion, with the whole text")
     ap.add_argument("--tier", type=int, choices=(1, 2), help="ask for a tier (if the router's policy allows it)")
-    ap.add_argument("--tenant", help="who pays, for the ledger")
+    ap.add_argument("--tenant", help="who pays: the request goes to llm.requests.<tenant> (1-64 of A-Z a-z 0-9 _ -)")
+    ap.add_argument("--user", default=os.environ.get("TRIAGE_NATS_USER"),
+                    help="NATS user (default $TRIAGE_NATS_USER; with deploy/nats, the tenant's user)")
     ap.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="free metadata, repeatable")
     ap.add_argument("--deadline", type=float, metavar="SECONDS", help="drop the request if not started within this time")
     ap.add_argument("--json", action="store_true", help="send JSON instead of MessagePack (answers come back in JSON)")
@@ -466,6 +502,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             deadline_ms=now + int(args.deadline * 1000) if args.deadline else None,
             submitted_at_ms=now,
         )
+        request_subject(args.prefix, args.tenant)
     except (ValueError, argparse.ArgumentTypeError) as e:
         ap.error(str(e))
     if args.print_request:
@@ -474,7 +511,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     content_type = JSON_MIME if args.json else MSGPACK_MIME
     try:
         return asyncio.run(
-            submit(args.nats_url, request, prefix=args.prefix, content_type=content_type, timeout=args.timeout)
+            submit(
+                args.nats_url,
+                request,
+                prefix=args.prefix,
+                content_type=content_type,
+                timeout=args.timeout,
+                user=args.user,
+                password=os.environ.get("TRIAGE_NATS_PASSWORD"),
+            )
         )
     except KeyboardInterrupt:
         return 130

@@ -1,4 +1,5 @@
-//! `record`: captures what arrives on `llm.requests` into a trace that
+//! `record`: captures what arrives on `llm.requests` (and the tenants'
+//! `llm.requests.<tenant>`) into a trace that
 //! `run --mode trace` replays at the recorded inter-arrival times.
 //!
 //! It listens with a plain subscription, so it sees every request without
@@ -23,7 +24,9 @@ pub async fn record(
     duration: Option<Duration>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(usize, usize)> {
-    let mut sub = client.subscribe(ns.requests()).await?;
+    let plain = client.subscribe(ns.requests()).await?;
+    let tenants = client.subscribe(format!("{}.>", ns.requests())).await?;
+    let mut sub = futures::stream::select(plain, tenants);
     let mut out = std::io::BufWriter::new(std::fs::File::create(output)?);
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let (mut written, mut undecodable) = (0, 0);
@@ -56,7 +59,8 @@ pub async fn record(
             "id": request.id,
             "messages": request.chat_messages(),
             "max_tokens": request.max_tokens,
-            "tenant": request.tenant,
+            // The router's rule: the subject's tenant, else the body's.
+            "tenant": ns.subject_tenant(&message.subject).ok().flatten().or(request.tenant.as_deref()),
             "timestamp_ms": triage_protocol::now_ms(),
         });
         writeln!(out, "{line}")?;

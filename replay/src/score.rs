@@ -21,6 +21,7 @@ use triage_complexity::scorer::{Scorer, DEFAULT_THRESHOLD};
 use triage_protocol::{Request, RoutingDecision, Tier};
 use triage_router::config::{RouterConfig, ENV_PREFIX};
 use triage_router::self_rating::{LlmSelfRater, SelfRater};
+use triage_router::tenancy::Binding;
 use triage_router::validation::validate;
 use triage_router::Router;
 
@@ -148,7 +149,7 @@ pub async fn score_rows(router: &Router, rows: &[Row], batch: usize) -> Vec<Scor
         let mut valid: Vec<(usize, Request)> = Vec::new();
         for (k, row) in chunk.iter().enumerate() {
             let req = row_request(row);
-            match validate(&req, router.policy()) {
+            match validate(&req, router.policy(), Binding::Untenanted) {
                 Err(rej) => decisions[k] = Some(Err((rej.code.as_str().to_string(), rej.message))),
                 Ok(()) => valid.push((k, req)),
             }

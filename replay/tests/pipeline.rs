@@ -167,7 +167,8 @@ async fn start() -> Pipeline {
             &["run"],
             "TRIAGE_ROUTER_",
             &p,
-            &[],
+            // --baseline forces tier 2 with `tier` (off by default).
+            &[("TRIAGE_ROUTER_POLICY__ALLOW_TIER_OVERRIDE", "true".into())],
         ),
     ];
     p._services = services;

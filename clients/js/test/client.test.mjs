@@ -160,3 +160,17 @@ test("the command line builds the request it prints", () => {
   assert.throws(() => tc.parseCommandLine(["--max-tokens", "lots", "hi"], {}), /--max-tokens wants a number/);
   assert.throws(() => tc.parseCommandLine(["--messages", "{oops", "hi"], {}), /--messages is not JSON/);
 });
+
+test("a tenant's request goes to its own subject and inboxes; a bad tenant is refused", () => {
+  assert.equal(tc.requestSubject("", "acme"), "llm.requests.acme");
+  assert.equal(tc.requestSubject("staging", undefined), "staging.llm.requests");
+  assert.equal(tc.inboxPrefix("acme"), "_INBOX.acme");
+  assert.equal(tc.inboxPrefix(undefined), "_INBOX");
+  for (const bad of ["", "a.b", "a b", "*", "x".repeat(65)]) {
+    assert.throws(() => tc.requestSubject("", bad), /tenant/, bad);
+  }
+  assert.throws(() => tc.parseCommandLine(["--tenant", "a.b", "hi"], {}), /tenant "a\.b"/);
+  const cli = tc.parseCommandLine(["--tenant", "acme", "--user", "acme", "hi"], { TRIAGE_NATS_PASSWORD: "pw" });
+  assert.equal(cli.user, "acme");
+  assert.equal(cli.password, "pw");
+});

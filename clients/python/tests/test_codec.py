@@ -15,6 +15,7 @@ Run: python -m unittest discover -s clients/python/tests
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -322,6 +323,23 @@ class ClientBehaviour(unittest.TestCase):
         self.assertEqual(tc.decode(tc.encode({"a": 1}), None), {"a": 1})
         with self.assertRaises(ValueError):
             tc.decode(tc.encode([1, 2]), tc.MSGPACK_MIME)
+
+
+class TenantSubjects(unittest.TestCase):
+    def test_a_tenants_request_goes_to_its_own_subject_and_inboxes(self):
+        self.assertEqual(tc.request_subject("", "acme"), "llm.requests.acme")
+        self.assertEqual(tc.request_subject("staging", None), "staging.llm.requests")
+        self.assertEqual(tc.inbox_prefix("acme"), "_INBOX.acme")
+        self.assertEqual(tc.inbox_prefix(None), "_INBOX")
+        for bad in ["", "a.b", "a b", "*", "x" * 65]:
+            with self.assertRaisesRegex(ValueError, "tenant", msg=bad):
+                tc.request_subject("", bad)
+
+    def test_a_bad_tenant_is_a_usage_error(self):
+        with contextlib.redirect_stderr(io.StringIO()) as err, self.assertRaises(SystemExit) as exit:
+            tc.main(["--tenant", "a.b", "hi"])
+        self.assertEqual(exit.exception.code, 2)
+        self.assertIn("tenant 'a.b'", err.getvalue())
 
 
 if __name__ == "__main__":

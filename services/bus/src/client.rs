@@ -119,6 +119,9 @@ pub struct TriageClient {
     ns: Namespace,
     encoding: Encoding,
     reply_prefix: Option<Arc<ReplyPrefix>>,
+    /// Publish on plain `llm.requests` whatever the tenant (a trusted
+    /// publisher that set the tenant from its own identity check).
+    untenanted: bool,
 }
 
 /// A reply-subject prefix of the client's own and the counter that makes
@@ -138,7 +141,18 @@ impl TriageClient {
             ns,
             encoding: Encoding::MsgPack,
             reply_prefix: None,
+            untenanted: false,
         }
+    }
+
+    /// Publishes every request on plain `llm.requests`, its `tenant` in the
+    /// body: for the gateway, which sets the tenant from an API key it
+    /// checked itself. Under deploy/nats only trusted users may publish
+    /// there, and the router's `tier_override_untenanted` grants them the
+    /// choice of tier (the gateway's forced models).
+    pub fn with_body_tenants(mut self) -> Self {
+        self.untenanted = true;
+        self
     }
 
     /// Receives answers on `<prefix>.<n>` (n counting from 1) instead of the
@@ -171,9 +185,27 @@ impl TriageClient {
         &self.ns
     }
 
-    /// Publishes `request` on `llm.requests` (waiting for JetStream's ack:
-    /// once this returns, the request is durable) and returns the stream of
-    /// its replies. `timeout` bounds the whole answer.
+    /// The subject `request` goes to: `llm.requests.<tenant>` when it names
+    /// a tenant (the router binds the tenant to that subject, and NATS
+    /// permissions bind the subject to a user), else plain `llm.requests`.
+    pub fn request_subject(&self, request: &Request) -> Result<String, ClientError> {
+        match &request.tenant {
+            _ if self.untenanted => Ok(self.ns.requests()),
+            None => Ok(self.ns.requests()),
+            Some(tenant) => self
+                .ns
+                .tenant_requests(tenant)
+                .map_err(|e| ClientError::Submit {
+                    id: request.id.clone(),
+                    detail: format!("field `tenant`: {e}"),
+                }),
+        }
+    }
+
+    /// Publishes `request` on its [request subject](Self::request_subject)
+    /// (waiting for JetStream's ack: once this returns, the request is
+    /// durable) and returns the stream of its replies. `timeout` bounds the
+    /// whole answer.
     pub async fn submit(
         &self,
         mut request: Request,
@@ -184,6 +216,7 @@ impl TriageClient {
             request.submitted_at_ms = Some(triage_protocol::now_ms());
         }
         let id = request.id.clone();
+        let subject = self.request_subject(&request)?;
         let inbox = self.reply_subject();
         let subscriber =
             self.client
@@ -200,7 +233,7 @@ impl TriageClient {
         h.insert(headers::REPLY_TO, inbox.as_str());
         // One try: the application owns its retry policy (and its deadline).
         let payload = encode(self.encoding, &request).into();
-        let ack = crate::publish::acked(&self.js, &self.ns.requests(), h, payload)
+        let ack = crate::publish::acked(&self.js, &subject, h, payload)
             .await
             .map_err(|e| match e {
                 BusError::QueueFull { detail, .. } => ClientError::QueueFull {

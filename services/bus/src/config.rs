@@ -18,6 +18,10 @@ pub struct NatsConfig {
     pub token: Option<String>,
     /// A `.creds` file (JWT + NKey) for NATS accounts.
     pub creds_file: Option<String>,
+    /// First tokens of this connection's inboxes (JetStream acks, pull
+    /// deliveries, replies) instead of `_INBOX`: with deploy/nats a client
+    /// user `alice` may only read `_INBOX.alice.>`, a service `_TRIAGE.<role>.>`.
+    pub inbox_prefix: Option<String>,
     /// Subject/stream prefix so several deployments can share one NATS.
     pub prefix: String,
     /// Connection name shown by the server's monitoring.
@@ -45,6 +49,7 @@ impl Default for NatsConfig {
             password: None,
             token: None,
             creds_file: None,
+            inbox_prefix: None,
             prefix: String::new(),
             name: None,
             streams: StreamsConfig::default(),

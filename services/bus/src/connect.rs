@@ -15,6 +15,17 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, BusError
     if let Some(token) = &config.token {
         options = options.token(token.clone());
     }
+    if let Some(prefix) = &config.inbox_prefix {
+        let concrete = prefix
+            .split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.chars().any(char::is_whitespace));
+        if !concrete {
+            return Err(BusError::Config(format!(
+                "nats.inbox_prefix {prefix:?} must be dot-separated tokens without wildcards or spaces"
+            )));
+        }
+        options = options.custom_inbox_prefix(prefix);
+    }
     if let Some(path) = &config.creds_file {
         options = options
             .credentials_file(path)

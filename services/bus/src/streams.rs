@@ -28,7 +28,7 @@ pub fn desired_config(ns: &Namespace, kind: StreamKind, cfg: &StreamsConfig) -> 
     };
     stream::Config {
         name: ns.stream_name(kind),
-        subjects: vec![ns.stream_subject(kind)],
+        subjects: ns.stream_subjects(kind),
         retention: if kind.is_work_queue() {
             stream::RetentionPolicy::WorkQueue
         } else {

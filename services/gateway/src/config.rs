@@ -43,6 +43,7 @@ Configuration keys (TOML file or TRIAGE_GATEWAY_<KEY>, nested with __):
   log_format = \"text\"            text or json log lines
   nats.url = \"nats://127.0.0.1:4222\"  NATS server(s), comma-separated (TRIAGE_NATS_URL sets the default)
   nats.user, nats.password, nats.token, nats.creds_file  NATS credentials (masked when printed)
+  nats.inbox_prefix = \"_INBOX\"   this connection's inboxes (deploy/nats: _TRIAGE.gateway)
   nats.prefix = \"\"               subject/stream prefix of the deployment
   nats.name = \"triage-gateway\"   connection name in NATS monitoring
   nats.streams.*                 stream limits: unused here (the gateway creates no streams)

@@ -110,7 +110,11 @@ impl Gateway {
         let nats = triage_bus::connect(&config.nats).await?;
         let reply_prefix = config.instance_reply_prefix();
         tracing::info!(%reply_prefix, "answers arrive on {reply_prefix}.<n>");
-        let client = TriageClient::new(nats.clone(), ns.clone()).with_reply_prefix(reply_prefix);
+        // The tenant comes from the API key the gateway checked, so it goes
+        // in the body on plain llm.requests (see TriageClient::with_body_tenants).
+        let client = TriageClient::new(nats.clone(), ns.clone())
+            .with_reply_prefix(reply_prefix)
+            .with_body_tenants();
         let auth = authenticator(&config).await?;
         let state = AppState {
             auth,

@@ -118,7 +118,10 @@ async fn manage_keys(config: &GatewayConfig, command: KeysCommand) -> anyhow::Re
             budget_usd_day,
             models,
         } => {
-            anyhow::ensure!(!tenant.trim().is_empty(), "--tenant must not be empty");
+            // Tenants travel as subject tokens (llm.requests.<tenant>, keys).
+            triage_protocol::Namespace::default()
+                .tenant_requests(&tenant)
+                .map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
             for m in &models {
                 anyhow::ensure!(
                     Catalogue::new(&config.aliases)?.resolve(m).is_some(),

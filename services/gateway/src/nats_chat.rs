@@ -3,7 +3,10 @@
 //! just work.
 //!
 //! Every gateway replica queue-subscribes (group `triage-gateway`, so each
-//! request is answered once). A message is a [`Request`] — JSON when its
+//! request is answered once) to `llm.chat` and `llm.chat.<tenant>`; on the
+//! latter the tenant is the subject's (deploy/nats lets each client user
+//! publish only its own) and a body tenant that disagrees is refused, as the
+//! router does for `llm.requests.<tenant>`. A message is a [`Request`] — JSON when its
 //! `Content-Type` says so or it starts with `{`, MessagePack otherwise — and
 //! is submitted like any other: on `llm.requests` through JetStream with the
 //! ack awaited (durable), not streamed. Its single reply, in the request's
@@ -16,7 +19,9 @@ use async_nats::{HeaderMap, Message};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use triage_bus::BusError;
-use triage_protocol::{decode, headers, Encoding, ErrorReply, Reply, Request};
+use triage_protocol::{
+    decode, headers, Encoding, ErrorCode, ErrorReply, Namespace, Reply, Request,
+};
 
 use crate::metrics::NatsChatLabels;
 use crate::server::AppState;
@@ -30,16 +35,21 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, BusError> {
-    let subject = state.ns.chat();
-    let mut sub = state
-        .nats
-        .queue_subscribe(subject.clone(), QUEUE_GROUP.into())
-        .await
-        .map_err(|e| BusError::Subscribe {
-            subject: subject.clone(),
-            detail: e.to_string(),
-        })?;
-    tracing::info!(%subject, "answering core NATS requests");
+    let subscribe = |subject: String| {
+        let nats = state.nats.clone();
+        async move {
+            nats.queue_subscribe(subject.clone(), QUEUE_GROUP.into())
+                .await
+                .map_err(|e| BusError::Subscribe {
+                    subject,
+                    detail: e.to_string(),
+                })
+        }
+    };
+    let plain = subscribe(state.ns.chat()).await?;
+    let tenants = subscribe(format!("{}.*", state.ns.chat())).await?;
+    let mut sub = futures::stream::select(plain, tenants);
+    tracing::info!(subject = %state.ns.chat(), "answering core NATS requests (and on <subject>.<tenant>)");
     Ok(tokio::spawn(async move {
         let open = tokio_util::task::TaskTracker::new();
         loop {
@@ -50,14 +60,17 @@ pub async fn serve(
             let state = state.clone();
             open.spawn(async move { answer(&state, message).await });
         }
-        let _ = sub.unsubscribe().await;
+        drop(sub);
         open.close();
         open.wait().await;
     }))
 }
 
-/// A message turned into a request to submit, or the error to answer with.
+/// A message on `subject` turned into a request to submit, or the error to
+/// answer with.
 pub fn prepare(
+    ns: &Namespace,
+    subject: &str,
     headers: Option<&HeaderMap>,
     payload: &[u8],
 ) -> (Encoding, Result<Request, ErrorReply>) {
@@ -67,13 +80,34 @@ pub fn prepare(
     let encoding = Encoding::sniff(content_type, payload);
     let request = decode::<Request>(encoding, payload)
         .map_err(|e| ErrorReply::new("", e.error_code(), e.to_string()))
-        .map(|mut r| {
+        .and_then(|mut r| {
             // One whole answer: the worker sends no chunks, only the text.
             r.stream = false;
             r.ensure_id();
-            r
+            bind_tenant(ns, subject, &mut r)?;
+            Ok(r)
         });
     (encoding, request)
+}
+
+/// The tenant of `llm.chat.<tenant>` is the request's; a body that names
+/// another is refused. Plain `llm.chat` keeps the body's (only trusted users
+/// may publish there under deploy/nats).
+fn bind_tenant(ns: &Namespace, subject: &str, r: &mut Request) -> Result<(), ErrorReply> {
+    let refuse = |message: String| ErrorReply::new(&r.id, ErrorCode::InvalidRequest, message);
+    match ns.chat_tenant(subject) {
+        Ok(None) => Ok(()),
+        Ok(Some(tenant)) => match r.tenant.as_deref() {
+            Some(body) if body != tenant => Err(refuse(format!(
+                "field `tenant`: {body:?} disagrees with the subject's tenant {tenant:?}"
+            ))),
+            _ => {
+                r.tenant = Some(tenant.to_string());
+                Ok(())
+            }
+        },
+        Err(e) => Err(refuse(e.to_string())),
+    }
 }
 
 async fn answer(state: &AppState, message: Message) {
@@ -82,7 +116,12 @@ async fn answer(state: &AppState, message: Message) {
         count(state, "no_reply_subject");
         return;
     };
-    let (encoding, prepared) = prepare(message.headers.as_ref(), &message.payload);
+    let (encoding, prepared) = prepare(
+        &state.ns,
+        &message.subject,
+        message.headers.as_ref(),
+        &message.payload,
+    );
     let reply = match prepared {
         Err(e) => Reply::Error(e),
         Ok(mut request) => {
@@ -101,7 +140,7 @@ async fn answer(state: &AppState, message: Message) {
                     }
                     None => Reply::Error(ErrorReply::new(
                         &id,
-                        triage_protocol::ErrorCode::Internal,
+                        ErrorCode::Internal,
                         "the answer ended without a completion",
                     )),
                 },
@@ -135,7 +174,41 @@ fn count(state: &AppState, outcome: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use triage_protocol::{encode, ErrorCode};
+    use triage_protocol::encode;
+
+    fn prepare(
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> (Encoding, Result<Request, ErrorReply>) {
+        super::prepare(&Namespace::default(), "llm.chat", headers, payload)
+    }
+
+    #[test]
+    fn a_tenant_subject_binds_the_tenant() {
+        let ns = Namespace::default();
+        let (_, r) = super::prepare(&ns, "llm.chat.acme", None, br#"{"prompt":"hi"}"#);
+        assert_eq!(r.unwrap().tenant.as_deref(), Some("acme"));
+        let (_, r) = super::prepare(
+            &ns,
+            "llm.chat.acme",
+            None,
+            br#"{"prompt":"hi","tenant":"globex"}"#,
+        );
+        let e = r.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains("globex"), "{}", e.message);
+        let (_, r) = super::prepare(
+            &ns,
+            "llm.chat",
+            None,
+            br#"{"prompt":"hi","tenant":"globex"}"#,
+        );
+        assert_eq!(
+            r.unwrap().tenant.as_deref(),
+            Some("globex"),
+            "plain: the body's"
+        );
+    }
 
     #[test]
     fn json_without_a_header_is_read_and_forced_whole() {

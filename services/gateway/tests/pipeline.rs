@@ -84,6 +84,8 @@ async fn start_pipeline(world: &World) -> Pipeline {
     config.nats.prefix = world.prefix.clone();
     config.nats.streams = common::tiny_streams();
     config.consumer.settings.ack_wait = Duration::from_secs(5);
+    // The gateway's triage-tier1/-tier2 models set `tier` on plain llm.requests.
+    config.policy.tier_override_untenanted = true;
     let router = triage_router::service::build_router(&config)
         .await
         .expect("router builds");

@@ -28,7 +28,7 @@ pub use error::ErrorCode;
 pub use ids::{check_request_id, RequestKey};
 pub use message::*;
 pub use reply::{ReplyPolicy, ReplySubjectError, GATEWAY_REPLY_PREFIX};
-pub use subjects::{Namespace, StreamKind};
+pub use subjects::{InvalidTenant, Namespace, StreamKind};
 
 /// The schema version this build writes and accepts.
 pub const SCHEMA_VERSION: u32 = 1;

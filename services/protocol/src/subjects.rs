@@ -140,6 +140,16 @@ impl Namespace {
         }
     }
 
+    /// Every subject a stream captures: `llm.requests` also takes the
+    /// tenant-bound `llm.requests.<tenant>`.
+    pub fn stream_subjects(&self, kind: StreamKind) -> Vec<String> {
+        let main = self.stream_subject(kind);
+        match kind {
+            StreamKind::Requests => vec![main.clone(), format!("{main}.>")],
+            _ => vec![main],
+        }
+    }
+
     /// The subject of a stream (for `Results`, the wildcard it captures).
     pub fn stream_subject(&self, kind: StreamKind) -> String {
         match kind {
@@ -162,6 +172,41 @@ impl Namespace {
     /// (served by the gateway; not a stream — the request it makes is).
     pub fn chat(&self) -> String {
         self.qualify("llm.chat")
+    }
+
+    /// `llm.requests.<tenant>`: requests of one tenant, bound to it by the
+    /// NATS permission to publish there (deploy/nats).
+    pub fn tenant_requests(&self, tenant: &str) -> Result<String, InvalidTenant> {
+        check_tenant(tenant)?;
+        Ok(format!("{}.{tenant}", self.requests()))
+    }
+
+    /// The tenant a request subject binds: `None` for plain `llm.requests`,
+    /// the token of `llm.requests.<tenant>`, an error for anything else.
+    pub fn subject_tenant<'s>(&self, subject: &'s str) -> Result<Option<&'s str>, InvalidTenant> {
+        Self::tenant_under(&self.requests(), subject)
+    }
+
+    /// `llm.chat.<tenant>`: one tenant's core requests of [`Self::chat`].
+    pub fn tenant_chat(&self, tenant: &str) -> Result<String, InvalidTenant> {
+        check_tenant(tenant)?;
+        Ok(format!("{}.{tenant}", self.chat()))
+    }
+
+    /// The tenant an `llm.chat` subject binds, as [`Self::subject_tenant`].
+    pub fn chat_tenant<'s>(&self, subject: &'s str) -> Result<Option<&'s str>, InvalidTenant> {
+        Self::tenant_under(&self.chat(), subject)
+    }
+
+    fn tenant_under<'s>(plain: &str, subject: &'s str) -> Result<Option<&'s str>, InvalidTenant> {
+        let Some(rest) = subject.strip_prefix(plain) else {
+            return Err(InvalidTenant(subject.to_string()));
+        };
+        match rest.strip_prefix('.') {
+            None if rest.is_empty() => Ok(None),
+            Some(tenant) => check_tenant(tenant).map(|()| Some(tenant)),
+            None => Err(InvalidTenant(subject.to_string())),
+        }
     }
 
     /// `llm.tier1` or `llm.tier2`.
@@ -220,6 +265,29 @@ impl Namespace {
     }
 }
 
+/// Longest tenant name a subject can carry.
+pub const MAX_TENANT_LEN: usize = 64;
+
+/// A tenant that cannot be one subject token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid tenant {0:?}: a tenant bound to a subject is 1 to 64 letters, digits, '-' or '_' \
+     (requests go to llm.requests.<tenant>)"
+)]
+pub struct InvalidTenant(pub String);
+
+fn check_tenant(tenant: &str) -> Result<(), InvalidTenant> {
+    let plain = (1..=MAX_TENANT_LEN).contains(&tenant.len())
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if plain {
+        Ok(())
+    } else {
+        Err(InvalidTenant(tenant.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +321,35 @@ mod tests {
             assert!(Namespace::new(p).is_err(), "{p} should be rejected");
         }
         assert_eq!(Namespace::new("").unwrap(), Namespace::default());
+    }
+
+    #[test]
+    fn tenant_subjects_round_trip_and_bad_ones_are_refused() {
+        let ns = Namespace::new("acme").unwrap();
+        assert_eq!(
+            ns.stream_subjects(StreamKind::Requests),
+            ["acme.llm.requests", "acme.llm.requests.>"]
+        );
+        let subject = ns.tenant_requests("team-a_1").unwrap();
+        assert_eq!(subject, "acme.llm.requests.team-a_1");
+        assert_eq!(ns.subject_tenant(&subject), Ok(Some("team-a_1")));
+        assert_eq!(ns.subject_tenant("acme.llm.requests"), Ok(None));
+        let chat = ns.tenant_chat("team-a_1").unwrap();
+        assert_eq!(chat, "acme.llm.chat.team-a_1");
+        assert_eq!(ns.chat_tenant(&chat), Ok(Some("team-a_1")));
+        assert_eq!(ns.chat_tenant("acme.llm.chat"), Ok(None));
+        assert!(ns.chat_tenant("acme.llm.chat.a.b").is_err());
+        for bad in [
+            "acme.llm.requests.a.b",
+            "acme.llm.requestsX",
+            "llm.requests.a",
+            "acme.llm.requests.",
+        ] {
+            assert!(ns.subject_tenant(bad).is_err(), "{bad}");
+        }
+        for bad in ["", "a.b", "a b", "*", ">", &"t".repeat(65)] {
+            assert!(ns.tenant_requests(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

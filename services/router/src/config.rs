@@ -12,6 +12,8 @@ use triage_bus::{ConsumerSettings, NatsConfig};
 use triage_complexity::scorer::ScorerConfig;
 use triage_protocol::ReplyPolicy;
 
+use crate::tenancy::Binding;
+
 /// Environment variable prefix.
 pub const ENV_PREFIX: &str = "TRIAGE_ROUTER_";
 
@@ -146,8 +148,15 @@ impl Default for SelfRatingConfig {
 pub struct PolicyConfig {
     /// Prompts above this many bytes get `prompt_too_large`.
     pub max_prompt_bytes: usize,
-    /// Honour a request's explicit `tier`.
+    /// Honour every request's explicit `tier` (otherwise `tier` is refused
+    /// with `invalid_tier` unless one of the two grants below applies).
     pub allow_tier_override: bool,
+    /// Tenants that may choose the tier: bound by their subject
+    /// `llm.requests.<tenant>`, or named in the body on plain `llm.requests`.
+    pub tier_override_tenants: Vec<String>,
+    /// Requests on plain `llm.requests` may choose the tier: under
+    /// deploy/nats only trusted users (gateway, operator) publish there.
+    pub tier_override_untenanted: bool,
     /// Tenants always sent to one tier (1 or 2), whatever the score.
     pub tenant_tiers: BTreeMap<String, u8>,
     /// Shadow mode: decide and record, but send everything to
@@ -161,11 +170,22 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             max_prompt_bytes: 256 * 1024,
-            allow_tier_override: true,
+            allow_tier_override: false,
+            tier_override_tenants: Vec::new(),
+            tier_override_untenanted: false,
             tenant_tiers: BTreeMap::new(),
             shadow: false,
             shadow_default_tier: 2,
         }
+    }
+}
+
+impl PolicyConfig {
+    /// Whether a request of `tenant`, bound as `binding`, may set `tier`.
+    pub fn may_choose_tier(&self, tenant: Option<&str>, binding: Binding) -> bool {
+        self.allow_tier_override
+            || (binding == Binding::Untenanted && self.tier_override_untenanted)
+            || tenant.is_some_and(|t| self.tier_override_tenants.iter().any(|g| g == t))
     }
 }
 

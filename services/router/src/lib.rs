@@ -3,6 +3,7 @@
 //! `llm.tier1` or `llm.tier2` with the routing decision.
 //!
 //! - [`config`]: the typed configuration;
+//! - [`tenancy`]: the tenant bound to the request subject;
 //! - [`validation`]: the error replies a request can get;
 //! - [`policy`]: tier overrides, tenant pins, shadow mode, failure fallback;
 //! - [`self_rating`]: the optional LLM complexity rating;
@@ -18,6 +19,7 @@ pub mod policy;
 pub mod routing;
 pub mod self_rating;
 pub mod service;
+pub mod tenancy;
 pub mod validation;
 
 pub use config::RouterConfig;

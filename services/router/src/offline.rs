@@ -24,6 +24,7 @@ use triage_protocol::{Request, Tier};
 
 use crate::routing::Router;
 use crate::self_rating::SelfRater;
+use crate::tenancy::Binding;
 use crate::validation::validate;
 
 /// Texts embedded per model call offline (bounded memory, visible progress).
@@ -561,7 +562,7 @@ pub async fn score(
                     lines[k] = Some(json!({"id": null, "error": "invalid_request", "message": e}));
                     errors += 1;
                 }
-                Ok(req) => match validate(req, router.policy()) {
+                Ok(req) => match validate(req, router.policy(), Binding::Untenanted) {
                     Err(rej) => {
                         lines[k] =
                             Some(score_line(&req.id, Err((rej.code.as_str(), &rej.message))));

@@ -15,7 +15,7 @@ pub enum Plan {
 }
 
 /// Tenant pins come first (the operator's word), then the request's own
-/// `tier` (validated before, so it is 1 or 2 and allowed).
+/// `tier` (validated before, so it is 1 or 2 and this tenant may set it).
 pub fn plan(request: &Request, policy: &PolicyConfig) -> Plan {
     if let Some(tenant) = &request.tenant {
         if let Some(tier) = policy
@@ -27,9 +27,8 @@ pub fn plan(request: &Request, policy: &PolicyConfig) -> Plan {
         }
     }
     if let Some(tier) = request.tier.and_then(|t| Tier::try_from(t).ok()) {
-        if policy.allow_tier_override {
-            return Plan::Fixed(RoutingDecision::requested(tier));
-        }
+        // Validation refused a tier this request may not choose.
+        return Plan::Fixed(RoutingDecision::requested(tier));
     }
     Plan::Score
 }

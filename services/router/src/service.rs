@@ -1,6 +1,7 @@
 //! `triage-router run`: the JetStream service.
 //!
-//! One durable pull consumer on `llm.requests`, shared by every replica.
+//! One durable pull consumer on `llm.requests` (and the tenant-bound
+//! `llm.requests.<tenant>`, see [`crate::tenancy`]), shared by every replica.
 //! Messages are collected into micro-batches (up to `max_batch` or
 //! `max_wait`), scored together, and republished to `llm.tier1` /
 //! `llm.tier2`; each original is acked only after JetStream confirmed its
@@ -32,6 +33,7 @@ use crate::metrics::{kind_label, RouterMetrics};
 use crate::policy;
 use crate::routing::{RouteInfo, Routed, Router};
 use crate::self_rating::{LlmSelfRater, SelfRater};
+use crate::tenancy;
 use crate::validation::validate;
 
 /// The service name in dead letters and logs.
@@ -415,7 +417,9 @@ impl BatchProcessor {
                 return None;
             }
         }
-        if let Err(rejection) = validate(&request, &self.config.policy) {
+        let checked = tenancy::bind(&self.ns, &envelope.subject, &mut request)
+            .and_then(|binding| validate(&request, &self.config.policy, binding));
+        if let Err(rejection) = checked {
             debug!(request_id = %request.id, code = %rejection.code, "request refused");
             let reply = request.reply_to.clone();
             // With nobody to tell, the refusal is kept on llm.dead.

@@ -4,6 +4,7 @@
 use triage_protocol::{check_request_id, ErrorCode, Request};
 
 use crate::config::PolicyConfig;
+use crate::tenancy::Binding;
 
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +16,8 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    /// A refusal with `code` and what to fix.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -24,8 +26,13 @@ impl Rejection {
 }
 
 /// Validates `request`, in order: id, text present, size, `n` with
-/// `stream`, backend params, tier override.
-pub fn validate(request: &Request, policy: &PolicyConfig) -> Result<(), Rejection> {
+/// `stream`, backend params, tier override (allowed or not by the tenant and
+/// its `binding`).
+pub fn validate(
+    request: &Request,
+    policy: &PolicyConfig,
+    binding: Binding,
+) -> Result<(), Rejection> {
     // The id becomes keys and subject tokens downstream: bounded and plain.
     if let Err(e) = check_request_id(&request.id) {
         return Err(Rejection::new(ErrorCode::InvalidRequest, e.to_string()));
@@ -73,10 +80,14 @@ pub fn validate(request: &Request, policy: &PolicyConfig) -> Result<(), Rejectio
                 format!("tier must be 1 or 2, got {t}"),
             ));
         }
-        Some(t) if !policy.allow_tier_override => {
+        Some(t) if !policy.may_choose_tier(request.tenant.as_deref(), binding) => {
+            let who = match &request.tenant {
+                Some(tenant) => format!("tenant {tenant:?}"),
+                None => "requests without a tenant".to_string(),
+            };
             return Err(Rejection::new(
                 ErrorCode::InvalidTier,
-                format!("this deployment does not allow choosing the tier (got tier {t}); leave `tier` unset"),
+                format!("this deployment does not let {who} choose the tier (got tier {t}); leave `tier` unset"),
             ));
         }
         Some(_) => {}
@@ -90,7 +101,9 @@ mod tests {
     use triage_protocol::ChatMessage;
 
     fn check(r: &Request) -> Option<ErrorCode> {
-        validate(r, &PolicyConfig::default()).err().map(|e| e.code)
+        validate(r, &PolicyConfig::default(), Binding::Untenanted)
+            .err()
+            .map(|e| e.code)
     }
 
     #[test]
@@ -105,7 +118,7 @@ mod tests {
         assert_eq!(check(&r), None);
         for bad in ["a b".to_string(), "a/b".into(), "x".repeat(129)] {
             r.id = bad.clone();
-            let err = validate(&r, &PolicyConfig::default()).unwrap_err();
+            let err = validate(&r, &PolicyConfig::default(), Binding::Untenanted).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidRequest, "{bad:?}");
             assert!(err.message.contains("`id`"), "{}", err.message);
         }
@@ -131,10 +144,20 @@ mod tests {
             max_prompt_bytes: 10,
             ..PolicyConfig::default()
         };
-        let err = validate(&Request::from_prompt("x".repeat(11)), &policy).unwrap_err();
+        let err = validate(
+            &Request::from_prompt("x".repeat(11)),
+            &policy,
+            Binding::Untenanted,
+        )
+        .unwrap_err();
         assert_eq!(err.code, ErrorCode::PromptTooLarge);
         assert!(err.message.contains("11 bytes"));
-        assert!(validate(&Request::from_prompt("x".repeat(10)), &policy).is_ok());
+        assert!(validate(
+            &Request::from_prompt("x".repeat(10)),
+            &policy,
+            Binding::Untenanted
+        )
+        .is_ok());
     }
 
     #[test]
@@ -152,7 +175,7 @@ mod tests {
         r.params.insert("top_p".into(), serde_json::json!(0.5));
         assert_eq!(check(&r), None);
         r.params.insert("stop".into(), serde_json::json!([]));
-        let err = validate(&r, &PolicyConfig::default()).unwrap_err();
+        let err = validate(&r, &PolicyConfig::default(), Binding::Untenanted).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidRequest);
         assert!(err.message.contains("`params.stop`"), "{}", err.message);
     }
@@ -163,14 +186,30 @@ mod tests {
         r.tier = Some(3);
         assert_eq!(check(&r), Some(ErrorCode::InvalidTier));
         r.tier = Some(1);
-        assert_eq!(check(&r), None);
-        let strict = PolicyConfig {
-            allow_tier_override: false,
+        assert_eq!(check(&r), Some(ErrorCode::InvalidTier), "off by default");
+        let open = PolicyConfig {
+            allow_tier_override: true,
             ..PolicyConfig::default()
         };
-        assert_eq!(
-            validate(&r, &strict).unwrap_err().code,
-            ErrorCode::InvalidTier
-        );
+        assert!(validate(&r, &open, Binding::Subject).is_ok());
+    }
+
+    #[test]
+    fn tier_choice_is_granted_per_tenant_and_to_untenanted_publishers() {
+        let policy = PolicyConfig {
+            tier_override_tenants: vec!["batch".into()],
+            tier_override_untenanted: true,
+            ..PolicyConfig::default()
+        };
+        let mut r = Request::from_prompt("hi");
+        r.tier = Some(2);
+        let code = |r: &Request, b| validate(r, &policy, b).err().map(|e| e.code);
+        assert_eq!(code(&r, Binding::Untenanted), None, "trusted plain subject");
+        r.tenant = Some("batch".into());
+        assert_eq!(code(&r, Binding::Subject), None, "a granted tenant");
+        r.tenant = Some("acme".into());
+        let err = validate(&r, &policy, Binding::Subject).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidTier);
+        assert!(err.message.contains("\"acme\""), "{}", err.message);
     }
 }

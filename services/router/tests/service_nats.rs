@@ -223,6 +223,7 @@ async fn routes_a_mixed_set_like_the_offline_scorer() {
     let env = Env::new().await;
     let mut config = env.config.clone();
     config.policy.tenant_tiers.insert("pinned-small".into(), 1);
+    config.policy.tier_override_untenanted = true;
     let (stop, task) = env.start(&config).await;
 
     let mut sent = Vec::new();
@@ -343,7 +344,7 @@ async fn validation_errors_are_answered_and_undecodable_messages_dead_lettered()
         .await
         .unwrap()
         .unwrap();
-    match decode::<Reply>(Encoding::MsgPack, &m.payload).unwrap() {
+    match Reply::decode(Encoding::MsgPack, &m.payload).unwrap() {
         Reply::Error(e) => assert_eq!(e.code, ErrorCode::InvalidRequest),
         other => panic!("{other:?}"),
     }
@@ -588,6 +589,77 @@ async fn a_router_killed_mid_load_loses_no_request() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(req.info().await.unwrap().state.messages, 0);
+    stop_router(stop, task).await;
+    env.cleanup().await;
+}
+
+/// The tenant of `llm.requests.<tenant>` is the subject's: it reaches the
+/// routed request, a body that claims another is refused, and choosing the
+/// tier is a per-tenant grant.
+#[tokio::test]
+async fn tenant_subjects_bind_the_tenant_and_grant_tier_choice_per_tenant() {
+    let env = Env::new().await;
+    let mut config = env.config.clone();
+    config.policy.tier_override_tenants = vec!["batch".into()];
+    let (stop, task) = env.start(&config).await;
+    let client = TriageClient::new(env.client.clone(), env.ns.clone());
+    let submit = |tenant: &str, body_tenant: Option<&str>, tier: Option<u8>| {
+        let mut r = Request::from_prompt("Say hello.");
+        r.tier = tier;
+        r.tenant = body_tenant.map(String::from);
+        r.ensure_id();
+        let subject = env.ns.tenant_requests(tenant).unwrap();
+        let payload = encode(Encoding::MsgPack, &r).into();
+        let inbox = env.client.new_inbox();
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(headers::REPLY_TO, inbox.as_str());
+        let js = env.js.clone();
+        let nats = env.client.clone();
+        async move {
+            let sub = nats.subscribe(inbox).await.unwrap();
+            publish::once(&js, &subject, h, payload).await.unwrap();
+            (r.id, sub)
+        }
+    };
+    // The Rust client publishes a tenant's request on its subject.
+    let mut bound = Request::from_prompt("Say hello.");
+    bound.tenant = Some("acme".into());
+    bound.ensure_id();
+    assert_eq!(
+        client.request_subject(&bound).unwrap(),
+        env.ns.tenant_requests("acme").unwrap()
+    );
+    let _bound = client
+        .submit(bound.clone(), Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (granted, _g) = submit("batch", None, Some(2)).await;
+
+    for (body, tier, code, needle) in [
+        (Some("beta"), None, ErrorCode::InvalidRequest, "`tenant`"),
+        (None, Some(1), ErrorCode::InvalidTier, "\"acme\""),
+    ] {
+        let (_, mut sub) = submit("acme", body, tier).await;
+        let m = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .expect("a refusal within 20 s")
+            .unwrap();
+        match Reply::decode(Encoding::MsgPack, &m.payload).unwrap() {
+            Reply::Error(e) => {
+                assert_eq!(e.code, code);
+                assert!(e.message.contains(needle), "{}", e.message);
+            }
+            other => panic!("expected {code}, got {other:?}"),
+        }
+    }
+    let got = env.all_routed(2).await;
+    assert_eq!(got.len(), 2, "only the two valid requests are routed");
+    let find = |id: &str| got.iter().find(|g| g.request.id == id).unwrap();
+    assert_eq!(find(&bound.id).request.tenant.as_deref(), Some("acme"));
+    let granted = find(&granted);
+    assert_eq!(granted.request.tenant.as_deref(), Some("batch"));
+    assert_eq!(granted.routing.tier, Tier::Large);
+    assert_eq!(granted.routing.reasons, vec!["override:2"]);
     stop_router(stop, task).await;
     env.cleanup().await;
 }

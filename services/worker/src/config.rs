@@ -429,6 +429,7 @@ CONFIGURATION (TOML key = default; env TRIAGE_WORKER_<KEY> with `__` for `.`)
   reply_policy.allowed_prefixes = [\"_INBOX.\", \"_GW.\"]  reply subjects that may be answered
   nats.url = \"nats://127.0.0.1:4222\"  (default from TRIAGE_NATS_URL)
   nats.user, nats.password, nats.token, nats.creds_file  credentials (masked)
+  nats.inbox_prefix = \"_INBOX\"   this connection's inboxes (deploy/nats: _TRIAGE.worker-tier<N>)
   nats.prefix = \"\"               subject/stream prefix of the deployment
   nats.name = \"triage-worker\"    connection name
   nats.streams.replicas = 1      stream replicas
