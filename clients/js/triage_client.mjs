@@ -230,6 +230,7 @@ export class AnswerCheck {
 
 function utf8Length(text) {
   return Buffer.byteLength(text, "utf8");
+}
 
 const TENANT_TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
 
