@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use triage_backend::{ApiKey, BackendConfig};
 use triage_bus::{ConsumerSettings, NatsConfig};
+use triage_complexity::verifier::VerifyConfig;
 use triage_protocol::{ReplyPolicy, Tier};
 use triage_runtime::telemetry::LogFormat;
 
@@ -49,6 +50,10 @@ pub struct WorkerConfig {
     /// Tier 1 only: republish to tier 2 when tier 1 is exhausted (otherwise
     /// answer `backend_unavailable`).
     pub escalate_when_unavailable: bool,
+    /// Tier 1 only: verify finished `stream: false` answers before they
+    /// are released; escalate to tier 2 (`escalated_verify`) when the
+    /// verify score is at or above the threshold.
+    pub verify: VerifyConfig,
     /// Keep idle backends warm.
     pub prewarm: PrewarmConfig,
     /// A Hugging Face `tokenizer.json` used to count prompt tokens (for the
@@ -88,6 +93,7 @@ impl Default for WorkerConfig {
             coalesce: CoalesceConfig::default(),
             early_exit: EarlyExitConfig::default(),
             escalate_when_unavailable: true,
+            verify: VerifyConfig::default(),
             prewarm: PrewarmConfig::default(),
             tokenizer: None,
             shutdown_grace: Duration::from_secs(30),
@@ -407,6 +413,11 @@ CONFIGURATION (TOML key = default; env TRIAGE_WORKER_<KEY> with `__` for `.`)
   early_exit.hold_tokens = 8     tokens held back and judged
   early_exit.min_mean_logprob = -1.0  escalate below this mean logprob
   escalate_when_unavailable = true  tier 1: republish to tier 2 when exhausted
+  verify.enabled = false         tier 1: verify finished stream=false answers before release
+  verify.threshold = (file's)    escalate at or above this verify score (0-1; shipped 0.xx)
+  verify.head_path = (shipped)   a verifier file written by `triage-router train-verifier`
+  verify.model_dir = $TRIAGE_CACHE/models/all-MiniLM-L6-v2  the embedding model's files
+  verify.hard_threshold          (router's offline commands only; ignored here)
   prewarm.idle_after = \"5m\"      one-token request to a backend idle this long; 0s: off
   shutdown_grace = \"30s\"         SIGTERM: time to finish in-flight work before nak
   depth_poll_interval = \"5s\"     consumer pending/ack-pending polling

@@ -26,7 +26,7 @@ const LAYERS: &[&[&str]] = &[
         "retry",
         "tokens",
     ],
-    &["admit", "generate", "deliver"],
+    &["admit", "generate", "verify", "deliver"],
     &["pipeline"],
     &["consume"],
     &["worker"],
