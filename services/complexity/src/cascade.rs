@@ -44,10 +44,14 @@ pub struct CostCurve {
 /// A labelled row with both outcomes: (small_ok, large_ok).
 type Known = (bool, bool);
 
+/// The rows with both outcomes (index into the input, outcomes), and the
+/// counts of rows all tier 1 and all tier 2 answer well.
+type KnownRows = (Vec<(usize, Known)>, f64, f64);
+
 /// The rows with both outcomes (indices into the input) and the quality of
 /// all tier 1 and all tier 2 over them, as counts. `None` when there are
 /// none or the tiers are equally good (PGR is undefined).
-fn known(outcomes: &[Outcome]) -> Option<(Vec<(usize, Known)>, f64, f64)> {
+fn known(outcomes: &[Outcome]) -> Option<KnownRows> {
     let rows: Vec<(usize, Known)> = outcomes
         .iter()
         .enumerate()

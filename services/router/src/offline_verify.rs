@@ -263,11 +263,12 @@ pub fn train_verifier(scorer: &Scorer, opts: &TrainVerifierOptions) -> anyhow::R
         data.poor()
     };
     println!(
-        "{}: {} rows, {} with small_response, {} poor ({:.1}%)",
+        "{}: {} rows, {} with small_response, {} {} ({:.1}%)",
         opts.input.display(),
         rows.len(),
         data.rows.len(),
         poor.iter().filter(|p| **p).count(),
+        if opts.rescuable { "rescuable" } else { "poor" },
         100.0 * poor.iter().filter(|p| **p).count() as f64 / data.rows.len().max(1) as f64
     );
     let input = VerifierInput {
