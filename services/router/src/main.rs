@@ -198,7 +198,7 @@ enum Command {
         /// Turn the self-rating on (needs self_rating.backend.base_url).
         #[arg(long)]
         self_rating: bool,
-        /// Write per-row scores (embedding, llm, rule, final) as JSONL here.
+        /// Write per-row scores (embedding, llm, rule, final, verify) as JSONL here.
         #[arg(long)]
         scores_out: Option<PathBuf>,
         /// MiniLM vectors of the input (see `train --vectors`).

@@ -921,7 +921,7 @@ pub async fn calibrate(
         ),
         None => println!("threshold with the highest accuracy: {chosen_acc:.4}"),
     }
-    verify_report(scorer, &data, &finals, opts)?;
+    let verify = verify_report(scorer, &data, &finals, opts)?;
     if let Some(path) = &opts.scores_out {
         let mut out = BufWriter::new(std::fs::File::create(path)?);
         for i in 0..n {
@@ -935,6 +935,7 @@ pub async fn calibrate(
                     "llm": llm[i],
                     "rule": data.prepared[i].rule.as_ref().map(|r| r.rule.clone()),
                     "score": finals[i],
+                    "verify": verify[i],
                     "label_tier": if ys[i] { 2 } else { 1 },
                 }),
             )?;
@@ -946,16 +947,17 @@ pub async fn calibrate(
     Ok(())
 }
 
-/// The verifier's report over the rows with `small_response`, if any.
+/// The verifier's report over the rows with `small_response`, if any;
+/// returns each row's verify score (`None` without an answer).
 fn verify_report(
     scorer: &Scorer,
     data: &Labelled,
     finals: &[f64],
     opts: &CalibrateOptions,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Option<f64>>> {
     let answered = Answered::of(&data.rows, &data.outcomes);
     if answered.rows.is_empty() {
-        return Ok(());
+        return Ok(vec![None; data.rows.len()]);
     }
     let router: Vec<f64> = data
         .rows
@@ -982,7 +984,12 @@ fn verify_report(
         "verify stage without the embedding (answer form + head): {:.1} µs an answer",
         per_answer * 1e6
     );
-    Ok(())
+    let mut scores = verify.into_iter();
+    Ok(data
+        .rows
+        .iter()
+        .map(|r| r.small_response.as_ref().and_then(|_| scores.next()))
+        .collect())
 }
 
 async fn rate_all(
