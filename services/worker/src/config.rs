@@ -414,7 +414,7 @@ CONFIGURATION (TOML key = default; env TRIAGE_WORKER_<KEY> with `__` for `.`)
   early_exit.min_mean_logprob = -1.0  escalate below this mean logprob
   escalate_when_unavailable = true  tier 1: republish to tier 2 when exhausted
   verify.enabled = false         tier 1: verify finished stream=false answers before release
-  verify.threshold = (file's)    escalate at or above this verify score (0-1; shipped 0.xx)
+  verify.threshold = (file's)    escalate at or above this verify score (0-1; shipped 0.879)
   verify.head_path = (shipped)   a verifier file written by `triage-router train-verifier`
   verify.model_dir = $TRIAGE_CACHE/models/all-MiniLM-L6-v2  the embedding model's files
   verify.hard_threshold          (router's offline commands only; ignored here)
@@ -520,6 +520,11 @@ impl WorkerConfig {
         if self.early_exit.min_mean_logprob > 0.0 {
             return bad("early_exit.min_mean_logprob is a log-probability: it must be <= 0".into());
         }
+        if let Some(t) = self.verify.threshold.filter(|t| !(0.0..=1.01).contains(t)) {
+            return bad(format!(
+                "verify.threshold is a verify score: it must be between 0 and 1.01, got {t}"
+            ));
+        }
         if self.health.failure_threshold == 0 {
             return bad("health.failure_threshold must be at least 1".into());
         }
@@ -567,6 +572,9 @@ mod tests {
         c.backend_urls = "http://a:1".into();
         c.retry.max_attempts = ATTEMPTS_PER_DELIVERY + 1;
         assert!(c.validate().unwrap_err().0.contains("max_attempts"));
+        c.retry.max_attempts = 2;
+        c.verify.threshold = Some(1.5);
+        assert!(c.validate().unwrap_err().0.contains("verify.threshold"));
     }
 
     #[test]
