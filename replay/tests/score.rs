@@ -177,7 +177,8 @@ async fn score_sweep_is_consistent_and_equals_the_routers_scores() {
             config.policy.clone(),
             std::time::Duration::from_secs(600),
         );
-        triage_router::offline::score(&router, &data, &routed_path, 32)
+        let verifier = triage_complexity::verifier::Verifier::from_config(&config.verify).unwrap();
+        triage_router::offline::score(&router, &verifier, &data, &routed_path, 32)
             .await
             .unwrap();
     }

@@ -5,27 +5,40 @@
 //! the tokens kept. `triage-router train|calibrate --vectors` read it, and
 //! so does the analysis in services/router/analysis/.
 //!
-//! cargo run --release -p triage-complexity --example export_embeddings -- IN.jsonl OUT.jsonl [--static-only]
+//! cargo run --release -p triage-complexity --example export_embeddings -- IN.jsonl OUT.jsonl [--static-only|--answers]
 //!
 //! `--static-only` leaves `v` empty: seconds instead of minutes, for the
-//! first stage alone.
+//! first stage alone. `--answers` embeds each row's `small_response`
+//! instead, the way the verifier does (its last characters,
+//! [`triage_complexity::verifier::tail_tokens`]), with `s` and `f` empty;
+//! `triage-router train-verifier|calibrate --answer-vectors` read it. Rows
+//! without a response are skipped.
 
 use triage_complexity::dataset::read_rows;
 use triage_complexity::prompt_form::form_features;
 use triage_complexity::scorer::{Scorer, ScorerConfig};
 use triage_complexity::static_embedding::content;
 use triage_complexity::vector_file::{write_vectors, VectorRow};
+use triage_complexity::verifier::tail_tokens;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let (input, output, static_only) = match args.as_slice() {
-        [_, i, o] => (i, o, false),
-        [_, i, o, flag] if flag == "--static-only" => (i, o, true),
-        _ => return Err("usage: export_embeddings IN.jsonl OUT.jsonl [--static-only]".into()),
+    let (input, output, flag) = match args.as_slice() {
+        [_, i, o] => (i, o, ""),
+        [_, i, o, flag] if flag == "--static-only" || flag == "--answers" => (i, o, flag.as_str()),
+        _ => {
+            return Err(
+                "usage: export_embeddings IN.jsonl OUT.jsonl [--static-only|--answers]".into(),
+            )
+        }
     };
     let scorer = Scorer::new(ScorerConfig::default())?;
     let rows = read_rows(std::path::Path::new(input))?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(output)?);
+    if flag == "--answers" {
+        return export_answers(&scorer, &rows, &mut out);
+    }
+    let static_only = flag == "--static-only";
     let mut done = 0;
     for chunk in rows.chunks(32) {
         let prepared = chunk
@@ -56,6 +69,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         write_vectors(&mut out, &lines)?;
         done += chunk.len();
         eprint!("\rembedded {done}/{}", rows.len());
+    }
+    eprintln!();
+    Ok(())
+}
+
+/// `--answers`: the verifier's answer-tail vectors.
+fn export_answers(
+    scorer: &Scorer,
+    rows: &[triage_complexity::dataset::PromptRow],
+    out: &mut impl std::io::Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let answered: Vec<_> = rows
+        .iter()
+        .filter_map(|r| Some((r, r.small_response.as_deref()?)))
+        .collect();
+    let mut done = 0;
+    for chunk in answered.chunks(32) {
+        let tokens = chunk
+            .iter()
+            .map(|(_, a)| tail_tokens(scorer.truncator(), a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<&[u32]> = tokens.iter().map(|t| t.ids.as_slice()).collect();
+        let vectors = scorer.model().embed(&ids)?;
+        let lines: Vec<VectorRow> = chunk
+            .iter()
+            .zip(vectors)
+            .zip(&tokens)
+            .map(|(((row, _), v), t)| VectorRow {
+                id: row.id.clone(),
+                v,
+                s: None,
+                f: None,
+                rule: false,
+                ntok: t.ids.len(),
+            })
+            .collect();
+        write_vectors(out, &lines)?;
+        done += chunk.len();
+        eprint!("\rembedded {done}/{} answers", answered.len());
     }
     eprintln!();
     Ok(())

@@ -45,6 +45,9 @@ pub struct PromptRow {
     /// Where the prompt comes from, for per-source reports.
     #[serde(default)]
     pub source: Option<String>,
+    /// The small model's (tier 1's) recorded answer, for the verifier.
+    #[serde(default)]
+    pub small_response: Option<String>,
 }
 
 fn id_as_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {

@@ -17,14 +17,21 @@
 //! 6. [`static_embedding`] is a cheap first stage (MiniLM token vectors
 //!    averaged without the transformer); [`cache`] remembers scores of
 //!    repeated texts; [`vector_file`] stores computed vectors for
-//!    training and analysis.
+//!    training and analysis;
+//! 7. after generation, [`verifier`] estimates P(tier 1's answer is poor)
+//!    from [`answer_form`], [`answer_confidence`] (token logprobs) and the
+//!    MiniLM embedding of the answer's end, and [`cascade`] measures
+//!    pre-hoc, verify-only and combined policies at honest cost.
 //!
 //! Everything here is synchronous and free of network I/O: the router
 //! service wires it to NATS, and the offline commands to files.
 
+pub mod answer_confidence;
+pub mod answer_form;
 pub mod blend;
 pub mod cache;
 pub mod calibration;
+pub mod cascade;
 pub mod dataset;
 pub mod embedding;
 pub mod head;
@@ -37,6 +44,7 @@ pub mod scorer;
 pub mod static_embedding;
 pub mod truncation;
 pub mod vector_file;
+pub mod verifier;
 
 pub use blend::{Blend, BlendWeights, Decision};
 pub use cache::ScoreCache;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use triage_backend::BackendConfig;
 use triage_bus::{ConsumerSettings, NatsConfig};
 use triage_complexity::scorer::ScorerConfig;
+use triage_complexity::verifier::VerifyConfig;
 use triage_protocol::ReplyPolicy;
 
 use crate::tenancy::Binding;
@@ -31,6 +32,11 @@ pub struct RouterConfig {
     pub scoring: ScorerConfig,
     /// The optional LLM self-rating.
     pub self_rating: SelfRatingConfig,
+    /// The verifier of tier 1's answers and the combined policy's
+    /// thresholds, used by `score` and `calibrate` (`enabled` is the
+    /// worker's switch; the router's offline commands verify any
+    /// `small_response` they are given).
+    pub verify: VerifyConfig,
     /// Validation, overrides, tenant pins and shadow mode.
     pub policy: PolicyConfig,
     /// Which reply subjects may be answered.
@@ -49,6 +55,7 @@ impl Default for RouterConfig {
             batching: BatchingConfig::default(),
             scoring: ScorerConfig::default(),
             self_rating: SelfRatingConfig::default(),
+            verify: VerifyConfig::default(),
             policy: PolicyConfig::default(),
             reply: ReplyPolicy::default(),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9101)),
@@ -214,6 +221,14 @@ impl RouterConfig {
                 return bad(format!(
                     "policy.tenant_tiers.{tenant} must be 1 or 2, got {tier}"
                 ));
+            }
+        }
+        for (name, t) in [
+            ("verify.threshold", self.verify.threshold),
+            ("verify.hard_threshold", self.verify.hard_threshold),
+        ] {
+            if let Some(t) = t.filter(|t| !(0.0..=1.01).contains(t)) {
+                return bad(format!("{name} must be between 0 and 1.01, got {t}"));
             }
         }
         if !matches!(self.policy.shadow_default_tier, 1 | 2) {

@@ -10,11 +10,14 @@
 //! - [`routing`]: the scoring of a batch, shared by service and offline;
 //! - [`service`]: the NATS JetStream service (`triage-router run`);
 //! - [`metrics`]: its Prometheus metrics;
-//! - [`offline`]: `train`, `score` and `calibrate`.
+//! - [`offline`]: `train`, `score` and `calibrate`;
+//! - [`offline_verify`]: `train-verifier` and the cost-honest report of
+//!   the pre-hoc, verify-only and combined policies.
 
 pub mod config;
 pub mod metrics;
 pub mod offline;
+pub mod offline_verify;
 pub mod policy;
 pub mod routing;
 pub mod self_rating;

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use triage_complexity::scorer::Scorer;
+use triage_complexity::verifier::Verifier;
 use triage_router::config::{RouterConfig, ENV_PREFIX};
 use triage_router::offline::{self, CalibrateOptions, TrainOptions};
+use triage_router::offline_verify::{self, TrainVerifierOptions};
 use triage_router::self_rating::{LlmSelfRater, SelfRater};
 use triage_router::{service, Router};
 use triage_runtime::telemetry::{self, LogFormat};
@@ -96,11 +98,63 @@ enum Command {
         no_form: bool,
     },
 
+    /// Fit the verifier of tier 1's answers from a labelled JSONL with
+    /// `small_response` (P(small_ok is false) from the answer's form and the
+    /// MiniLM embedding of its last 512 characters), choosing the L2 penalty
+    /// by cross-validated ROC AUC and the combined policy's thresholds
+    /// (router score straight to tier 2, verify score to escalate) by
+    /// out-of-fold PGR at --target-cost; writes the verifier file (JSON).
+    TrainVerifier {
+        /// Labelled JSONL with `small_response`, e.g. data/routing-train.jsonl.
+        #[arg(long)]
+        input: PathBuf,
+        /// Verifier file to write (the shipped one is
+        /// services/complexity/heads/verifier.json).
+        #[arg(long)]
+        output: PathBuf,
+        /// Answer-tail vectors written by `export_embeddings --answers`,
+        /// used instead of running the model (checked against the
+        /// truncation).
+        #[arg(long)]
+        answer_vectors: Option<PathBuf>,
+        /// Cross-validation folds (stratified by label).
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        /// Seed of the folds.
+        #[arg(long, default_value_t = 20261124)]
+        seed: u64,
+        /// L2 penalties to try, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0.01, 0.03, 0.1, 0.3, 1.0])]
+        l2: Vec<f64>,
+        /// Answer form only: no embedding (no model pass at all).
+        #[arg(long)]
+        no_embedding: bool,
+        /// Cost relative to all tier 2 the thresholds are chosen for.
+        #[arg(long, default_value_t = 0.5)]
+        target_cost: f64,
+        /// Tier-2 price over tier-1 price.
+        #[arg(long, default_value_t = 8.0)]
+        price_ratio: f64,
+        /// Train on the first N answered rows only.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Fit on label_tier = 2 (tier 1 wrong and tier 2 right: what an
+        /// escalation can rescue) instead of small_ok = false.
+        #[arg(long)]
+        rescuable: bool,
+    },
+
     /// Score a JSONL of requests offline (fields as in routing-dev.jsonl:
     /// `id`, `prompt` or `messages`; `tier` and `tenant` are honoured like
     /// the service does) with the same code and configuration as the
     /// service; writes one JSON line per input with `id`, `score`, `tier`,
     /// `confidence`, `reasons` (or `error`), and prints the tier split.
+    /// A line with `small_response` (tier 1's answer) also gets
+    /// `verify_score` (0–1, higher = more likely poor) and `verify_tier`
+    /// (what the combined policy does with that answer: 1 keep it, 2 not
+    /// release it, because the verify score is at or above
+    /// `verify.threshold` or the router score at or above
+    /// `verify.hard_threshold`).
     Score {
         /// Requests, one JSON object a line.
         #[arg(long)]
@@ -144,12 +198,17 @@ enum Command {
         /// Turn the self-rating on (needs self_rating.backend.base_url).
         #[arg(long)]
         self_rating: bool,
-        /// Write per-row scores (embedding, llm, rule, final) as JSONL here.
+        /// Write per-row scores (embedding, llm, rule, final, verify) as JSONL here.
         #[arg(long)]
         scores_out: Option<PathBuf>,
         /// MiniLM vectors of the input (see `train --vectors`).
         #[arg(long)]
         vectors: Option<PathBuf>,
+        /// Answer-tail vectors of the input (see `train-verifier
+        /// --answer-vectors`); rows with `small_response` also get the
+        /// pre-hoc / verify-only / combined quality-at-cost report.
+        #[arg(long)]
+        answer_vectors: Option<PathBuf>,
     },
 }
 
@@ -205,11 +264,44 @@ async fn main() -> anyhow::Result<()> {
             };
             tokio::task::spawn_blocking(move || offline::train(&scorer, &opts)).await?
         }
+        Command::TrainVerifier {
+            input,
+            output,
+            answer_vectors,
+            folds,
+            seed,
+            l2,
+            no_embedding,
+            target_cost,
+            price_ratio,
+            limit,
+            rescuable,
+        } => {
+            let mut scoring = config.scoring.clone();
+            scoring.cache_capacity = 0;
+            let scorer = Scorer::new(scoring)?;
+            let opts = TrainVerifierOptions {
+                input,
+                output,
+                answer_vectors,
+                folds,
+                seed,
+                l2_grid: l2,
+                embedding: !no_embedding,
+                target_cost,
+                price_ratio,
+                limit,
+                rescuable,
+            };
+            tokio::task::spawn_blocking(move || offline_verify::train_verifier(&scorer, &opts))
+                .await?
+        }
         Command::Score {
             input,
             output,
             batch,
         } => {
+            let verifier = Verifier::from_config(&config.verify)?;
             let scorer = Arc::new(Scorer::new(config.scoring.clone())?);
             let router = Router::new(
                 Ok(scorer),
@@ -219,7 +311,7 @@ async fn main() -> anyhow::Result<()> {
                 config.policy.clone(),
                 std::time::Duration::from_secs(600),
             );
-            offline::score(&router, &input, &output, batch).await
+            offline::score(&router, &verifier, &input, &output, batch).await
         }
         Command::Calibrate {
             input,
@@ -232,6 +324,7 @@ async fn main() -> anyhow::Result<()> {
             self_rating,
             scores_out,
             vectors,
+            answer_vectors,
         } => {
             if no_rules {
                 config.scoring.rules = triage_complexity::RuleConfig::none();
@@ -252,6 +345,8 @@ async fn main() -> anyhow::Result<()> {
                 price_ratio,
                 scores_out,
                 vectors,
+                answer_vectors,
+                verify: config.verify.clone(),
             };
             offline::calibrate(
                 &scorer,

@@ -19,9 +19,11 @@ use triage_complexity::static_embedding::{
     content, default_table_path, load_or_distill, FirstStage, StaticTable, STATIC_FEATURES,
 };
 use triage_complexity::vector_file::read_vectors;
+use triage_complexity::verifier::{AnswerToVerify, Verifier, VerifyConfig};
 use triage_complexity::{MiniLm, ModelFiles};
 use triage_protocol::{Request, Tier};
 
+use crate::offline_verify::{self, Answered};
 use crate::routing::Router;
 use crate::self_rating::SelfRater;
 use crate::tenancy::Binding;
@@ -529,8 +531,10 @@ fn score_line(
 
 /// `score`: routes every request of a JSONL file offline with the service's
 /// code and configuration; writes one line per input and prints the split.
+/// Lines with `small_response` also get the verifier's fields.
 pub async fn score(
     router: &Router,
+    verifier: &Verifier,
     input: &Path,
     output: &Path,
     batch: usize,
@@ -538,6 +542,7 @@ pub async fn score(
     let text =
         std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
     let mut requests: Vec<(usize, Result<Request, String>)> = Vec::new();
+    let mut responses: Vec<Option<String>> = Vec::new();
     for (i, line) in text
         .lines()
         .enumerate()
@@ -546,6 +551,7 @@ pub async fn score(
         let parsed = serde_json::from_str::<Request>(line)
             .map_err(|e| format!("{}:{}: {e}", input.display(), i + 1));
         requests.push((i + 1, parsed));
+        responses.push(small_response(line));
     }
     let mut out = BufWriter::new(
         std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?,
@@ -553,7 +559,10 @@ pub async fn score(
     let (mut tier1, mut tier2, mut errors) = (0usize, 0usize, 0usize);
     let mut rule_forced = 0usize;
     let started = Instant::now();
-    for chunk in requests.chunks(batch.max(1)) {
+    for (chunk, responses) in requests
+        .chunks(batch.max(1))
+        .zip(responses.chunks(batch.max(1)))
+    {
         let mut valid = Vec::new();
         let mut lines: Vec<Option<serde_json::Value>> = vec![None; chunk.len()];
         for (k, (_, r)) in chunk.iter().enumerate() {
@@ -582,6 +591,16 @@ pub async fn score(
             rule_forced += usize::from(r.decision.reasons.iter().any(|x| x.starts_with("rule:")));
             lines[*k] = Some(score_line(&req.id, Ok(&r.decision)));
         }
+        let answers: Vec<(usize, String, String, f64)> = valid
+            .iter()
+            .zip(&routed)
+            .filter_map(|((k, req), r)| {
+                let answer = responses[*k].clone()?;
+                let question = triage_complexity::prompt_text::text_to_score(&req.chat_messages());
+                Some((*k, question, answer, r.decision.score))
+            })
+            .collect();
+        add_verify_fields(router, verifier, &answers, &mut lines)?;
         for line in lines.into_iter().flatten() {
             serde_json::to_writer(&mut out, &line)?;
             out.write_all(b"\n")?;
@@ -601,6 +620,48 @@ pub async fn score(
         errors
     );
     println!("wrote {}", output.display());
+    Ok(())
+}
+
+/// The `small_response` (tier 1's answer) of an input line, if it has one.
+fn small_response(line: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        small_response: Option<String>,
+    }
+    serde_json::from_str::<Answer>(line).ok()?.small_response
+}
+
+/// Adds `verify_score` and `verify_tier` to the lines of answered requests
+/// `(line index, question, answer, router score)`.
+fn add_verify_fields(
+    router: &Router,
+    verifier: &Verifier,
+    answers: &[(usize, String, String, f64)],
+    lines: &mut [Option<serde_json::Value>],
+) -> anyhow::Result<()> {
+    if answers.is_empty() {
+        return Ok(());
+    }
+    let Some(scorer) = router.scorer() else {
+        bail!("the scorer failed to load, so answers cannot be verified");
+    };
+    let items: Vec<AnswerToVerify> = answers
+        .iter()
+        .map(|(_, q, a, _)| AnswerToVerify {
+            question: q,
+            answer: a,
+            logprobs: &[],
+        })
+        .collect();
+    let scores = offline_verify::score_answers(verifier, scorer, &items)?;
+    for ((k, _, _, router_score), v) in answers.iter().zip(scores) {
+        let keep = v < verifier.verify_threshold() && *router_score < verifier.hard_threshold();
+        if let Some(line) = lines[*k].as_mut() {
+            line["verify_score"] = json!(v);
+            line["verify_tier"] = json!(if keep { 1 } else { 2 });
+        }
+    }
     Ok(())
 }
 
@@ -624,6 +685,10 @@ pub struct CalibrateOptions {
     pub scores_out: Option<PathBuf>,
     /// Precomputed MiniLM vectors of the input, used instead of the model.
     pub vectors: Option<PathBuf>,
+    /// Precomputed answer-tail vectors, for the verifier's report.
+    pub answer_vectors: Option<PathBuf>,
+    /// The verifier and the combined policy's thresholds.
+    pub verify: VerifyConfig,
 }
 
 /// `calibrate`: scores labelled data with the configured pipeline (rules,
@@ -857,6 +922,7 @@ pub async fn calibrate(
         ),
         None => println!("threshold with the highest accuracy: {chosen_acc:.4}"),
     }
+    let verify = verify_report(scorer, &data, &finals, opts)?;
     if let Some(path) = &opts.scores_out {
         let mut out = BufWriter::new(std::fs::File::create(path)?);
         for i in 0..n {
@@ -870,6 +936,7 @@ pub async fn calibrate(
                     "llm": llm[i],
                     "rule": data.prepared[i].rule.as_ref().map(|r| r.rule.clone()),
                     "score": finals[i],
+                    "verify": verify[i],
                     "label_tier": if ys[i] { 2 } else { 1 },
                 }),
             )?;
@@ -879,6 +946,51 @@ pub async fn calibrate(
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The verifier's report over the rows with `small_response`, if any;
+/// returns each row's verify score (`None` without an answer).
+fn verify_report(
+    scorer: &Scorer,
+    data: &Labelled,
+    finals: &[f64],
+    opts: &CalibrateOptions,
+) -> anyhow::Result<Vec<Option<f64>>> {
+    let answered = Answered::of(&data.rows, &data.outcomes);
+    if answered.rows.is_empty() {
+        return Ok(vec![None; data.rows.len()]);
+    }
+    let router: Vec<f64> = data
+        .rows
+        .iter()
+        .zip(finals)
+        .filter(|(r, _)| r.small_response.is_some())
+        .map(|(_, s)| *s)
+        .collect();
+    let verifier = Verifier::from_config(&opts.verify)?;
+    let vectors = if verifier.needs_embedding() {
+        Some(offline_verify::answer_vectors(
+            scorer,
+            &answered,
+            opts.answer_vectors.as_deref(),
+        )?)
+    } else {
+        None
+    };
+    let started = Instant::now();
+    let verify = offline_verify::verify_scores(&verifier, &answered, vectors.as_deref());
+    let per_answer = started.elapsed().as_secs_f64() / answered.rows.len() as f64;
+    offline_verify::print_report(&verifier, &answered, &router, &verify, opts.price_ratio);
+    println!(
+        "verify stage without the embedding (answer form + head): {:.1} µs an answer",
+        per_answer * 1e6
+    );
+    let mut scores = verify.into_iter();
+    Ok(data
+        .rows
+        .iter()
+        .map(|r| r.small_response.as_ref().and_then(|_| scores.next()))
+        .collect())
 }
 
 async fn rate_all(

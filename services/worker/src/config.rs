@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use triage_backend::{ApiKey, BackendConfig};
 use triage_bus::{ConsumerSettings, NatsConfig};
+use triage_complexity::verifier::VerifyConfig;
 use triage_protocol::{ReplyPolicy, Tier};
 use triage_runtime::telemetry::LogFormat;
 
@@ -50,6 +51,10 @@ pub struct WorkerConfig {
     /// Tier 1 only: republish to tier 2 when tier 1 is exhausted (otherwise
     /// answer `backend_unavailable`).
     pub escalate_when_unavailable: bool,
+    /// Tier 1 only: verify finished `stream: false` answers before they
+    /// are released; escalate to tier 2 (`escalated_verify`) when the
+    /// verify score is at or above the threshold.
+    pub verify: VerifyConfig,
     /// Keep idle backends warm.
     pub prewarm: PrewarmConfig,
     /// Operator ceilings on `max_tokens` (this tier's, and per tenant):
@@ -92,6 +97,7 @@ impl Default for WorkerConfig {
             coalesce: CoalesceConfig::default(),
             early_exit: EarlyExitConfig::default(),
             escalate_when_unavailable: true,
+            verify: VerifyConfig::default(),
             prewarm: PrewarmConfig::default(),
             max_tokens: MaxTokensCap::default(),
             tokenizer: None,
@@ -419,6 +425,11 @@ CONFIGURATION (TOML key = default; env TRIAGE_WORKER_<KEY> with `__` for `.`)
   early_exit.hold_tokens = 8     tokens held back and judged
   early_exit.min_mean_logprob = -1.0  escalate below this mean logprob
   escalate_when_unavailable = true  tier 1: republish to tier 2 when exhausted
+  verify.enabled = false         tier 1: verify finished stream=false answers before release
+  verify.threshold = (file's)    escalate at or above this verify score (0-1; shipped 0.879)
+  verify.head_path = (shipped)   a verifier file written by `triage-router train-verifier`
+  verify.model_dir = $TRIAGE_CACHE/models/all-MiniLM-L6-v2  the embedding model's files
+  verify.hard_threshold          (router's offline commands only; ignored here)
   prewarm.idle_after = \"5m\"      one-token request to a backend idle this long; 0s: off
   max_tokens.tier                ceiling on max_tokens for this tier; larger (or unset) requests are clamped
   max_tokens.tenants.<tenant>    ceiling for one tenant (the lower of the two applies)
@@ -526,6 +537,11 @@ impl WorkerConfig {
         if self.early_exit.min_mean_logprob > 0.0 {
             return bad("early_exit.min_mean_logprob is a log-probability: it must be <= 0".into());
         }
+        if let Some(t) = self.verify.threshold.filter(|t| !(0.0..=1.01).contains(t)) {
+            return bad(format!(
+                "verify.threshold is a verify score: it must be between 0 and 1.01, got {t}"
+            ));
+        }
         if self.health.failure_threshold == 0 {
             return bad("health.failure_threshold must be at least 1".into());
         }
@@ -588,6 +604,9 @@ mod tests {
         c.backend_urls = "http://a:1".into();
         c.retry.max_attempts = ATTEMPTS_PER_DELIVERY + 1;
         assert!(c.validate().unwrap_err().0.contains("max_attempts"));
+        c.retry.max_attempts = 2;
+        c.verify.threshold = Some(1.5);
+        assert!(c.validate().unwrap_err().0.contains("verify.threshold"));
     }
 
     #[test]

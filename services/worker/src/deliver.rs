@@ -132,6 +132,23 @@ impl Deliverer {
         Ok(())
     }
 
+    /// An answered attempt that is not released (tier 1's answer failed
+    /// verification): its usage, booked like any other, then the copy for
+    /// tier 2 and the escalation record. The answer itself is never sent.
+    pub async fn booked_escalation(
+        &self,
+        outbox: &Outbox<'_>,
+        env: &Envelope,
+        routed: &RoutedRequest,
+        usage: &UsageEvent,
+        reason: &str,
+        attempt_base: u32,
+    ) -> Result<(), BusError> {
+        outbox.usage(usage).await?;
+        self.escalation(outbox, env, routed, reason, attempt_base)
+            .await
+    }
+
     /// A message that is not a usable request: tell `tell` (a checked
     /// reply subject, if one is known), and dead-letter it.
     pub async fn invalid(

@@ -16,6 +16,8 @@
 //!   an [`admit::Admission`];
 //! - [`generate`]: the attempt loop (backend choice, retries, early exit,
 //!   escalation) → a [`generate::Outcome`];
+//! - [`verify`]: tier 1's finished non-streamed answer checked before it
+//!   is released (escalated to tier 2 when it looks poor);
 //! - [`deliver`]: publishes the ending in its durable order.
 //!
 //! Below them, pure logic unit-tested without servers: [`retry`] (what is
@@ -47,6 +49,7 @@ pub mod pool;
 pub mod retry;
 pub mod token_cap;
 pub mod tokens;
+pub mod verify;
 pub mod worker;
 
 pub use config::WorkerConfig;

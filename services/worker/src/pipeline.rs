@@ -8,6 +8,7 @@
 //! that; the stages do not know each other. This module is the only place
 //! that reads one stage's result and chooses the next step.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -20,6 +21,7 @@ use crate::deliver::Deliverer;
 use crate::generate::{Generator, Job, Outcome};
 use crate::metrics::WorkerMetrics;
 use crate::outbox::Outbox;
+use crate::verify::{AnswerCheck, Verdict, ESCALATED_VERIFY};
 
 /// What became of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,9 @@ pub struct Pipeline {
     pub generate: Generator,
     /// Publishing the ending.
     pub deliver: Deliverer,
+    /// Tier 1's answer check (`verify.enabled`), between generate and
+    /// deliver.
+    pub verify: Option<Arc<AnswerCheck>>,
     /// In-flight and outcome counts.
     pub metrics: WorkerMetrics,
     /// How often a long generation signals "in progress".
@@ -121,6 +126,16 @@ impl Pipeline {
         };
         match self.generate.generate(&job).await {
             Outcome::Answered { completion, usage } => {
+                if let Some(score) = self.verify_fails(&request.routed, &completion).await {
+                    let mut usage = *usage;
+                    usage.reasons.push(ESCALATED_VERIFY.to_string());
+                    usage.reasons.push(format!("verify={score:.4}"));
+                    let (routed, base) = (&request.routed, completion.attempt + 1);
+                    self.deliver
+                        .booked_escalation(&outbox, env, routed, &usage, ESCALATED_VERIFY, base)
+                        .await?;
+                    return Ok(Step::Ack("escalated"));
+                }
                 self.deliver.answer(&outbox, *completion, &usage).await?;
                 Ok(Step::Ack("completed"))
             }
@@ -139,6 +154,23 @@ impl Pipeline {
                 Ok(Step::Ack("escalated"))
             }
             Outcome::HandBack => Ok(Step::Nak),
+        }
+    }
+
+    /// The verify score when tier 1's answer is to be escalated instead of
+    /// released (`None`: release it, or nothing to verify).
+    async fn verify_fails(
+        &self,
+        routed: &triage_protocol::RoutedRequest,
+        completion: &triage_protocol::Completion,
+    ) -> Option<f64> {
+        let check = self.verify.as_ref()?;
+        if !AnswerCheck::applies(self.generate.tier, routed) {
+            return None;
+        }
+        match check.judge(routed, completion).await {
+            Verdict::Release => None,
+            Verdict::Escalate { score } => Some(score),
         }
     }
 

@@ -24,6 +24,7 @@ use crate::outbox::Publisher;
 use crate::pipeline::Pipeline;
 use crate::pool::{BackendPool, PoolError};
 use crate::tokens::{TokenCounter, TokenizerError};
+use crate::verify::{AnswerCheck, VerifyLoadError};
 
 /// Why the worker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,9 @@ pub enum WorkerError {
     /// NATS or JetStream failed.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// `verify.enabled` but the verifier or its model could not be loaded.
+    #[error("verifier: {0}")]
+    Verify(#[from] VerifyLoadError),
 }
 
 /// A connected worker, ready to run.
@@ -106,6 +110,10 @@ impl Worker {
         .await?;
         pool.check_health().await;
         let finished = FinishedIds::new(store);
+        // Only tier 1's answers are verified (tier 2 is the last resort).
+        let verify = (tier == Tier::Small && config.verify.enabled)
+            .then(|| AnswerCheck::load(&config.verify).map(Arc::new))
+            .transpose()?;
         let pipeline = Pipeline {
             admit: Admitter {
                 tier,
@@ -132,6 +140,7 @@ impl Worker {
                 },
                 finished,
             },
+            verify,
             metrics: metrics.clone(),
             progress_interval: config.consumer.progress_interval(),
         };

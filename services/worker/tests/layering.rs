@@ -27,7 +27,7 @@ const LAYERS: &[&[&str]] = &[
         "token_cap",
         "tokens",
     ],
-    &["admit", "generate", "deliver"],
+    &["admit", "generate", "verify", "deliver"],
     &["pipeline"],
     &["consume"],
     &["worker"],

@@ -1,0 +1,494 @@
+//! The verifier's offline side: `train-verifier` (fit the head on tier 1's
+//! recorded answers against `small_ok`, choose the combined policy's
+//! thresholds on the training file) and the cost-honest report of the
+//! three policies that `calibrate` prints for any labelled file with
+//! `small_response`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use triage_complexity::calibration::{roc_auc, Outcome};
+use triage_complexity::cascade::{
+    combined_curve, policy_outcome, prehoc_curve, verify_curve, verify_threshold_for_cost,
+    CostCurve,
+};
+use triage_complexity::dataset::{read_rows, PromptRow};
+use triage_complexity::head::{cross_validated_scores, stratified_folds, FitOptions, LogisticHead};
+use triage_complexity::scorer::{Prepared, Scorer};
+use triage_complexity::vector_file::read_vectors;
+use triage_complexity::verifier::{
+    tail_tokens, AnswerToVerify, Verifier, VerifierFile, VerifierInput, VERIFIER_FORMAT,
+};
+
+/// Answers embedded per model call.
+const CHUNK: usize = 64;
+
+/// Router-score thresholds the combined policy is tried with: above every
+/// score (verify only), rule-forced only, then ever more pre-hoc routing.
+pub const HARD_GRID: [f64; 9] = [1.01, 1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65];
+
+/// Rows with a recorded tier-1 answer and a label.
+pub struct Answered {
+    /// The rows.
+    pub rows: Vec<PromptRow>,
+    /// Their outcomes.
+    pub outcomes: Vec<Outcome>,
+    /// The text the router scores (the question).
+    pub questions: Vec<String>,
+}
+
+impl Answered {
+    /// The rows of `rows` (with `outcomes`) that have a `small_response`.
+    pub fn of(rows: &[PromptRow], outcomes: &[Outcome]) -> Self {
+        let (rows, outcomes): (Vec<PromptRow>, Vec<Outcome>) = rows
+            .iter()
+            .zip(outcomes)
+            .filter(|(r, _)| r.small_response.is_some())
+            .map(|(r, o)| (r.clone(), *o))
+            .unzip();
+        let questions = rows.iter().map(PromptRow::text).collect();
+        Self {
+            rows,
+            outcomes,
+            questions,
+        }
+    }
+
+    /// Keeps the first `n` rows.
+    pub fn truncate(&mut self, n: usize) {
+        self.rows.truncate(n);
+        self.outcomes.truncate(n);
+        self.questions.truncate(n);
+    }
+
+    fn answer(&self, i: usize) -> &str {
+        self.rows[i].small_response.as_deref().unwrap_or_default()
+    }
+
+    /// "Poor" labels: the small model did not answer well.
+    fn poor(&self) -> Vec<bool> {
+        self.outcomes
+            .iter()
+            .map(|o| o.small_ok == Some(false))
+            .collect()
+    }
+}
+
+/// The answer-tail vectors of `data`, read from `path` (written by
+/// `export_embeddings --answers`, checked against the truncation) or
+/// computed with the router's model.
+pub fn answer_vectors(
+    scorer: &Scorer,
+    data: &Answered,
+    path: Option<&Path>,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let tokens = (0..data.rows.len())
+        .map(|i| tail_tokens(scorer.truncator(), data.answer(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(path) = path else {
+        let started = Instant::now();
+        let mut out = Vec::with_capacity(tokens.len());
+        for chunk in tokens.chunks(CHUNK) {
+            let ids: Vec<&[u32]> = chunk.iter().map(|t| t.ids.as_slice()).collect();
+            out.extend(scorer.model().embed(&ids)?);
+            eprint!(
+                "\rembedded {}/{} answers ({:.0} s)",
+                out.len(),
+                tokens.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        eprintln!();
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "embedded {} answer tails in {secs:.1} s ({:.1} answers/s, mean {:.0} tokens)",
+            out.len(),
+            out.len() as f64 / secs.max(1e-9),
+            tokens.iter().map(|t| t.ids.len()).sum::<usize>() as f64 / tokens.len().max(1) as f64
+        );
+        return Ok(out);
+    };
+    let mut by_id: HashMap<String, _> = read_vectors(path)?
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let mut out = Vec::with_capacity(tokens.len());
+    for (row, t) in data.rows.iter().zip(&tokens) {
+        let Some(v) = by_id.remove(&row.id) else {
+            bail!("{}: no answer vector for row {:?}", path.display(), row.id);
+        };
+        if v.ntok != t.ids.len() || v.v.len() != scorer.model().dim() {
+            bail!(
+                "{}: row {:?}'s answer was embedded with {} tokens and {} dimensions, the verifier keeps {} and the model gives {}: embed again",
+                path.display(), row.id, v.ntok, v.v.len(), t.ids.len(), scorer.model().dim()
+            );
+        }
+        out.push(v.v);
+    }
+    println!("read {} answer vectors from {}", out.len(), path.display());
+    Ok(out)
+}
+
+/// The verifier's inputs for every row.
+fn verifier_inputs(
+    input: VerifierInput,
+    data: &Answered,
+    vectors: Option<&[Vec<f32>]>,
+) -> Vec<Vec<f32>> {
+    (0..data.rows.len())
+        .map(|i| {
+            let v = vectors.map(|vs| vs[i].as_slice());
+            input.build(&data.questions[i], data.answer(i), &[], v)
+        })
+        .collect()
+}
+
+/// Verify scores of every row with `verifier`.
+pub fn verify_scores(
+    verifier: &Verifier,
+    data: &Answered,
+    vectors: Option<&[Vec<f32>]>,
+) -> Vec<f64> {
+    (0..data.rows.len())
+        .map(|i| {
+            let v = vectors.map(|vs| vs[i].as_slice());
+            verifier.score(&data.questions[i], data.answer(i), &[], v)
+        })
+        .collect()
+}
+
+/// Verify scores for a batch of answers to questions (the `score` command).
+pub fn score_answers(
+    verifier: &Verifier,
+    scorer: &Scorer,
+    items: &[AnswerToVerify],
+) -> anyhow::Result<Vec<f64>> {
+    Ok(verifier.score_batch(scorer.model(), scorer.truncator(), items)?)
+}
+
+fn fit(l2: f64) -> FitOptions {
+    FitOptions {
+        l2,
+        standardise: true,
+        ..FitOptions::default()
+    }
+}
+
+/// Options of `train-verifier`.
+#[derive(Debug, Clone)]
+pub struct TrainVerifierOptions {
+    /// Labelled JSONL with `small_response`.
+    pub input: PathBuf,
+    /// Where the verifier file goes.
+    pub output: PathBuf,
+    /// Answer-tail vectors (`export_embeddings --answers`).
+    pub answer_vectors: Option<PathBuf>,
+    /// Cross-validation folds.
+    pub folds: usize,
+    /// Seed of the folds.
+    pub seed: u64,
+    /// L2 penalties to try; the best cross-validated AUC is kept.
+    pub l2_grid: Vec<f64>,
+    /// Feed the head the answer-tail embedding.
+    pub embedding: bool,
+    /// The cost (relative to all tier 2) the thresholds are chosen for.
+    pub target_cost: f64,
+    /// Tier-2 price over tier-1 price.
+    pub price_ratio: f64,
+    /// Train on the first N answered rows only (the file is in random
+    /// order; embedding every answer takes long on small machines).
+    pub limit: Option<usize>,
+    /// Fit on "rescuable" (`label_tier` 2: tier 1 wrong and tier 2 right)
+    /// instead of "poor" (tier 1 wrong).
+    pub rescuable: bool,
+}
+
+/// The router's score on the training file without its own training
+/// optimism: the first stage's head cross-validated on the file, rules
+/// applied (the transformer's vectors of 11k prompts are not needed).
+fn router_proxy(
+    scorer: &Scorer,
+    data: &Answered,
+    folds: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<f64>> {
+    let Some(fs) = scorer.first_stage() else {
+        bail!("train-verifier needs the first stage (scoring.first_stage.enabled) for the router's score");
+    };
+    let prepared: Vec<Prepared> = data
+        .questions
+        .iter()
+        .map(|q| scorer.prepare(q))
+        .collect::<Result<_, _>>()?;
+    let xs: Vec<Vec<f32>> = prepared
+        .iter()
+        .map(|p| fs.features(&p.tokens.ids, &p.tokens.text))
+        .collect();
+    let ys: Vec<bool> = data.outcomes.iter().map(|o| o.tier2).collect();
+    let f = stratified_folds(&ys, folds, seed);
+    let scores = cross_validated_scores(&xs, &ys, &f, fs.head().fit_options());
+    Ok(scores
+        .iter()
+        .zip(&prepared)
+        .map(|(s, p)| if p.rule.is_some() { 1.0 } else { *s })
+        .collect())
+}
+
+/// `train-verifier`: fits the head with cross-validation, picks the
+/// combined policy's thresholds for the target cost from out-of-fold
+/// scores, and writes the verifier file.
+pub fn train_verifier(scorer: &Scorer, opts: &TrainVerifierOptions) -> anyhow::Result<()> {
+    if opts.l2_grid.is_empty() {
+        bail!("--l2 needs at least one value");
+    }
+    let rows = read_rows(&opts.input)?;
+    let outcomes = rows
+        .iter()
+        .map(|r| {
+            r.outcome()
+                .with_context(|| format!("row {:?} has no label_tier", r.id))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut data = Answered::of(&rows, &outcomes);
+    if let Some(n) = opts.limit.filter(|n| *n < data.rows.len()) {
+        data.truncate(n);
+        println!("training on the first {n} answered rows (--limit)");
+    }
+    let poor: Vec<bool> = if opts.rescuable {
+        data.outcomes.iter().map(|o| o.tier2).collect()
+    } else {
+        data.poor()
+    };
+    println!(
+        "{}: {} rows, {} with small_response, {} {} ({:.1}%)",
+        opts.input.display(),
+        rows.len(),
+        data.rows.len(),
+        poor.iter().filter(|p| **p).count(),
+        if opts.rescuable { "rescuable" } else { "poor" },
+        100.0 * poor.iter().filter(|p| **p).count() as f64 / data.rows.len().max(1) as f64
+    );
+    let input = VerifierInput {
+        logprobs: false,
+        embedding: opts.embedding,
+    };
+    let vectors = if opts.embedding {
+        Some(answer_vectors(
+            scorer,
+            &data,
+            opts.answer_vectors.as_deref(),
+        )?)
+    } else {
+        None
+    };
+    let xs = verifier_inputs(input, &data, vectors.as_deref());
+    let folds = stratified_folds(&poor, opts.folds, opts.seed);
+    let mut best: Option<(f64, f64, Vec<f64>)> = None;
+    let mut grid = Vec::new();
+    for &l2 in &opts.l2_grid {
+        let cv = cross_validated_scores(&xs, &poor, &folds, fit(l2));
+        let auc = roc_auc(&cv, &poor).unwrap_or(0.5);
+        let auc_tier2 = roc_auc(
+            &cv,
+            &data.outcomes.iter().map(|o| o.tier2).collect::<Vec<_>>(),
+        );
+        println!(
+            "  l2={l2}: cross-validated AUC (label fitted) {auc:.4}, AUC (label_tier) {}",
+            fmt(auc_tier2)
+        );
+        grid.push(json!({"l2": l2, "auc_fitted_label": auc, "auc_label_tier": auc_tier2}));
+        if best.as_ref().is_none_or(|(_, b, _)| auc > *b) {
+            best = Some((l2, auc, cv));
+        }
+    }
+    let (l2, _, cv) = best.expect("grid is not empty");
+    println!("chose l2={l2} (best cross-validated AUC)");
+    let router = router_proxy(scorer, &data, opts.folds, opts.seed)?;
+    let (hard, verify_t, policies) = choose_policy(&router, &cv, &data.outcomes, opts);
+    let mut head = LogisticHead::fit(&xs, &poor, &input.tag(), fit(l2));
+    head.training = Some(json!({
+        "command": format!(
+            "triage-router train-verifier --input {} --folds {} --seed {} --l2 {} --target-cost {} --price-ratio {}{}{}{}",
+            opts.input.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default(),
+            opts.folds, opts.seed,
+            opts.l2_grid.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+            opts.target_cost, opts.price_ratio,
+            opts.limit.map(|l| format!(" --limit {l}")).unwrap_or_default(),
+            if opts.embedding { "" } else { " --no-embedding" },
+            if opts.rescuable { " --rescuable" } else { "" },
+        ),
+        "label": if opts.rescuable { "rescuable = label_tier is 2" } else { "poor = small_ok is false" },
+        "rows": data.rows.len(),
+        "chosen_l2": l2,
+        "cross_validation": grid,
+        "router_score_for_thresholds": "first stage cross-validated on the input, rules applied",
+        "policies_at_target_cost": policies,
+    }));
+    let file = VerifierFile {
+        format: VERIFIER_FORMAT.into(),
+        hard_threshold: hard,
+        verify_threshold: verify_t,
+        head,
+    };
+    Verifier::new(file.clone(), "trained")?;
+    let mut text = serde_json::to_string_pretty(&file)?;
+    text.push('\n');
+    if let Some(dir) = opts.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&opts.output, text)
+        .with_context(|| format!("writing {}", opts.output.display()))?;
+    println!(
+        "wrote {}: hard_threshold {hard}, verify_threshold {verify_t:.4}",
+        opts.output.display()
+    );
+    Ok(())
+}
+
+/// For each hard threshold of [`HARD_GRID`], the verify threshold that
+/// spends the target cost and the PGR it buys on the out-of-fold scores;
+/// returns the best pair and the table.
+fn choose_policy(
+    router: &[f64],
+    verify: &[f64],
+    outcomes: &[Outcome],
+    opts: &TrainVerifierOptions,
+) -> (f64, f64, Vec<serde_json::Value>) {
+    println!(
+        "combined policy at cost {} (cross-validated verify scores, first-stage router score):",
+        opts.target_cost
+    );
+    let mut best: Option<(f64, f64, f64)> = None;
+    let mut table = Vec::new();
+    for hard in HARD_GRID {
+        let Some(t) =
+            verify_threshold_for_cost(router, verify, hard, opts.target_cost, opts.price_ratio)
+        else {
+            continue;
+        };
+        let p = policy_outcome(router, verify, outcomes, hard, t, opts.price_ratio);
+        let pgr = p.pgr.unwrap_or(0.0);
+        println!(
+            "  hard >= {hard}: direct {:.1}%, escalated {:.1}%, cost {:.3}, PGR {pgr:.4} (verify >= {t:.4})",
+            100.0 * p.direct_share,
+            100.0 * p.escalated_share,
+            p.cost
+        );
+        table.push(json!({"hard_threshold": hard, "verify_threshold": t, "outcome": p}));
+        if best.is_none_or(|(_, _, b)| pgr > b) {
+            best = Some((hard, t, pgr));
+        }
+    }
+    // Tried, not shipped: escalating by the mean of the verify and router
+    // scores (an answer looks poor and the prompt looks rescuable).
+    let blended: Vec<f64> = verify
+        .iter()
+        .zip(router)
+        .map(|(v, r)| (v + r) / 2.0)
+        .collect();
+    for hard in HARD_GRID {
+        if let Some(t) =
+            verify_threshold_for_cost(router, &blended, hard, opts.target_cost, opts.price_ratio)
+        {
+            let p = policy_outcome(router, &blended, outcomes, hard, t, opts.price_ratio);
+            println!(
+                "  (tried) hard >= {hard}, escalating by the mean of verify and router scores: PGR {}",
+                fmt(p.pgr)
+            );
+        }
+    }
+    let (hard, t, _) = best.unwrap_or((1.01, 1.0, 0.0));
+    (hard, t, table)
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{v:.4}"))
+}
+
+fn curve_line(label: &str, c: Option<CostCurve>) -> String {
+    match c {
+        None => format!("{label:<34} n/a"),
+        Some(c) => format!(
+            "{label:<34} {:>8}  {:>8}  {:>6.4}",
+            fmt(c.pgr_at(0.3)),
+            fmt(c.pgr_at(0.5)),
+            c.area()
+        ),
+    }
+}
+
+/// Prints the three policies' quality-at-cost on labelled rows with
+/// answers: `router` is the router's final score of each row of `data`.
+pub fn print_report(
+    verifier: &Verifier,
+    data: &Answered,
+    router: &[f64],
+    verify: &[f64],
+    price_ratio: f64,
+) {
+    let poor = data.poor();
+    let tier2: Vec<bool> = data.outcomes.iter().map(|o| o.tier2).collect();
+    println!();
+    println!(
+        "verifier ({}): {} answered rows; verify score AUC against poor (small_ok false) {}, against label_tier {}",
+        verifier.file().head.features,
+        data.rows.len(),
+        fmt(roc_auc(verify, &poor)),
+        fmt(roc_auc(verify, &tier2)),
+    );
+    println!(
+        "quality at cost (x = cost relative to all tier 2, every tier-1 attempt 1/{price_ratio}, escalated ones too; y = PGR)"
+    );
+    println!(
+        "{:<34} {:>8}  {:>8}  {:>6}",
+        "policy", "PGR@30%", "PGR@50%", "area"
+    );
+    println!(
+        "{}",
+        curve_line(
+            "pre-hoc (router score)",
+            prehoc_curve(router, &data.outcomes, price_ratio)
+        )
+    );
+    println!(
+        "{}",
+        curve_line(
+            "verify only",
+            verify_curve(verify, &data.outcomes, price_ratio)
+        )
+    );
+    for hard in HARD_GRID.iter().skip(1) {
+        let mark = if *hard == verifier.hard_threshold() {
+            " *"
+        } else {
+            ""
+        };
+        println!(
+            "{}",
+            curve_line(
+                &format!("combined, router >= {hard}{mark}"),
+                combined_curve(router, verify, &data.outcomes, *hard, price_ratio)
+            )
+        );
+    }
+    let p = policy_outcome(
+        router,
+        verify,
+        &data.outcomes,
+        verifier.hard_threshold(),
+        verifier.verify_threshold(),
+        price_ratio,
+    );
+    println!(
+        "configured policy (* above): router >= {} to tier 2 ({:.1}%), verify >= {:.4} escalates ({:.1}%): cost {:.3}, PGR {}",
+        verifier.hard_threshold(),
+        100.0 * p.direct_share,
+        verifier.verify_threshold(),
+        100.0 * p.escalated_share,
+        p.cost,
+        fmt(p.pgr)
+    );
+}

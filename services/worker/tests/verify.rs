@@ -1,0 +1,114 @@
+//! The verify stage over real NATS and the vLLM simulator: a `stream:
+//! false` request whose tier-1 answer fails verification is answered by
+//! tier 2 (one final reply, attempt 2, both attempts booked); one that
+//! passes is released as is. The simulator's text is deterministic, so the
+//! test scores it first and puts the threshold just at or just above it.
+//! (The streamed verify stage, the early-exit gate with scripted logprobs,
+//! is tested in failures.rs.) Needs all-MiniLM-L6-v2 in $TRIAGE_CACHE.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use triage_complexity::verifier::VerifyConfig;
+use triage_protocol::{Request, Tier, UsageStatus};
+use triage_worker::verify::{AnswerCheck, ESCALATED_VERIFY};
+
+const QUESTION: &str = "What is 6 x 7?\nA. 36\nB. 42\nC. 48";
+
+fn unstreamed() -> Request {
+    Request {
+        stream: false,
+        ..prompt(QUESTION)
+    }
+}
+
+/// The verify score of the simulator's answer to [`QUESTION`].
+async fn score_of_answer(small: &triage_vllm_sim::SimHandle) -> (String, f64) {
+    let (answer, _) = direct_text(small, QUESTION, Some(64)).await;
+    let check =
+        AnswerCheck::load(&VerifyConfig::default()).expect("the shipped verifier and MiniLM");
+    let a = answer.clone();
+    let score = tokio::task::spawn_blocking(move || check.score(QUESTION, &a).unwrap())
+        .await
+        .unwrap();
+    (answer, score)
+}
+
+#[tokio::test]
+async fn an_answer_that_fails_verification_is_answered_by_tier2() {
+    let world = World::new().await;
+    let small = sim("small", 12, 0).await;
+    let large = sim("large", 12, 0).await;
+    let reference = sim("large", 12, 0).await;
+    let (_, score) = score_of_answer(&small).await;
+    let mut config = world.config(&[&small]);
+    config.verify.enabled = true;
+    config.verify.threshold = Some(score);
+    let t1 = world.start(config, Tier::Small).await;
+    let t2 = world.start(world.config(&[&large]), Tier::Large).await;
+
+    let mut replies = world.submit(Tier::Small, unstreamed()).await;
+    let got = replies.collect(LONG).await;
+    let c = got.completion();
+    assert_eq!((c.tier, c.attempt), (Tier::Large, 2));
+    let (expected, _) = direct_text(&reference, QUESTION, Some(64)).await;
+    assert_eq!(
+        c.text.as_deref(),
+        Some(expected.as_str()),
+        "tier 2's answer"
+    );
+    assert_eq!(
+        c.routing.as_ref().unwrap().reasons.last().unwrap(),
+        ESCALATED_VERIFY
+    );
+    assert!(
+        replies.extra(Duration::from_millis(300)).await.is_empty(),
+        "one final reply"
+    );
+    world.settled().await;
+    let usage = world.usage_of(&replies.id).await;
+    assert_eq!(usage.len(), 2, "{usage:?}");
+    assert_eq!(
+        (usage[0].attempt, usage[0].tier, usage[0].status),
+        (1, Tier::Small, UsageStatus::Ok)
+    );
+    assert!(usage[0].usage.completion_tokens > 0);
+    assert!(usage[0].reasons.contains(&ESCALATED_VERIFY.to_string()));
+    assert_eq!((usage[1].attempt, usage[1].tier), (2, Tier::Large));
+    t1.stop().await;
+    t2.stop().await;
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn an_answer_that_passes_is_released_as_is() {
+    let world = World::new().await;
+    let small = sim("small", 12, 0).await;
+    let large = sim("large", 12, 0).await;
+    let (answer, score) = score_of_answer(&small).await;
+    let mut config = world.config(&[&small]);
+    config.verify.enabled = true;
+    config.verify.threshold = Some(score + 1e-6);
+    let t1 = world.start(config, Tier::Small).await;
+    let t2 = world.start(world.config(&[&large]), Tier::Large).await;
+
+    let mut replies = world.submit(Tier::Small, unstreamed()).await;
+    let got = replies.collect(LONG).await;
+    let c = got.completion();
+    assert_eq!((c.tier, c.attempt), (Tier::Small, 1));
+    assert_eq!(c.text.as_deref(), Some(answer.as_str()));
+    world.settled().await;
+    let usage = world.usage_of(&replies.id).await;
+    assert_eq!(usage.len(), 1, "{usage:?}");
+    assert_eq!(
+        world.tier_messages(Tier::Large).await,
+        0,
+        "nothing escalated"
+    );
+    assert_eq!(large.stats().requests_received, 0);
+    t1.stop().await;
+    t2.stop().await;
+    world.teardown().await;
+}
