@@ -137,7 +137,7 @@ ins AS (
            baseline_cost, price_id, baseline_price_id, score, reasons::text[], ttft_ms,
            total_ms, finished_at
     FROM batch
-    ON CONFLICT (request_id, attempt) DO NOTHING
+    ON CONFLICT (tenant_key, request_id, attempt) DO NOTHING
     RETURNING tier, model, COALESCE(tenant, '') AS tenant, status, prompt_tokens,
               completion_tokens, tokens_estimated, cost, baseline_cost, ttft_ms, total_ms,
               finished_at

@@ -450,7 +450,8 @@ impl Writer {
     ) -> BatchOutcome {
         let mut events: Vec<(usize, UsageEvent)> = Vec::with_capacity(batch.len());
         let mut dead: Vec<DeadItem> = Vec::new();
-        let mut seen: HashSet<(String, u32)> = HashSet::with_capacity(batch.len());
+        // Ids are scoped by tenant: the same id of two tenants is two requests.
+        let mut seen: HashSet<(Option<String>, String, u32)> = HashSet::with_capacity(batch.len());
         let mut in_batch_duplicates = 0u64;
         for (index, m) in batch.iter().enumerate() {
             let encoding = Encoding::from_content_type(
@@ -461,7 +462,7 @@ impl Writer {
             );
             match decode::<UsageEvent>(encoding, &m.payload) {
                 Ok(event) => {
-                    if seen.insert((event.id.clone(), event.attempt)) {
+                    if seen.insert((event.tenant.clone(), event.id.clone(), event.attempt)) {
                         events.push((index, event));
                     } else {
                         in_batch_duplicates += 1;

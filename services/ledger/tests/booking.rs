@@ -248,3 +248,32 @@ async fn configured_prices_are_idempotent_and_history_is_append_only() {
     assert_eq!(db.store.prices().await.unwrap().prices().len(), 1);
     db.drop().await;
 }
+
+#[tokio::test]
+async fn the_same_id_in_two_tenants_is_two_requests() {
+    let db = TestDb::create().await;
+    db.reference_prices().await;
+    let at = Utc::now() - Duration::minutes(5);
+    let tenant = |t: Option<&str>| {
+        let mut e = event("shared-id", Tier::Small, 100, 10, at);
+        e.tenant = t.map(String::from);
+        e
+    };
+    let events = vec![tenant(Some("acme")), tenant(Some("globex")), tenant(None)];
+    let now = triage_protocol::now_ms();
+    let booked = db.store.book(&refs(&events), now).await.unwrap();
+    assert_eq!(
+        (booked.inserted, booked.duplicates),
+        (3, 0),
+        "ids are scoped by tenant"
+    );
+    let again = db.store.book(&refs(&events), now).await.unwrap();
+    assert_eq!(
+        (again.inserted, again.duplicates),
+        (0, 3),
+        "still booked once each"
+    );
+    assert_eq!(count_rows(db.pool()).await, 3);
+    assert_books_balance(db.pool()).await;
+    db.drop().await;
+}
