@@ -411,14 +411,14 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, 
 }
 
 fn connect_error(url: &str, e: &reqwest::Error) -> BackendError {
+    // reqwest's messages quote the URL: credentials in it must not reach logs.
+    let message = triage_runtime::masking::mask_urls_in(&error_chain(e));
     if e.is_decode() {
-        return BackendError::Decode {
-            message: error_chain(e),
-        };
+        return BackendError::Decode { message };
     }
     BackendError::Connect {
-        url: url.to_owned(),
-        message: error_chain(e),
+        url: triage_runtime::mask_url(url),
+        message,
     }
 }
 

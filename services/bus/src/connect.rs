@@ -109,3 +109,18 @@ pub async fn streams_ready(client: &async_nats::Client, streams: &[String]) -> R
     }
     Ok(())
 }
+
+/// A readiness check's future (`triage_runtime::Readiness::check`).
+pub type CheckFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// [`streams_ready`] as a readiness check: `Readiness::check("nats", …)`.
+pub fn streams_check(
+    client: async_nats::Client,
+    streams: Vec<String>,
+) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
+    move || {
+        let (client, streams) = (client.clone(), streams.clone());
+        Box::pin(async move { streams_ready(&client, &streams).await })
+    }
+}

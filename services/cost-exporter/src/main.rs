@@ -72,11 +72,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run => {
             tracing::info!(config = %triage_runtime::masked(&config), "triage-cost-exporter starting");
             let shutdown = triage_runtime::shutdown_token();
-            let pg = store.clone();
-            let readiness = triage_runtime::Readiness::new().check("postgres", move || {
-                let pg = pg.clone();
-                async move { pg.ready().await }
-            });
+            let readiness = triage_runtime::Readiness::new().check("postgres", store.ready_check());
             let bound = triage_runtime::metrics::serve_with_readiness(
                 config.metrics_addr,
                 Arc::new(registry),

@@ -172,19 +172,13 @@ async fn run(config: LedgerConfig) -> anyhow::Result<()> {
     let metrics = WriterMetrics::default();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    let readiness = {
-        let (client, pg) = (client.clone(), store.clone());
-        let streams = vec![ns.stream_name(triage_protocol::StreamKind::Usage)];
-        triage_runtime::Readiness::new()
-            .check("nats", move || {
-                let (client, streams) = (client.clone(), streams.clone());
-                async move { triage_bus::connect::streams_ready(&client, &streams).await }
-            })
-            .check("postgres", move || {
-                let pg = pg.clone();
-                async move { pg.ready().await }
-            })
-    };
+    let streams = vec![ns.stream_name(triage_protocol::StreamKind::Usage)];
+    let readiness = triage_runtime::Readiness::new()
+        .check(
+            "nats",
+            triage_bus::connect::streams_check(client.clone(), streams),
+        )
+        .check("postgres", store.ready_check());
     let bound = triage_runtime::metrics::serve_with_readiness(
         config.metrics_addr,
         Arc::new(registry),

@@ -252,6 +252,20 @@ impl Store {
             .map_err(|e| format!("postgres: {e}"))
     }
 
+    /// [`Store::ready`] as a readiness check: `Readiness::check("postgres", …)`.
+    pub fn ready_check(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+           + Send
+           + Sync
+           + 'static {
+        let store = self.clone();
+        move || {
+            let store = store.clone();
+            Box::pin(async move { store.ready().await })
+        }
+    }
+
     /// Applies pending migrations (idempotent; safe with concurrent
     /// callers, which wait on an advisory lock).
     pub async fn migrate(&self) -> Result<(), StoreError> {

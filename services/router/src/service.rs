@@ -76,12 +76,11 @@ fn readiness(
     let streams: Vec<String> = [StreamKind::Requests, StreamKind::Tier1, StreamKind::Tier2]
         .map(|k| ns.stream_name(k))
         .into();
-    let client = client.clone();
     Ok(triage_runtime::Readiness::new()
-        .check("nats", move || {
-            let (client, streams) = (client.clone(), streams.clone());
-            async move { triage_bus::connect::streams_ready(&client, &streams).await }
-        })
+        .check(
+            "nats",
+            triage_bus::connect::streams_check(client.clone(), streams),
+        )
         .check("scorer", move || {
             let loaded = built.load(std::sync::atomic::Ordering::Relaxed);
             async move {

@@ -17,6 +17,32 @@ pub fn mask_url(url: &str) -> String {
     url.split(',').map(mask_one).collect::<Vec<_>>().join(",")
 }
 
+/// Free text (an HTTP client's error chain, say) with every URL in it
+/// masked as [`mask_url`] does; the rest is unchanged.
+pub fn mask_urls_in(text: &str) -> String {
+    let delimiter = |c: char| c.is_whitespace() || matches!(c, '(' | ')' | '"' | '\'' | '<' | '>');
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains("://") {
+            out.push_str(&mask_url(word));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if delimiter(c) {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 fn mask_one(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(i) => url.split_at(i + 3),
@@ -77,7 +103,28 @@ pub fn is_secret_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::mask_url;
+    use super::{mask_url, mask_urls_in};
+
+    #[test]
+    fn urls_inside_text_are_masked_and_the_rest_kept() {
+        let text =
+            "error sending request for url (http://svc:hunter2@vllm:8000/v1/chat/completions): \
+                    connection refused; retry \"nats://tok@n1:4222\" later";
+        let masked = mask_urls_in(text);
+        assert!(
+            !masked.contains("hunter2") && !masked.contains("tok@"),
+            "{masked}"
+        );
+        assert!(
+            masked.contains("(http://svc:***@vllm:8000/v1/chat/completions)"),
+            "{masked}"
+        );
+        assert!(
+            masked.contains("connection refused; retry \"nats://***@n1:4222\" later"),
+            "{masked}"
+        );
+        assert_eq!(mask_urls_in("no url here: a@b"), "no url here: a@b");
+    }
 
     #[test]
     fn user_passwords_and_tokens_are_masked() {

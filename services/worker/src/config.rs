@@ -159,7 +159,13 @@ impl BackendSpec {
         }
         let url = self.url.trim();
         let rest = url.split_once("://").map_or(url, |(_, r)| r);
-        rest.split('/').next().unwrap_or(rest).to_string()
+        let authority = rest.split('/').next().unwrap_or(rest);
+        // Host and port only: credentials in the URL never become a label.
+        authority
+            .rsplit('@')
+            .next()
+            .unwrap_or(authority)
+            .to_string()
     }
 }
 
@@ -575,6 +581,18 @@ impl WorkerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_labels_never_carry_credentials() {
+        assert_eq!(
+            BackendSpec::new("http://svc:hunter2@vllm-1:8000/v1").label(),
+            "vllm-1:8000"
+        );
+        assert_eq!(
+            BackendSpec::new("http://vllm-2:8000").label(),
+            "vllm-2:8000"
+        );
+    }
 
     #[test]
     fn defaults_are_valid_and_backends_combine() {

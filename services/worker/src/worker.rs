@@ -65,10 +65,7 @@ impl Worker {
         let streams = vec![publisher.ns.stream_name(Namespace::tier_stream(self.tier))];
         let pool = self.pool.clone();
         triage_runtime::Readiness::new()
-            .check("nats", move || {
-                let (client, streams) = (client.clone(), streams.clone());
-                async move { triage_bus::connect::streams_ready(&client, &streams).await }
-            })
+            .check("nats", triage_bus::connect::streams_check(client, streams))
             .check("backends", move || {
                 let backends = pool.backends();
                 let healthy = backends.iter().filter(|b| b.available()).count();
