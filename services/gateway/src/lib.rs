@@ -11,10 +11,12 @@
 //! routes, [`health`] the readiness check, [`metrics`] the Prometheus
 //! metrics. [`nats_chat`] answers core NATS requests on `llm.chat` whole.
 //! [`auth`] checks API keys ([`api_key`]: the format, [`keys`]: the table),
-//! rates and budgets, and gives each request its tenant.
+//! rates and budgets, and gives each request its tenant. [`cancel`] stops
+//! the generation of an answer whose client went away.
 
 pub mod api_key;
 pub mod auth;
+pub mod cancel;
 pub mod config;
 pub mod error;
 pub mod health;

@@ -14,9 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use triage_bus::{ReplyStream, TriageClient};
-use triage_protocol::{Completion, Namespace, Request};
+use triage_protocol::{Completion, Namespace, Request, RequestKey};
 
 use crate::auth::Identity;
+use crate::cancel::CancelOnDrop;
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
 use crate::health;
@@ -233,7 +234,11 @@ fn routing_headers(headers: &mut HeaderMap, c: &Completion) {
 }
 
 async fn whole(s: &AppState, p: Prepared, request_id: &str) -> Response {
-    let answer = match s.client.ask(p.request, s.config.request_timeout).await {
+    let key = RequestKey::new(p.request.tenant.as_deref(), request_id);
+    let mut guard = CancelOnDrop::new(s.nats.clone(), &s.ns, key);
+    let asked = s.client.ask(p.request, s.config.request_timeout).await;
+    guard.disarm();
+    let answer = match asked {
         Ok(a) => a,
         Err(e) => return p.endpoint.name_input(e.into()).into_response(),
     };
@@ -270,16 +275,24 @@ async fn next_step(replies: &mut ReplyStream, relay: &mut Relay) -> Step {
 /// before any text is an ordinary error response with its own status; once
 /// text was sent (200), a failure ends the stream with an error event.
 async fn stream(s: &AppState, p: Prepared, request_id: &str, mut ticket: Ticket) -> Response {
+    let key = RequestKey::new(p.request.tenant.as_deref(), request_id);
+    let mut guard = CancelOnDrop::new(s.nats.clone(), &s.ns, key);
     let mut replies = match s.client.submit(p.request, s.config.request_timeout).await {
         Ok(r) => r,
-        Err(e) => return p.endpoint.name_input(e.into()).into_response(),
+        Err(e) => {
+            guard.disarm();
+            return p.endpoint.name_input(e.into()).into_response();
+        }
     };
     let mut relay = Relay::default();
     let shape = Shape::new(p.endpoint, request_id, &p.model, p.include_usage);
     let mut head = shape.start();
     let mut finished = None;
     match next_step(&mut replies, &mut relay).await {
-        Step::Fail(e) => return p.endpoint.name_input(e).into_response(),
+        Step::Fail(e) => {
+            guard.disarm();
+            return p.endpoint.name_input(e).into_response();
+        }
         Step::Text(text) => {
             ticket.first_token();
             head.extend(shape.delta(&text));
@@ -294,6 +307,7 @@ async fn stream(s: &AppState, p: Prepared, request_id: &str, mut ticket: Ticket)
             }
             head.extend(shape.finish(&completion));
             finished = Some(completion);
+            guard.disarm();
         }
         Step::Skip => unreachable!("next_step skips empty chunks"),
     }
@@ -304,6 +318,7 @@ async fn stream(s: &AppState, p: Prepared, request_id: &str, mut ticket: Ticket)
         ticket,
         metrics: s.metrics.clone(),
         finished: finished.is_some(),
+        guard,
     };
     let rest = futures::stream::unfold(live, Live::next_frames);
     let head = futures::stream::once(async move { Ok::<_, Infallible>(Bytes::from(head)) });
@@ -328,6 +343,8 @@ struct Live {
     ticket: Ticket,
     metrics: GatewayMetrics,
     finished: bool,
+    /// Cancels the generation if the body is dropped before its end.
+    guard: CancelOnDrop,
 }
 
 impl Live {
@@ -345,12 +362,14 @@ impl Live {
                 unsent_text,
             } => {
                 self.finished = true;
+                self.guard.disarm();
                 let mut out = unsent_text.map_or_else(Vec::new, |t| self.shape.delta(&t));
                 out.extend(self.shape.finish(&completion));
                 out
             }
             Step::Fail(e) => {
                 self.finished = true;
+                self.guard.disarm();
                 let code = e.code.clone().unwrap_or_default();
                 tracing::warn!(error = %e, code, "stream ended by an error event");
                 self.metrics

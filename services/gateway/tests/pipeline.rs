@@ -59,7 +59,9 @@ impl Drop for Pipeline {
 
 async fn start_pipeline(world: &World) -> Pipeline {
     let sim = |model: &str, itl_ms: u64| {
-        let mut c = SimConfig::instant(model, 12);
+        // Tier 1 talks long enough (64 tokens, 2.5 s) for a client to leave.
+        let tokens = if itl_ms > 1 { 64 } else { 12 };
+        let mut c = SimConfig::instant(model, tokens);
         c.ttft_ms = 5;
         // Tier 1 much slower than the worker's 5 ms coalescing, so its first
         // tokens reach the client, even on a loaded machine, before a
@@ -284,6 +286,8 @@ async fn openai_sdk_and_curl_through_the_whole_pipeline() {
         "the router's refusal: {empty}"
     );
 
+    client_goes_away_mid_stream(&world, &gw).await;
+
     let metrics = gw.metrics();
     assert!(
         metrics.contains("triage_gateway_nats_chat_requests_total{outcome=\"ok\"} 1"),
@@ -298,4 +302,71 @@ async fn openai_sdk_and_curl_through_the_whole_pipeline() {
     drop(gw);
     drop(pipeline);
     world.teardown().await;
+}
+
+/// A client that leaves after the first frames: the worker stops generating
+/// and books the attempt as `cancelled` (`client_cancelled`), with fewer
+/// tokens than the answer would have had.
+async fn client_goes_away_mid_stream(world: &World, gw: &common::Gw) {
+    let r = http()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .json(&json!({"model": "triage-tier1", "messages": [{"role": "user", "content": "Tell a long story."}],
+                      "max_tokens": 64, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-triage-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut body = r.bytes_stream();
+    tokio::time::timeout(Duration::from_secs(20), futures::StreamExt::next(&mut body))
+        .await
+        .expect("the first frames within 20 s");
+    drop(body);
+
+    let usage = world
+        .js
+        .get_stream(world.ns.stream_name(triage_protocol::StreamKind::Usage))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let event = loop {
+        let last = usage.get_info().await.unwrap().state.last_sequence;
+        let found = futures::future::join_all((1..=last).map(|seq| usage.get_raw_message(seq)))
+            .await
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                let encoding = triage_protocol::Encoding::from_content_type(
+                    m.headers
+                        .get(triage_protocol::headers::CONTENT_TYPE)
+                        .map(|v| v.as_str()),
+                );
+                triage_protocol::decode::<triage_protocol::UsageEvent>(encoding, &m.payload).ok()
+            })
+            .find(|e| e.id == id);
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no usage event of {id} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        event.status,
+        triage_protocol::UsageStatus::Cancelled,
+        "{event:?}"
+    );
+    assert!(
+        event.reasons.iter().any(|r| r == "client_cancelled"),
+        "{event:?}"
+    );
+    assert!(
+        event.usage.completion_tokens < 64,
+        "stopped early: {event:?}"
+    );
 }

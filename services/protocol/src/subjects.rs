@@ -174,6 +174,13 @@ impl Namespace {
         self.qualify("llm.chat")
     }
 
+    /// `llm.cancel.<tenant>.<id>`: core NATS; a message here asks the worker
+    /// generating that request to stop (its client went away). Not a
+    /// stream: a cancel for a request not being generated is dropped.
+    pub fn cancel(&self, key: RequestKey<'_>) -> String {
+        format!("{}.{}", self.qualify("llm.cancel"), key.tokens())
+    }
+
     /// `llm.requests.<tenant>`: requests of one tenant, bound to it by the
     /// NATS permission to publish there (deploy/nats).
     pub fn tenant_requests(&self, tenant: &str) -> Result<String, InvalidTenant> {

@@ -87,6 +87,14 @@ impl Deliverer {
         Ok(())
     }
 
+    /// Cancelled by its client: only the record, so a redelivery does not
+    /// generate it again (the usage was booked by the generate stage).
+    pub async fn cancelled(&self, outbox: &Outbox<'_>) {
+        tracing::info!("cancelled by the client");
+        self.record_finished(outbox, "cancelled by the client")
+            .await;
+    }
+
     /// A reused request id: a `duplicate_request` error on the new reply
     /// subject only. Nothing is recorded or kept: the first request's record
     /// and kept result stay as they are.

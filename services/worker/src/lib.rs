@@ -34,6 +34,7 @@ pub mod admit;
 pub mod attempt;
 pub mod batch;
 pub mod breaker;
+pub mod client_cancel;
 pub mod coalesce;
 pub mod config;
 pub mod consume;

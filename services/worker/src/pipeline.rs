@@ -15,8 +15,10 @@ use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use triage_bus::{consumer, BusError, Envelope};
+use triage_protocol::RequestKey;
 
 use crate::admit::{Admission, Admitter, Decoded};
+use crate::client_cancel::CancelWatch;
 use crate::deliver::Deliverer;
 use crate::generate::{Generator, Job, Outcome};
 use crate::metrics::WorkerMetrics;
@@ -117,12 +119,16 @@ impl Pipeline {
             }
         };
         let outbox = self.outbox(env, &request);
+        let publisher = &self.deliver.publisher;
+        let key = RequestKey::of(&request.routed.request);
+        let watch = CancelWatch::start(&publisher.client, &publisher.ns, key).await;
         let job = Job {
             routed: &request.routed,
             outbox: &outbox,
             first_attempt,
             received_at,
             cancel,
+            client_gone: &watch.gone,
         };
         match self.generate.generate(&job).await {
             Outcome::Answered { completion, usage } => {
@@ -152,6 +158,10 @@ impl Pipeline {
                     .escalation(&outbox, env, routed, reason, attempt_base)
                     .await?;
                 Ok(Step::Ack("escalated"))
+            }
+            Outcome::ClientGone => {
+                self.deliver.cancelled(&outbox).await;
+                Ok(Step::Ack("cancelled"))
             }
             Outcome::HandBack => Ok(Step::Nak),
         }

@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
         "attempt",
         "batch",
         "breaker",
+        "client_cancel",
         "coalesce",
         "config",
         "early_exit",

@@ -90,6 +90,8 @@ pub struct Job<'a> {
     pub received_at: Instant,
     /// Fired when the shutdown grace period is over.
     pub cancel: &'a CancellationToken,
+    /// Fired when the client cancelled the request (`client_cancel`).
+    pub client_gone: &'a CancellationToken,
 }
 
 impl Job<'_> {
@@ -120,6 +122,9 @@ pub enum Outcome {
     },
     /// Shutting down: hand the message back (nak) for another replica.
     HandBack,
+    /// The client cancelled: what was generated is booked; nothing more is
+    /// sent, and the request is recorded as finished.
+    ClientGone,
 }
 
 /// What the attempt loop remembers between attempts of one delivery.
@@ -202,6 +207,9 @@ impl Generator {
                     return self.low_confidence(job, booking, mean_logprob).await
                 }
                 How::Cancelled { started } => return self.cancelled(job, booking, started).await,
+                How::ClientGone { started } => {
+                    return self.client_gone(job, booking, started).await
+                }
                 How::Failed(failed) => {
                     match self.failed(job, &mut run, lease, booking, failed).await {
                         Ok(wait) => wait,
@@ -215,6 +223,7 @@ impl Generator {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = job.cancel.cancelled() => return Outcome::HandBack,
+                _ = job.client_gone.cancelled() => return Outcome::ClientGone,
             }
         }
     }
@@ -235,6 +244,7 @@ impl Generator {
             attempt,
             prompt_tokens,
             streaming: job.streams_to_client(),
+            client_gone: job.client_gone,
             coalesce: self.settings.coalesce,
             // A request fixed to tier 1 could not be moved: not judged either.
             gate: self
@@ -332,6 +342,19 @@ impl Generator {
             reason: ESCALATED_LOW_CONFIDENCE,
             attempt_base: booking.attempt + 1,
         }
+    }
+
+    /// The client cancelled: book what was generated, and stop.
+    async fn client_gone(&self, job: &Job<'_>, booking: Booking, started: bool) -> Outcome {
+        if started {
+            let reason = Some(crate::client_cancel::CLIENT_CANCELLED);
+            let event = self.usage_event(job, &booking, UsageStatus::Cancelled, reason, None);
+            if let Err(e) = job.outbox.usage(&event).await {
+                tracing::error!(error = %e, "usage event of the cancelled attempt not published");
+                return Outcome::HandBack;
+            }
+        }
+        Outcome::ClientGone
     }
 
     /// Shutdown cancelled the attempt: book it if it started, hand back.

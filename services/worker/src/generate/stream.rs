@@ -46,6 +46,8 @@ pub(super) enum How {
     /// The shutdown grace period ran out; `started` when the backend had
     /// begun generating (so it is booked).
     Cancelled { started: bool },
+    /// The client cancelled the request; `started` as for `Cancelled`.
+    ClientGone { started: bool },
 }
 
 /// An answer streamed to its end.
@@ -74,6 +76,8 @@ pub(super) struct Call<'a> {
     pub prompt_tokens: u32,
     /// Whether chunks go to the client.
     pub streaming: bool,
+    /// Fired when the client cancelled.
+    pub client_gone: &'a CancellationToken,
     pub coalesce: Duration,
     /// The early-exit gate, on tier 1 when enabled.
     pub gate: Option<ConfidenceGate>,
@@ -121,6 +125,7 @@ impl<'a> Reader<'a> {
     }
 
     async fn run(mut self, mut stream: ChatStream, cancel: &CancellationToken) -> AttemptEnd {
+        let gone = self.call.client_gone;
         loop {
             let flush_at = self.coalescer.deadline();
             let event = tokio::select! {
@@ -128,6 +133,10 @@ impl<'a> Reader<'a> {
                 _ = cancel.cancelled() => {
                     let started = self.started;
                     return self.end(How::Cancelled { started });
+                }
+                _ = gone.cancelled() => {
+                    let started = self.started;
+                    return self.end(How::ClientGone { started });
                 }
                 _ = sleep_until(flush_at) => {
                     if let Some(t) = self.coalescer.due(Instant::now()) {
