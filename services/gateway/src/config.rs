@@ -30,13 +30,16 @@ Configuration keys (TOML file or TRIAGE_GATEWAY_<KEY>, nested with __):
   reply_prefix = \"_GW\"           reply subjects are <reply_prefix>.<instance_id>.<n>; the
                                  router's and workers' reply policy must allow it (_GW. is allowed by default)
   nats_chat = true               answer core NATS requests on llm.chat (one whole answer each)
+  cost_usd = true                answers carry usage.cost_usd at the ledger's prices (read from database.url;
+                                 none when it cannot be read)
+  prices_refresh = \"60s\"        how long the prices read are reused
   auth.keys = false              require an API key (Authorization: Bearer trk_...) on /v1/*; off: every
                                  request is accepted without a tenant (local use; printed at start)
   auth.cache_ttl = \"30s\"        a verified key is trusted this long before its row is read again
                                  (also how soon a revocation takes effect)
   auth.spend_cache_ttl = \"30s\"  how long a tenant's spend today is reused for budget checks
-  database.url = \"postgres://postgres@127.0.0.1:5432/triage\"  the keys and the ledger (TRIAGE_DATABASE_URL
-                                 sets the default; used only with auth.keys)
+  database.url = \"postgres://postgres@127.0.0.1:5432/triage\"  the keys and the ledger's prices and rollups
+                                 (TRIAGE_DATABASE_URL sets the default; used with auth.keys or cost_usd)
   database.max_connections = 4   its pool size
   database.acquire_timeout = \"5s\"  a query's wait for a connection
   aliases.<name> = \"triage-auto\"  extra model names for triage-auto, triage-tier1 or triage-tier2
@@ -73,6 +76,11 @@ pub struct GatewayConfig {
     pub reply_prefix: String,
     /// Whether to answer core NATS requests on `llm.chat`.
     pub nats_chat: bool,
+    /// Whether answers carry `usage.cost_usd` (prices from the database).
+    pub cost_usd: bool,
+    /// How long the prices read are reused.
+    #[serde(with = "humantime_serde")]
+    pub prices_refresh: Duration,
     /// API keys.
     pub auth: AuthConfig,
     /// Postgres: the keys and the ledger's rollups (with `auth.keys`).
@@ -100,6 +108,8 @@ impl Default for GatewayConfig {
             instance_id: String::new(),
             reply_prefix: GATEWAY_REPLY_PREFIX.into(),
             nats_chat: true,
+            cost_usd: true,
+            prices_refresh: Duration::from_secs(60),
             auth: AuthConfig::default(),
             database: triage_ledger::config::DatabaseConfig::default(),
             aliases: BTreeMap::new(),

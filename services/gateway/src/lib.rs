@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod models;
 pub mod nats_chat;
 pub mod openai;
+pub mod prices;
 pub mod relay;
 pub mod request;
 pub mod server;
@@ -118,8 +119,16 @@ impl Gateway {
             .with_reply_prefix(reply_prefix)
             .with_body_tenants();
         let auth = authenticator(&config).await?;
+        let prices = prices::Prices::new(
+            config
+                .cost_usd
+                .then(|| config.database.store())
+                .transpose()?,
+            config.prices_refresh,
+        );
         let state = AppState {
             auth,
+            prices,
             client,
             js: async_nats::jetstream::new(nats.clone()),
             nats,

@@ -7,7 +7,11 @@
 //! model), to the non-streamed answer and to a stream's finish chunk: a
 //! stream's routing is known only at its end, after its headers were sent.
 
+use std::sync::Arc;
+
+use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
+use triage_ledger::PriceBook;
 use triage_protocol::Completion;
 
 use crate::error::ApiError;
@@ -24,6 +28,8 @@ pub struct Shape {
     /// The model name the client asked for, echoed in every object.
     model: String,
     include_usage: bool,
+    /// Prices for `usage.cost_usd`, when the gateway has the ledger's.
+    prices: Option<Arc<PriceBook>>,
 }
 
 #[derive(Serialize)]
@@ -31,6 +37,11 @@ struct UsageOut {
     prompt_tokens: u32,
     completion_tokens: u32,
     total_tokens: u32,
+    /// What the answering attempt cost, at the ledger's prices (absent
+    /// without them). Earlier attempts of a restarted or escalated request
+    /// are in the ledger, not here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost_usd: Option<f64>,
 }
 
 /// Routing facts of an answer, Triage's addition.
@@ -85,11 +96,15 @@ struct Object<'a> {
     triage: Option<TriageInfo<'a>>,
 }
 
-fn usage(c: &Completion) -> UsageOut {
+fn usage(c: &Completion, prices: Option<&PriceBook>) -> UsageOut {
+    let cost_usd = prices
+        .and_then(|p| p.cost(c.tier, &c.model, &c.usage, chrono::Utc::now()).ok())
+        .and_then(|cost| cost.total.to_f64());
     UsageOut {
         prompt_tokens: c.usage.prompt_tokens,
         completion_tokens: c.usage.completion_tokens,
         total_tokens: c.usage.total_tokens(),
+        cost_usd,
     }
 }
 
@@ -125,7 +140,14 @@ impl Shape {
             created: triage_protocol::now_ms() / 1000,
             model: model.to_string(),
             include_usage,
+            prices: None,
         }
+    }
+
+    /// Adds `usage.cost_usd` from `prices`.
+    pub fn with_prices(mut self, prices: Option<Arc<PriceBook>>) -> Self {
+        self.prices = prices;
+        self
     }
 
     fn object<'a>(&'a self, streamed: bool, choices: Vec<Choice<'a>>) -> Object<'a> {
@@ -207,7 +229,7 @@ impl Shape {
         frame(&mut out, &last);
         if self.include_usage {
             let mut u = self.object(true, Vec::new());
-            u.usage = Some(usage(c));
+            u.usage = Some(usage(c, self.prices.as_deref()));
             frame(&mut out, &u);
         }
         out.extend_from_slice(DONE);
@@ -238,7 +260,7 @@ impl Shape {
             finish_reason: Some(finish_reason(c)),
         };
         let mut o = self.object(false, vec![choice]);
-        o.usage = Some(usage(c));
+        o.usage = Some(usage(c, self.prices.as_deref()));
         o.triage = Some(self.triage(c));
         // Serialising these plain structs cannot fail.
         serde_json::to_vec(&o).expect("answer objects serialise")
@@ -317,6 +339,29 @@ mod tests {
         );
         assert_eq!(e[5], "[DONE]");
         assert!(e[1].get("usage").is_none());
+    }
+
+    #[test]
+    fn usage_carries_the_answers_cost_at_the_ledgers_prices() {
+        let price = |tier, input: &str, output: &str| triage_ledger::Price {
+            id: Some(1),
+            tier,
+            model: None,
+            input_per_1k: input.parse().unwrap(),
+            output_per_1k: output.parse().unwrap(),
+            effective_from: chrono::DateTime::UNIX_EPOCH,
+        };
+        let book = PriceBook::new(vec![
+            price(Tier::Small, "0.1", "0.2"),
+            price(Tier::Large, "0.8", "1.6"),
+        ])
+        .unwrap();
+        let s = Shape::new(Endpoint::Chat, "r1", "m", true).with_prices(Some(Arc::new(book)));
+        let e = events(&s.finish(&completion()));
+        // 3 prompt tokens at $0.1/1K + 2 completion tokens at $0.2/1K.
+        assert_eq!(e[1]["usage"]["cost_usd"], 0.0007);
+        let whole: Value = serde_json::from_slice(&s.whole("Hi", &completion())).unwrap();
+        assert_eq!(whole["usage"]["cost_usd"], 0.0007);
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub const IGNORED_HEADER: &str = "x-triage-ignored-params";
 /// What every handler shares.
 pub struct AppState {
     pub(crate) auth: crate::auth::Authenticator,
+    pub(crate) prices: crate::prices::Prices,
     pub(crate) client: TriageClient,
     pub(crate) nats: async_nats::Client,
     pub(crate) js: jetstream::Context,
@@ -245,7 +246,8 @@ async fn whole(s: &AppState, p: Prepared, request_id: &str) -> Response {
     let Some(completion) = answer.completion else {
         return ApiError::internal("the answer ended without a completion").into_response();
     };
-    let shape = Shape::new(p.endpoint, request_id, &p.model, false);
+    let shape =
+        Shape::new(p.endpoint, request_id, &p.model, false).with_prices(s.prices.current().await);
     let mut response = (
         [(header::CONTENT_TYPE, "application/json")],
         shape.whole(&answer.text, &completion),
@@ -285,7 +287,8 @@ async fn stream(s: &AppState, p: Prepared, request_id: &str, mut ticket: Ticket)
         }
     };
     let mut relay = Relay::default();
-    let shape = Shape::new(p.endpoint, request_id, &p.model, p.include_usage);
+    let shape = Shape::new(p.endpoint, request_id, &p.model, p.include_usage)
+        .with_prices(s.prices.current().await);
     let mut head = shape.start();
     let mut finished = None;
     match next_step(&mut replies, &mut relay).await {
