@@ -299,6 +299,7 @@ async fn answer_requests(
             text_bytes: Some("Hello, world".len() as u64),
             text: None,
             routing: None,
+            logprobs: None,
         });
         triage_bus::reply::send(&client, &reply_to, env.encoding, &done)
             .await
@@ -384,6 +385,7 @@ async fn a_lost_chunk_fails_the_answer_instead_of_returning_wrong_text() {
             text_bytes: Some("Hello!".len() as u64),
             text: None,
             routing: None,
+            logprobs: None,
         });
         // Chunk 1 ("lo") never arrives.
         for r in [chunk(0, "Hel"), chunk(2, "!"), done] {

@@ -188,6 +188,7 @@ async fn work_as_tier1(
         text_bytes: Some(7),
         text: None,
         routing: None,
+        logprobs: None,
     });
     triage_bus::reply::send(client, &reply_to, env.encoding, &completion)
         .await

@@ -73,6 +73,7 @@ async fn responder(client: async_nats::Client, ns: Namespace, stop: Cancellation
                 text_bytes: Some(5),
                 text: None,
                 routing: None,
+                logprobs: None,
             }),
         ];
         for reply in &replies {

@@ -79,8 +79,51 @@ struct Choice<'a> {
     delta: Option<Delta<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<&'a str>,
-    logprobs: Option<()>,
+    logprobs: Option<LogprobsOut<'a>>,
     finish_reason: Option<&'a str>,
+}
+
+/// OpenAI's chat `logprobs`: `{"content": [{token, logprob, bytes,
+/// top_logprobs: [{token, logprob, bytes}]}]}`.
+#[derive(Serialize)]
+struct LogprobsOut<'a> {
+    content: Vec<TokenOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct TokenOut<'a> {
+    token: &'a str,
+    logprob: f64,
+    bytes: &'a [u8],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_logprobs: Option<Vec<TokenOut<'a>>>,
+}
+
+fn token_out(token: &str, logprob: f64) -> TokenOut<'_> {
+    TokenOut {
+        token,
+        logprob,
+        bytes: token.as_bytes(),
+        top_logprobs: None,
+    }
+}
+
+fn logprobs_out(c: &Completion) -> Option<LogprobsOut<'_>> {
+    let content = c
+        .logprobs
+        .as_ref()?
+        .iter()
+        .map(|t| TokenOut {
+            top_logprobs: Some(
+                t.top_logprobs
+                    .iter()
+                    .map(|a| token_out(&a.token, a.logprob))
+                    .collect(),
+            ),
+            ..token_out(&t.token, t.logprob)
+        })
+        .collect();
+    Some(LogprobsOut { content })
 }
 
 #[derive(Serialize)]
@@ -256,7 +299,8 @@ impl Shape {
             }),
             delta: None,
             text: (!chat).then_some(text),
-            logprobs: None,
+            // Chat's shape only; the legacy completions shape is not written.
+            logprobs: if chat { logprobs_out(c) } else { None },
             finish_reason: Some(finish_reason(c)),
         };
         let mut o = self.object(false, vec![choice]);
@@ -291,6 +335,7 @@ mod tests {
             text_bytes: None,
             text: None,
             routing: Some(RoutingDecision::fixed(Tier::Small, "test")),
+            logprobs: None,
         }
     }
 

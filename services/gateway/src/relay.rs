@@ -139,6 +139,7 @@ mod tests {
             text_bytes: bytes,
             text: text.map(str::to_string),
             routing: None,
+            logprobs: None,
         })
     }
 

@@ -70,16 +70,14 @@ impl Endpoint {
     }
 }
 
-/// Fields accepted but not honoured yet: the answer cannot carry tool calls
-/// or logprobs, and the worker always uses the backend's chat endpoint.
+/// Fields accepted but not honoured yet: the answer cannot carry tool calls,
+/// and the worker always uses the backend's chat endpoint.
 const NOT_FORWARDED: &[&str] = &[
     "tools",
     "tool_choice",
     "parallel_tool_calls",
     "functions",
     "function_call",
-    "logprobs",
-    "top_logprobs",
     "suffix",
     "echo",
     "best_of",
@@ -155,7 +153,9 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
         // The other endpoint's input (`messages` sent to /v1/completions) is
         // ignored too: it is no backend option.
         let reserved = triage_protocol::params::RESERVED.contains(&name.as_str());
-        if reserved || NOT_FORWARDED.contains(&name.as_str()) {
+        // Logprobs come back only in whole answers (chunks carry none).
+        let streamed_logprobs = stream && matches!(name.as_str(), "logprobs" | "top_logprobs");
+        if reserved || streamed_logprobs || NOT_FORWARDED.contains(&name.as_str()) {
             ignored.push(name.clone());
         } else {
             request.params.insert(name.clone(), value.clone());

@@ -94,6 +94,7 @@ fn completion(id: &str, attempt: u32, chunks: u32, text: Option<&str>) -> Reply 
             score: 0.75,
             ..RoutingDecision::fixed(Tier::Large, "test")
         }),
+        logprobs: None,
     })
 }
 

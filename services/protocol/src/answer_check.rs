@@ -198,6 +198,7 @@ mod tests {
             text_bytes,
             text: text.map(str::to_string),
             routing: None,
+            logprobs: None,
         }
     }
 

@@ -383,6 +383,31 @@ pub struct Completion {
     /// The routing decision, including any escalation reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<RoutingDecision>,
+    /// The answering attempt's token log probabilities, when the request
+    /// asked for them (`params.logprobs`) and did not stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// One generated token's log probability (OpenAI's `logprobs.content[]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its natural log probability.
+    pub logprob: f64,
+    /// The most likely alternatives (`params.top_logprobs` of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// One alternative of a [`TokenLogprob`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    /// The alternative token's text.
+    pub token: String,
+    /// Its natural log probability.
+    pub logprob: f64,
 }
 
 /// An error answer: the request will not be answered further.

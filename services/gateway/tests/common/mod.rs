@@ -121,6 +121,9 @@ impl World {
         };
         c.nats.url = nats_url();
         c.nats.prefix = self.prefix.clone();
+        // Whether the shared database holds prices depends on what ran
+        // before (the demo's ledger stores them): answers stay comparable.
+        c.cost_usd = false;
         c
     }
 

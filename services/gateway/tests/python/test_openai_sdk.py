@@ -98,6 +98,17 @@ class OpenAISdkAgainstTheGateway(unittest.TestCase):
             ask(response_format={"type": "yaml"})
         self.assertEqual(caught.exception.param, "response_format.type")
 
+    def test_logprobs_of_a_whole_answer(self):
+        r = CLIENT.chat.completions.create(
+            model="triage-tier2", messages=HELLO, max_tokens=4, logprobs=True, top_logprobs=2
+        )
+        content = r.choices[0].logprobs.content
+        self.assertEqual(len(content), r.usage.completion_tokens)
+        self.assertEqual("".join(t.token for t in content), r.choices[0].message.content)
+        for t in content:
+            self.assertLessEqual(t.logprob, 0.0)
+            self.assertEqual(len(t.top_logprobs), 2)
+
     def test_an_unknown_model_is_not_found(self):
         with self.assertRaises(openai.NotFoundError) as caught:
             CLIENT.chat.completions.create(model="gpt-5", messages=HELLO)

@@ -244,6 +244,9 @@ impl Generator {
             attempt,
             prompt_tokens,
             streaming: job.streams_to_client(),
+            keep_logprobs: !job.streams_to_client()
+                && job.routed.request.params.get("logprobs")
+                    == Some(&serde_json::Value::Bool(true)),
             client_gone: job.client_gone,
             coalesce: self.settings.coalesce,
             // A request fixed to tier 1 could not be moved: not judged either.
@@ -307,6 +310,7 @@ impl Generator {
             text_bytes: Some(done.text.len() as u64),
             text: keep_text.then_some(done.text),
             routing: Some(job.routed.routing.clone()),
+            logprobs: done.logprobs,
         };
         Outcome::Answered {
             completion: Box::new(completion),

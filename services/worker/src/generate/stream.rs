@@ -56,6 +56,8 @@ pub(super) struct Done {
     pub finish_reason: String,
     /// Chunks sent to the client.
     pub chunks: u32,
+    /// The tokens' logprobs, when the answer keeps them.
+    pub logprobs: Option<Vec<triage_protocol::TokenLogprob>>,
 }
 
 /// A failed call: `reached_client` when chunks were already sent, `started`
@@ -76,6 +78,8 @@ pub(super) struct Call<'a> {
     pub prompt_tokens: u32,
     /// Whether chunks go to the client.
     pub streaming: bool,
+    /// Whether the answer carries its tokens' logprobs (asked for, whole).
+    pub keep_logprobs: bool,
     /// Fired when the client cancelled.
     pub client_gone: &'a CancellationToken,
     pub coalesce: Duration,
@@ -106,10 +110,13 @@ struct Reader<'a> {
     finish_reason: Option<String>,
     model: String,
     first_token: Option<Instant>,
+    /// The answer's logprobs so far, when it keeps them.
+    logprobs: Option<Vec<triage_protocol::TokenLogprob>>,
 }
 
 impl<'a> Reader<'a> {
     fn new(call: Call<'a>) -> Self {
+        let logprobs = call.keep_logprobs.then(Vec::new);
         Self {
             labels: call.metrics.backend(&call.backend.label),
             coalescer: Coalescer::new(call.coalesce),
@@ -121,6 +128,7 @@ impl<'a> Reader<'a> {
             reported: None,
             finish_reason: None,
             first_token: None,
+            logprobs,
         }
     }
 
@@ -217,6 +225,9 @@ impl<'a> Reader<'a> {
                 .observe(now.duration_since(self.call.started_at).as_secs_f64());
         }
         self.text.push_str(&content);
+        if let (Some(kept), Some(lps)) = (self.logprobs.as_mut(), logprobs.as_ref()) {
+            kept.extend(lps.iter().map(protocol_logprob));
+        }
         let release = match self.call.gate.as_mut() {
             None => Some(content),
             Some(g) => {
@@ -285,6 +296,7 @@ impl<'a> Reader<'a> {
             text: std::mem::take(&mut self.text),
             finish_reason: self.finish_reason.take().unwrap_or_else(|| "stop".into()),
             chunks: self.seq,
+            logprobs: self.logprobs.take(),
         };
         let spent = Spent {
             usage,
@@ -332,5 +344,21 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
+    }
+}
+
+/// A backend token logprob as the protocol carries it.
+fn protocol_logprob(l: &TokenLogprob) -> triage_protocol::TokenLogprob {
+    triage_protocol::TokenLogprob {
+        token: l.token.clone(),
+        logprob: l.logprob,
+        top_logprobs: l
+            .top_logprobs
+            .iter()
+            .map(|t| triage_protocol::TopLogprob {
+                token: t.token.clone(),
+                logprob: t.logprob,
+            })
+            .collect(),
     }
 }
