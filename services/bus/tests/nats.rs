@@ -300,6 +300,7 @@ async fn answer_requests(
             text: None,
             routing: None,
             logprobs: None,
+            alternatives: Vec::new(),
         });
         triage_bus::reply::send(&client, &reply_to, env.encoding, &done)
             .await
@@ -386,6 +387,7 @@ async fn a_lost_chunk_fails_the_answer_instead_of_returning_wrong_text() {
             text: None,
             routing: None,
             logprobs: None,
+            alternatives: Vec::new(),
         });
         // Chunk 1 ("lo") never arrives.
         for r in [chunk(0, "Hel"), chunk(2, "!"), done] {

@@ -189,6 +189,7 @@ async fn work_as_tier1(
         text: None,
         routing: None,
         logprobs: None,
+        alternatives: Vec::new(),
     });
     triage_bus::reply::send(client, &reply_to, env.encoding, &completion)
         .await

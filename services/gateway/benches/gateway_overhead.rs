@@ -74,6 +74,7 @@ async fn responder(client: async_nats::Client, ns: Namespace, stop: Cancellation
                 text: None,
                 routing: None,
                 logprobs: None,
+                alternatives: Vec::new(),
             }),
         ];
         for reply in &replies {

@@ -303,7 +303,19 @@ impl Shape {
             logprobs: if chat { logprobs_out(c) } else { None },
             finish_reason: Some(finish_reason(c)),
         };
-        let mut o = self.object(false, vec![choice]);
+        let mut choices = vec![choice];
+        choices.extend(c.alternatives.iter().map(|a| Choice {
+            index: a.index,
+            message: chat.then_some(Message {
+                role: "assistant",
+                content: &a.text,
+            }),
+            delta: None,
+            text: (!chat).then_some(a.text.as_str()),
+            logprobs: None,
+            finish_reason: Some(a.finish_reason.as_str()),
+        }));
+        let mut o = self.object(false, choices);
         o.usage = Some(usage(c, self.prices.as_deref()));
         o.triage = Some(self.triage(c));
         // Serialising these plain structs cannot fail.
@@ -336,6 +348,7 @@ mod tests {
             text: None,
             routing: Some(RoutingDecision::fixed(Tier::Small, "test")),
             logprobs: None,
+            alternatives: Vec::new(),
         }
     }
 

@@ -120,13 +120,11 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
     if n == 0 {
         return Err(ApiError::invalid(Some("n"), "`n` must be at least 1"));
     }
-    if n > 1 {
-        let why = if stream {
-            "`n` > 1 cannot be streamed: ask for n = 1"
-        } else {
-            "`n` > 1 is not supported yet: an answer carries one choice"
-        };
-        return Err(ApiError::invalid(Some("n"), why));
+    if n > 1 && stream {
+        return Err(ApiError::invalid(
+            Some("n"),
+            "`n` > 1 cannot be streamed: ask for n = 1 or stream = false",
+        ));
     }
     let mut request = Request {
         stream,
@@ -529,8 +527,9 @@ mod tests {
             Some("n")
         );
         assert_eq!(
-            param_of(base(serde_json::json!({"n": 2}))).as_deref(),
-            Some("n")
+            base(serde_json::json!({"n": 2})).unwrap().request.n,
+            2,
+            "whole answers may have several choices"
         );
         assert_eq!(
             param_of(base(

@@ -95,6 +95,7 @@ fn completion(id: &str, attempt: u32, chunks: u32, text: Option<&str>) -> Reply 
             ..RoutingDecision::fixed(Tier::Large, "test")
         }),
         logprobs: None,
+        alternatives: Vec::new(),
     })
 }
 

@@ -199,6 +199,7 @@ mod tests {
             text: text.map(str::to_string),
             routing: None,
             logprobs: None,
+            alternatives: Vec::new(),
         }
     }
 

@@ -387,6 +387,21 @@ pub struct Completion {
     /// asked for them (`params.logprobs`) and did not stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Vec<TokenLogprob>>,
+    /// Choices 1 to n-1 of a request with `n` > 1 (not streamed): choice 0
+    /// is `text` and `finish_reason`. `usage` counts every choice's tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternatives: Vec<Alternative>,
+}
+
+/// Another choice of an `n` > 1 answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alternative {
+    /// Its index among the choices (1 to n-1).
+    pub index: u32,
+    /// Its whole text.
+    pub text: String,
+    /// `stop`, `length`, … for this choice.
+    pub finish_reason: String,
 }
 
 /// One generated token's log probability (OpenAI's `logprobs.content[]`).
@@ -437,6 +452,9 @@ impl ErrorReply {
 }
 
 /// Everything published on a reply subject, tagged by `type`.
+// A completion is larger than a chunk, but each reply is built once and
+// encoded at once: boxing would only add an allocation per answer.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {

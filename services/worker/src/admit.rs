@@ -199,18 +199,12 @@ fn refusal(request: &Request, deliveries: u64, max_deliveries: u32) -> Option<Fa
             "the deadline passed before the work could start",
         ));
     }
-    if request.n > 1 {
-        return Some(if request.stream {
-            Failure::reply(
-                ErrorCode::UnsupportedNWithStream,
-                "n > 1 cannot be streamed: ask for n = 1, or stream = false",
-            )
-        } else {
-            Failure::reply(
-                ErrorCode::InvalidRequest,
-                "n > 1 is not supported: a completion carries one choice",
-            )
-        });
+    // Several choices come whole, in one completion (its alternatives).
+    if request.n > 1 && request.stream {
+        return Some(Failure::reply(
+            ErrorCode::UnsupportedNWithStream,
+            "n > 1 cannot be streamed: ask for n = 1, or stream = false",
+        ));
     }
     if request
         .chat_messages()
@@ -274,10 +268,7 @@ mod tests {
             code(&streamed, 1),
             Some((ErrorCode::UnsupportedNWithStream, false))
         );
-        assert_eq!(
-            code(&unstreamed, 1),
-            Some((ErrorCode::InvalidRequest, false))
-        );
+        assert_eq!(code(&unstreamed, 1), None, "whole choices are served");
 
         let spaced = Request {
             id: "a b".into(),

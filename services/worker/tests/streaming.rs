@@ -279,7 +279,11 @@ async fn expired_deadlines_unsupported_n_and_empty_prompts_are_refused_before_an
         n: 2,
         ..prompt("two please")
     };
-    let e = world.submit(Tier::Small, n2).await.collect(LONG).await;
+    let e = world
+        .submit(Tier::Small, n2.clone())
+        .await
+        .collect(LONG)
+        .await;
     assert_eq!(e.error().code, ErrorCode::UnsupportedNWithStream);
 
     let empty = Request {
@@ -290,6 +294,20 @@ async fn expired_deadlines_unsupported_n_and_empty_prompts_are_refused_before_an
     assert_eq!(e.error().code, ErrorCode::EmptyPrompt);
 
     assert_eq!(backend.stats().requests_received, 0);
+
+    // Whole, several choices are one completion: choice 0 and its alternatives.
+    let whole = Request {
+        stream: false,
+        max_tokens: Some(5),
+        ..n2
+    };
+    let answer = world.submit(Tier::Small, whole).await.collect(LONG).await;
+    let c = answer.completion();
+    assert!(c.text.as_deref().is_some_and(|t| !t.is_empty()), "{c:?}");
+    assert_eq!(c.alternatives.len(), 1, "{c:?}");
+    assert_eq!(c.alternatives[0].index, 1);
+    assert!(!c.alternatives[0].text.is_empty());
+    assert!(c.usage.completion_tokens > 5, "both choices counted: {c:?}");
     world.settled().await;
     worker.stop().await;
     world.teardown().await;

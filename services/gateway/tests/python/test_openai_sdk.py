@@ -109,6 +109,15 @@ class OpenAISdkAgainstTheGateway(unittest.TestCase):
             self.assertLessEqual(t.logprob, 0.0)
             self.assertEqual(len(t.top_logprobs), 2)
 
+    def test_n_choices_of_a_whole_answer(self):
+        r = CLIENT.chat.completions.create(model="triage-tier2", messages=HELLO, max_tokens=6, n=3)
+        self.assertEqual([c.index for c in r.choices], [0, 1, 2])
+        for c in r.choices:
+            self.assertTrue(c.message.content)
+            self.assertIn(c.finish_reason, ("stop", "length"))
+        self.assertGreater(len({c.message.content for c in r.choices}), 1, "sampled apart")
+        self.assertGreaterEqual(r.usage.completion_tokens, 3, "usage counts every choice")
+
     def test_an_unknown_model_is_not_found(self):
         with self.assertRaises(openai.NotFoundError) as caught:
             CLIENT.chat.completions.create(model="gpt-5", messages=HELLO)

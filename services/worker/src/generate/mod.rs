@@ -271,6 +271,9 @@ impl Generator {
         chat.model = backend.model();
         chat.max_tokens = max_tokens;
         chat.temperature = job.routed.request.temperature;
+        // n > 1 is refused with stream by the router: the choices come whole.
+        let n = job.routed.request.n;
+        chat.n = (n > 1 && !job.streams_to_client()).then_some(n);
         if self.settings.early_exit.is_some() {
             chat.logprobs = Some(true);
         }
@@ -311,6 +314,7 @@ impl Generator {
             text: keep_text.then_some(done.text),
             routing: Some(job.routed.routing.clone()),
             logprobs: done.logprobs,
+            alternatives: done.alternatives,
         };
         Outcome::Answered {
             completion: Box::new(completion),

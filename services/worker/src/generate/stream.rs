@@ -58,6 +58,8 @@ pub(super) struct Done {
     pub chunks: u32,
     /// The tokens' logprobs, when the answer keeps them.
     pub logprobs: Option<Vec<triage_protocol::TokenLogprob>>,
+    /// Choices 1.. of an `n` > 1 request.
+    pub alternatives: Vec<triage_protocol::Alternative>,
 }
 
 /// A failed call: `reached_client` when chunks were already sent, `started`
@@ -112,6 +114,8 @@ struct Reader<'a> {
     first_token: Option<Instant>,
     /// The answer's logprobs so far, when it keeps them.
     logprobs: Option<Vec<triage_protocol::TokenLogprob>>,
+    /// Text and finish reason of choices 1.. (`n` > 1, never streamed).
+    others: std::collections::BTreeMap<u32, (String, Option<String>)>,
 }
 
 impl<'a> Reader<'a> {
@@ -129,6 +133,7 @@ impl<'a> Reader<'a> {
             finish_reason: None,
             first_token: None,
             logprobs,
+            others: std::collections::BTreeMap::new(),
         }
     }
 
@@ -192,11 +197,15 @@ impl<'a> Reader<'a> {
                 content,
                 logprobs,
             } => return self.on_delta(content, logprobs).await,
-            StreamEvent::Delta { .. } => {}
+            StreamEvent::Delta { index, content, .. } => {
+                self.others.entry(index).or_default().0.push_str(&content);
+            }
             StreamEvent::Finish {
                 index: 0, reason, ..
             } => self.finish_reason = Some(reason.as_str().to_string()),
-            StreamEvent::Finish { .. } => {}
+            StreamEvent::Finish { index, reason, .. } => {
+                self.others.entry(index).or_default().1 = Some(reason.as_str().to_string());
+            }
             StreamEvent::Usage(u) => self.reported = Some(u),
             StreamEvent::Malformed { .. } => {
                 self.call
@@ -297,6 +306,14 @@ impl<'a> Reader<'a> {
             finish_reason: self.finish_reason.take().unwrap_or_else(|| "stop".into()),
             chunks: self.seq,
             logprobs: self.logprobs.take(),
+            alternatives: std::mem::take(&mut self.others)
+                .into_iter()
+                .map(|(index, (text, reason))| triage_protocol::Alternative {
+                    index,
+                    text,
+                    finish_reason: reason.unwrap_or_else(|| "stop".into()),
+                })
+                .collect(),
         };
         let spent = Spent {
             usage,
