@@ -271,6 +271,7 @@ async fn answer_requests(
                 seq,
                 attempt,
                 delta: delta.into(),
+                logprobs: None,
             })
         };
         for r in [
@@ -371,6 +372,7 @@ async fn a_lost_chunk_fails_the_answer_instead_of_returning_wrong_text() {
                 seq,
                 attempt: 1,
                 delta: delta.into(),
+                logprobs: None,
             })
         };
         let done = Reply::Completion(Completion {

@@ -167,6 +167,7 @@ async fn work_as_tier1(
         seq: 0,
         attempt: 1,
         delta: "Hi acme".into(),
+        logprobs: None,
     });
     triage_bus::reply::send(client, &reply_to, env.encoding, &chunk)
         .await

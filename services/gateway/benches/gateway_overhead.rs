@@ -59,6 +59,7 @@ async fn responder(client: async_nats::Client, ns: Namespace, stop: Cancellation
                 seq: 0,
                 attempt: 1,
                 delta: "Hello".into(),
+                logprobs: None,
             }),
             Reply::Completion(Completion {
                 id,

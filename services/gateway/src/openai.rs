@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
 use triage_ledger::PriceBook;
-use triage_protocol::Completion;
+use triage_protocol::{Completion, TokenLogprob};
 
 use crate::error::ApiError;
 use crate::request::Endpoint;
@@ -109,9 +109,11 @@ fn token_out(token: &str, logprob: f64) -> TokenOut<'_> {
 }
 
 fn logprobs_out(c: &Completion) -> Option<LogprobsOut<'_>> {
-    let content = c
-        .logprobs
-        .as_ref()?
+    c.logprobs.as_deref().map(logprobs_of)
+}
+
+fn logprobs_of(tokens: &[TokenLogprob]) -> LogprobsOut<'_> {
+    let content = tokens
         .iter()
         .map(|t| TokenOut {
             top_logprobs: Some(
@@ -123,7 +125,7 @@ fn logprobs_out(c: &Completion) -> Option<LogprobsOut<'_>> {
             ..token_out(&t.token, t.logprob)
         })
         .collect();
-    Some(LogprobsOut { content })
+    LogprobsOut { content }
 }
 
 #[derive(Serialize)]
@@ -254,11 +256,17 @@ impl Shape {
 
     /// One content delta.
     pub fn delta(&self, text: &str) -> Vec<u8> {
+        self.delta_with(text, None)
+    }
+
+    /// A content delta carrying its tokens' logprobs (chat streams).
+    pub fn delta_with(&self, text: &str, logprobs: Option<&[TokenLogprob]>) -> Vec<u8> {
+        let mut choice = self.streamed(Some(text), None);
+        if self.endpoint == Endpoint::Chat {
+            choice.logprobs = logprobs.map(logprobs_of);
+        }
         let mut out = Vec::new();
-        frame(
-            &mut out,
-            &self.object(true, vec![self.streamed(Some(text), None)]),
-        );
+        frame(&mut out, &self.object(true, vec![choice]));
         out
     }
 

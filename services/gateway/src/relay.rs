@@ -28,6 +28,8 @@ use crate::error::{from_code, ApiError};
 pub struct Relay {
     check: AnswerCheck,
     text_sent: bool,
+    /// The logprobs of the text of the last `Step::Text`, if it had any.
+    logprobs: Option<Vec<triage_protocol::TokenLogprob>>,
 }
 
 /// What to do with one reply.
@@ -53,6 +55,11 @@ impl Relay {
     /// Whether any text reached the client.
     pub fn text_sent(&self) -> bool {
         self.text_sent
+    }
+
+    /// The logprobs of the text the last [`Step::Text`] returned (taken).
+    pub fn take_logprobs(&mut self) -> Option<Vec<triage_protocol::TokenLogprob>> {
+        self.logprobs.take()
     }
 
     /// Decides about the next reply.
@@ -81,6 +88,7 @@ impl Relay {
             Ok(ChunkVerdict::Append { .. }) if c.delta.is_empty() => Step::Skip,
             Ok(ChunkVerdict::Append { .. }) => {
                 self.text_sent = true;
+                self.logprobs = c.logprobs;
                 Step::Text(c.delta)
             }
         }
@@ -113,6 +121,7 @@ mod tests {
             seq,
             attempt,
             delta: delta.into(),
+            logprobs: None,
         })
     }
 

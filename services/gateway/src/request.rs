@@ -151,9 +151,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
         // The other endpoint's input (`messages` sent to /v1/completions) is
         // ignored too: it is no backend option.
         let reserved = triage_protocol::params::RESERVED.contains(&name.as_str());
-        // Logprobs come back only in whole answers (chunks carry none).
-        let streamed_logprobs = stream && matches!(name.as_str(), "logprobs" | "top_logprobs");
-        if reserved || streamed_logprobs || NOT_FORWARDED.contains(&name.as_str()) {
+        if reserved || NOT_FORWARDED.contains(&name.as_str()) {
             ignored.push(name.clone());
         } else {
             request.params.insert(name.clone(), value.clone());
@@ -428,8 +426,9 @@ mod tests {
         assert_eq!(r.params["seed"], 3);
         assert_eq!(r.params["response_format"]["type"], "json_object");
         assert_eq!(r.params["top_k"], 20, "unknown options are forwarded");
-        assert_eq!(r.params.len(), 5, "{:?}", r.params);
-        assert_eq!(p.ignored, ["logprobs", "tools"]);
+        assert_eq!(r.params["logprobs"], true, "streamed chunks carry them");
+        assert_eq!(r.params.len(), 6, "{:?}", r.params);
+        assert_eq!(p.ignored, ["tools"]);
     }
 
     #[test]

@@ -298,7 +298,7 @@ async fn stream(s: &AppState, p: Prepared, request_id: &str, mut ticket: Ticket)
         }
         Step::Text(text) => {
             ticket.first_token();
-            head.extend(shape.delta(&text));
+            head.extend(shape.delta_with(&text, relay.take_logprobs().as_deref()));
         }
         Step::Finish {
             completion,
@@ -358,7 +358,8 @@ impl Live {
         let frames = match next_step(&mut self.replies, &mut self.relay).await {
             Step::Text(text) => {
                 self.ticket.first_token();
-                self.shape.delta(&text)
+                let logprobs = self.relay.take_logprobs();
+                self.shape.delta_with(&text, logprobs.as_deref())
             }
             Step::Finish {
                 completion,

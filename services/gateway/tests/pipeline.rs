@@ -169,7 +169,7 @@ async fn openai_sdk_and_curl_through_the_whole_pipeline() {
     assert_success(&out);
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(
-        report.contains("Ran 10 tests") && report.contains("\nOK"),
+        report.contains("Ran 11 tests") && report.contains("\nOK"),
         "{report}"
     );
 

@@ -70,6 +70,7 @@ fn chunk(id: &str, attempt: u32, seq: u32, delta: &str) -> Reply {
         seq,
         attempt,
         delta: delta.into(),
+        logprobs: None,
     })
 }
 

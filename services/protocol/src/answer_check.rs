@@ -181,6 +181,7 @@ mod tests {
             seq,
             attempt,
             delta: delta.into(),
+            logprobs: None,
         }
     }
 

@@ -326,6 +326,10 @@ pub struct Chunk {
     pub attempt: u32,
     /// The text to append.
     pub delta: String,
+    /// The log probabilities of the tokens this chunk's text came from,
+    /// when the request asked for them (`params.logprobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 /// Token counts of one generation attempt.

@@ -115,7 +115,13 @@ impl Outbox<'_> {
 
     /// Sends one chunk (core NATS; a lost chunk shows as a gap in `seq` and
     /// the completion's `chunks` count).
-    pub async fn chunk(&self, seq: u32, attempt: u32, delta: String) {
+    pub async fn chunk(
+        &self,
+        seq: u32,
+        attempt: u32,
+        delta: String,
+        logprobs: Option<Vec<triage_protocol::TokenLogprob>>,
+    ) {
         let Some(subject) = &self.reply_to else {
             return;
         };
@@ -124,6 +130,7 @@ impl Outbox<'_> {
             seq,
             attempt,
             delta,
+            logprobs,
         });
         let p = self.publisher;
         match p.reply(subject, self.encoding, &reply).await {

@@ -109,6 +109,19 @@ class OpenAISdkAgainstTheGateway(unittest.TestCase):
             self.assertLessEqual(t.logprob, 0.0)
             self.assertEqual(len(t.top_logprobs), 2)
 
+    def test_logprobs_of_a_stream(self):
+        chunks = list(
+            CLIENT.chat.completions.create(
+                model="triage-tier2", messages=HELLO, max_tokens=5, stream=True,
+                logprobs=True, top_logprobs=1, stream_options={"include_usage": True},
+            )
+        )
+        deltas = [c.choices[0] for c in chunks if c.choices and c.choices[0].delta.content]
+        tokens = [t for d in deltas for t in (d.logprobs.content if d.logprobs else [])]
+        self.assertEqual(len(tokens), chunks[-1].usage.completion_tokens)
+        self.assertEqual("".join(t.token for t in tokens), "".join(d.delta.content for d in deltas))
+        self.assertTrue(all(len(t.top_logprobs) == 1 for t in tokens))
+
     def test_n_choices_of_a_whole_answer(self):
         r = CLIENT.chat.completions.create(model="triage-tier2", messages=HELLO, max_tokens=6, n=3)
         self.assertEqual([c.index for c in r.choices], [0, 1, 2])

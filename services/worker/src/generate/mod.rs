@@ -100,6 +100,11 @@ impl Job<'_> {
     }
 }
 
+/// Whether the request asked for its tokens' logprobs.
+fn wants_logprobs(job: &Job<'_>) -> bool {
+    job.routed.request.params.get("logprobs") == Some(&serde_json::Value::Bool(true))
+}
+
 /// How a delivery ends.
 #[derive(Debug)]
 pub enum Outcome {
@@ -244,9 +249,8 @@ impl Generator {
             attempt,
             prompt_tokens,
             streaming: job.streams_to_client(),
-            keep_logprobs: !job.streams_to_client()
-                && job.routed.request.params.get("logprobs")
-                    == Some(&serde_json::Value::Bool(true)),
+            keep_logprobs: !job.streams_to_client() && wants_logprobs(job),
+            stream_logprobs: job.streams_to_client() && wants_logprobs(job),
             client_gone: job.client_gone,
             coalesce: self.settings.coalesce,
             // A request fixed to tier 1 could not be moved: not judged either.

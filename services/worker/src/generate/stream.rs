@@ -82,6 +82,8 @@ pub(super) struct Call<'a> {
     pub streaming: bool,
     /// Whether the answer carries its tokens' logprobs (asked for, whole).
     pub keep_logprobs: bool,
+    /// Whether the chunks carry their tokens' logprobs (asked for, streamed).
+    pub stream_logprobs: bool,
     /// Fired when the client cancelled.
     pub client_gone: &'a CancellationToken,
     pub coalesce: Duration,
@@ -114,6 +116,9 @@ struct Reader<'a> {
     first_token: Option<Instant>,
     /// The answer's logprobs so far, when it keeps them.
     logprobs: Option<Vec<triage_protocol::TokenLogprob>>,
+    /// Logprobs received but not yet sent in a chunk, when the client
+    /// streams and asked for them.
+    streamed_logprobs: Option<Vec<triage_protocol::TokenLogprob>>,
     /// Text and finish reason of choices 1.. (`n` > 1, never streamed).
     others: std::collections::BTreeMap<u32, (String, Option<String>)>,
 }
@@ -121,6 +126,7 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn new(call: Call<'a>) -> Self {
         let logprobs = call.keep_logprobs.then(Vec::new);
+        let streamed_logprobs = call.stream_logprobs.then(Vec::new);
         Self {
             labels: call.metrics.backend(&call.backend.label),
             coalescer: Coalescer::new(call.coalesce),
@@ -133,6 +139,7 @@ impl<'a> Reader<'a> {
             finish_reason: None,
             first_token: None,
             logprobs,
+            streamed_logprobs,
             others: std::collections::BTreeMap::new(),
         }
     }
@@ -237,6 +244,9 @@ impl<'a> Reader<'a> {
         if let (Some(kept), Some(lps)) = (self.logprobs.as_mut(), logprobs.as_ref()) {
             kept.extend(lps.iter().map(protocol_logprob));
         }
+        if let (Some(pending), Some(lps)) = (self.streamed_logprobs.as_mut(), logprobs.as_ref()) {
+            pending.extend(lps.iter().map(protocol_logprob));
+        }
         let release = match self.call.gate.as_mut() {
             None => Some(content),
             Some(g) => {
@@ -334,9 +344,11 @@ impl<'a> Reader<'a> {
     }
 
     async fn send(&mut self, text: String) {
+        // The logprobs of every token received so far go with the text sent.
+        let logprobs = self.streamed_logprobs.as_mut().map(std::mem::take);
         self.call
             .outbox
-            .chunk(self.seq, self.call.attempt, text)
+            .chunk(self.seq, self.call.attempt, text, logprobs)
             .await;
         self.seq += 1;
     }
