@@ -660,3 +660,54 @@ print("all refused")
         .unwrap();
     world.teardown().await;
 }
+
+#[tokio::test]
+async fn the_openai_sdk_raises_413_503_and_504_as_its_own_classes() {
+    // A full request queue: 503 queue_full.
+    let full = World::bare().await;
+    let mut streams = common::tiny_streams();
+    streams.requests.max_msgs = 1;
+    triage_bus::provision(&full.js, &full.ns, &streams)
+        .await
+        .unwrap();
+    let filler = bytes::Bytes::from_static(b"queued");
+    triage_bus::publish::once(&full.js, &full.ns.requests(), Default::default(), filler)
+        .await
+        .unwrap();
+    let gw_full = full.gateway(full.gateway_config()).await;
+    // Nobody answers within 1 s: 504; bodies over 2 KiB: 413.
+    let silent = World::new().await;
+    let mut config = silent.gateway_config();
+    config.request_timeout = Duration::from_secs(1);
+    config.max_body_bytes = 2048;
+    let gw_silent = silent.gateway(config).await;
+    let script = r#"
+import sys, openai
+def client(url):
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+hi = [{"role": "user", "content": "hi"}]
+try:
+    client(sys.argv[1]).chat.completions.create(model="triage-auto", messages=hi)
+    sys.exit("no error for a full queue")
+except openai.InternalServerError as e:
+    assert e.status_code == 503 and e.code == "queue_full", e
+try:
+    client(sys.argv[2]).chat.completions.create(model="triage-auto", messages=[{"role": "user", "content": "x" * 4096}])
+    sys.exit("no error for a body over the limit")
+except openai.APIStatusError as e:
+    assert e.status_code == 413 and e.code == "request_too_large", e
+try:
+    client(sys.argv[2]).chat.completions.create(model="triage-auto", messages=hi)
+    sys.exit("no error for an unanswered request")
+except openai.InternalServerError as e:
+    assert e.status_code == 504 and e.code == "deadline_exceeded", e
+print("all raised")
+"#;
+    let mut cmd = tokio::process::Command::new(venv_python());
+    cmd.args(["-c", script, &gw_full.url, &gw_silent.url]);
+    let out = run(cmd, Duration::from_secs(60)).await;
+    common::assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all raised"));
+    full.teardown().await;
+    silent.teardown().await;
+}
