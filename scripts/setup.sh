@@ -371,6 +371,19 @@ else
 fi
 
 # ---------------------------------------------------------------------------
+# cargo-fuzz for the fuzz targets in fuzz/ (scripts/fuzz.sh; the test command
+# runs a short form), built from crates.io at a pinned version.
+step "cargo-fuzz"
+CARGO_FUZZ_VERSION=0.13.2
+if cargo fuzz --version 2>/dev/null | grep -qF "$CARGO_FUZZ_VERSION"; then
+    skip "cargo-fuzz $CARGO_FUZZ_VERSION present"
+else
+    cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION" >/dev/null 2>&1 ||
+        die "cargo install cargo-fuzz $CARGO_FUZZ_VERSION failed"
+    done_ "installed cargo-fuzz $CARGO_FUZZ_VERSION"
+fi
+
+# ---------------------------------------------------------------------------
 # The router's first stage needs a table distilled once from the model. The
 # first scorer to load makes it; doing it here keeps that minute out of the
 # first test run or service start (and out of several at once).

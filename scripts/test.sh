@@ -3,7 +3,8 @@
 # test suite — the Rust workspace (cargo-nextest when installed, else cargo
 # test; doc tests with cargo test; it includes the gateway's end-to-end tests,
 # which drive the official `openai` package from the venv and `curl -N`), the
-# Python and JavaScript clients' tests and a lint of these scripts (when
+# Python and JavaScript clients' tests, a short run of every fuzz target
+# (scripts/fuzz.sh) and a lint of these scripts (when
 # the shellcheck tool is installed). Runs all
 # suites even when one fails, prints a summary, exits non-zero on any failure.
 #
@@ -54,6 +55,7 @@ fi
 if command -v shellcheck >/dev/null; then
     suite "shell scripts (shellcheck)" shellcheck -x -P SCRIPTDIR/.. -S warning scripts/*.sh .ci/run
 fi
+suite "fuzz targets, short form (RUNS=${TRIAGE_FUZZ_RUNS:-20000} each)" env RUNS="${TRIAGE_FUZZ_RUNS:-20000}" scripts/fuzz.sh
 suite "Python client tests" "$TRIAGE_VENV/bin/python" -m unittest discover -s clients/python/tests -v
 suite "JavaScript client tests" node --test clients/js/test/
 

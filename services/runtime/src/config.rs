@@ -44,6 +44,18 @@ where
         .map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
+/// Loads `T` from its defaults and a TOML `text` (no file, no environment):
+/// what `load` does with a file's contents, for tests and fuzzing.
+pub fn load_toml_str<T>(text: &str) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    Figment::from(Serialized::defaults(T::default()))
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(|e| ConfigError::Invalid(e.to_string()))
+}
+
 /// The configuration as pretty JSON with secrets masked: values of keys
 /// that name a secret, and passwords embedded in URLs.
 pub fn masked<T: Serialize>(config: &T) -> String {
@@ -97,6 +109,21 @@ mod tests {
                 api_key: None,
             }
         }
+    }
+
+    #[test]
+    fn toml_text_loads_over_the_defaults_and_bad_text_is_an_error() {
+        #[derive(Debug, Default, Serialize, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        struct C {
+            port: u16,
+            name: String,
+        }
+        let c: C = load_toml_str("port = 8080").unwrap();
+        assert_eq!((c.port, c.name.as_str()), (8080, ""));
+        assert!(load_toml_str::<C>("port = \"high\"").is_err());
+        assert!(load_toml_str::<C>("colour = 1").is_err());
+        assert!(load_toml_str::<C>("[[[").is_err());
     }
 
     #[test]
