@@ -214,10 +214,8 @@ async fn a_lost_chunk_is_stream_incomplete_never_wrong_text() {
     world.teardown().await;
 }
 
-/// `llm.requests` at its limit (`max_msgs` 1, holding one): the gateway
-/// answers 503 `queue_full` in OpenAI's format, streamed or not.
-#[tokio::test]
-async fn a_full_request_queue_is_503_queue_full() {
+/// A namespace whose `llm.requests` is at its limit: `max_msgs` 1, holding one.
+async fn full_request_queue() -> World {
     let world = World::bare().await;
     let mut streams = common::tiny_streams();
     streams.requests.max_msgs = 1;
@@ -228,6 +226,14 @@ async fn a_full_request_queue_is_503_queue_full() {
     triage_bus::publish::once(&world.js, &world.ns.requests(), Default::default(), filler)
         .await
         .unwrap();
+    world
+}
+
+/// `llm.requests` at its limit (`max_msgs` 1, holding one): the gateway
+/// answers 503 `queue_full` in OpenAI's format, streamed or not.
+#[tokio::test]
+async fn a_full_request_queue_is_503_queue_full() {
+    let world = full_request_queue().await;
     let gw = world.gateway(world.gateway_config()).await;
     for stream in [false, true] {
         let r = http()
@@ -664,16 +670,7 @@ print("all refused")
 #[tokio::test]
 async fn the_openai_sdk_raises_413_503_and_504_as_its_own_classes() {
     // A full request queue: 503 queue_full.
-    let full = World::bare().await;
-    let mut streams = common::tiny_streams();
-    streams.requests.max_msgs = 1;
-    triage_bus::provision(&full.js, &full.ns, &streams)
-        .await
-        .unwrap();
-    let filler = bytes::Bytes::from_static(b"queued");
-    triage_bus::publish::once(&full.js, &full.ns.requests(), Default::default(), filler)
-        .await
-        .unwrap();
+    let full = full_request_queue().await;
     let gw_full = full.gateway(full.gateway_config()).await;
     // Nobody answers within 1 s: 504; bodies over 2 KiB: 413.
     let silent = World::new().await;
