@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
+use tracing::Instrument;
 use triage_protocol::{
     encode, headers, AnswerCheck, AnswerText, ChunkVerdict, Completion, DecodeError, Encoding,
     ErrorReply, IncompleteAnswer, Namespace, Reply, Request,
@@ -212,6 +213,24 @@ impl TriageClient {
         timeout: Duration,
     ) -> Result<ReplyStream, ClientError> {
         request.ensure_id();
+        // The request's first span, whose trace router, worker and ledger
+        // join (a child of the caller's span when there is one).
+        let span = tracing::info_span!(
+            "submit",
+            request_id = %request.id,
+            trace_id = tracing::field::Empty,
+            otel.kind = "producer",
+        );
+        triage_runtime::telemetry::record_trace_id(&span);
+        self.publish(request, timeout).instrument(span).await
+    }
+
+    /// [`submit`](Self::submit) inside the request's span.
+    async fn publish(
+        &self,
+        mut request: Request,
+        timeout: Duration,
+    ) -> Result<ReplyStream, ClientError> {
         if request.submitted_at_ms.is_none() {
             request.submitted_at_ms = Some(triage_protocol::now_ms());
         }

@@ -113,6 +113,9 @@ pub struct StreamsConfig {
     pub dead: StreamLimits,
     /// `llm.results.*`.
     pub results: StreamLimits,
+    /// `llm.shadow`: jobs for `triage-shadow` (best effort: a full stream
+    /// refuses a job, which the worker counts and drops).
+    pub shadow: StreamLimits,
     /// JetStream's de-duplication window for `Nats-Msg-Id`.
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
@@ -126,6 +129,10 @@ pub struct StreamsConfig {
     pub finished_max_bytes: i64,
     /// Values kept per key of the finished-ids bucket.
     pub finished_history: i64,
+    /// Bytes the workers' progress bucket may hold (about 250 bytes a
+    /// request, kept as long as finished ids); when full, the oldest
+    /// records are dropped.
+    pub progress_max_bytes: i64,
 }
 
 impl Default for StreamsConfig {
@@ -137,11 +144,14 @@ impl Default for StreamsConfig {
             usage: StreamLimits::new(Duration::from_secs(7 * DAY), 2 * GIB),
             dead: StreamLimits::new(Duration::from_secs(30 * DAY), GIB / 2),
             results: StreamLimits::new(Duration::from_secs(7 * DAY), GIB),
+            shadow: StreamLimits::new(Duration::from_secs(DAY), GIB / 4),
             duplicate_window: Duration::from_secs(120),
             finished_ttl: Duration::from_secs(DAY),
             // About 400,000 requests at ~150 bytes a record.
             finished_max_bytes: 64 << 20,
             finished_history: 1,
+            // About 65,000 requests a day at ~250 bytes a record.
+            progress_max_bytes: 16 << 20,
         }
     }
 }
@@ -158,7 +168,9 @@ impl StreamsConfig {
             usage: limits(3600),
             dead: limits(3600),
             results: limits(3600),
+            shadow: limits(3600),
             finished_ttl: Duration::from_secs(3600),
+            progress_max_bytes: 8 << 20,
             ..Self::default()
         }
     }

@@ -49,6 +49,7 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, BusError
             url: mask_url(&config.url),
             source,
         })?;
+    crate::failover::register(&client);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     while client.connection_state() != async_nats::connection::State::Connected {
         if tokio::time::Instant::now() > deadline {

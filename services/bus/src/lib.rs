@@ -4,7 +4,8 @@
 //! there: connecting ([`connect`]), creating the streams idempotently
 //! ([`streams`]), reading and writing headers with W3C trace context
 //! ([`envelope`], [`trace`]), answering on reply subjects ([`reply`]),
-//! publishing to a stream and waiting for its ack ([`publish`]),
+//! publishing to a stream and waiting for its ack ([`publish`]), leaving a
+//! cluster node that cannot reach the streams ([`failover`]),
 //! dead-lettering ([`dead`]), durable pull consumers ([`consumer`]) and the
 //! client API that tests, replay and the demo use ([`client`]).
 
@@ -14,6 +15,7 @@ pub mod connect;
 pub mod consumer;
 pub mod dead;
 pub mod envelope;
+pub mod failover;
 pub mod publish;
 pub mod reply;
 pub mod streams;
@@ -82,5 +84,50 @@ impl BusError {
             op: op.into(),
             detail: err.to_string(),
         }
+    }
+
+    /// Whether JetStream did not answer (a timeout, no responders, or the
+    /// server's "temporarily unavailable" while a cluster elects leaders):
+    /// worth trying again, unlike a refusal. The client's error kinds are
+    /// flattened into `detail`, so this reads their wording.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            BusError::JetStream { detail, .. } => {
+                let d = detail.to_ascii_lowercase();
+                [
+                    "timed out",
+                    "no responders",
+                    "temporarily unavailable",
+                    "leader",
+                    // A cluster still placing a stream another service
+                    // just created, or a node that has not learnt of it.
+                    "stream not found",
+                    "no stream found",
+                ]
+                .iter()
+                .any(|w| d.contains(w))
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BusError;
+
+    #[test]
+    fn timeouts_and_leaderless_clusters_are_unavailable_refusals_are_not() {
+        let js = |d: &str| BusError::js("look up stream X", d);
+        assert!(
+            js("request error: timed out: request timed out: deadline has elapsed")
+                .is_unavailable()
+        );
+        assert!(js("jetstream error: JetStream system temporarily unavailable (code 503, error code 10008)").is_unavailable());
+        assert!(js("no responders").is_unavailable());
+        // Two services creating the same stream on a cluster at once.
+        assert!(BusError::js("create stream X", "stream not found").is_unavailable());
+        assert!(!js("stream name already in use with a different configuration").is_unavailable());
+        assert!(!BusError::Config("bad".into()).is_unavailable());
     }
 }

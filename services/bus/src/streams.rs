@@ -25,6 +25,7 @@ pub fn desired_config(ns: &Namespace, kind: StreamKind, cfg: &StreamsConfig) -> 
         StreamKind::Usage => &cfg.usage,
         StreamKind::Dead => &cfg.dead,
         StreamKind::Results => &cfg.results,
+        StreamKind::Shadow => &cfg.shadow,
     };
     stream::Config {
         name: ns.stream_name(kind),
@@ -68,9 +69,35 @@ pub enum Provisioned {
     Unchanged,
 }
 
-/// Creates or updates every stream and the finished-ids bucket. Safe to call
-/// concurrently from many replicas.
+/// How long [`provision`] keeps retrying a JetStream API that does not
+/// answer — a cluster electing new leaders after a node died — before the
+/// service gives up (and exits, for its orchestrator to restart it).
+pub const PROVISION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Creates or updates every stream and the finished-ids bucket (the last
+/// entry of the report). Safe to call concurrently from many replicas.
+/// A JetStream that does not answer ([`BusError::is_unavailable`]) is
+/// retried with backoff for [`PROVISION_PATIENCE`].
 pub async fn provision(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    cfg: &StreamsConfig,
+) -> Result<Vec<(String, Provisioned)>, BusError> {
+    let deadline = tokio::time::Instant::now() + PROVISION_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(500);
+    loop {
+        match provision_once(js, ns, cfg).await {
+            Err(e) if e.is_unavailable() && tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(error = %e, retry_in = ?pause, "JetStream not answering; provisioning again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn provision_once(
     js: &jetstream::Context,
     ns: &Namespace,
     cfg: &StreamsConfig,
@@ -81,7 +108,8 @@ pub async fn provision(
         let outcome = ensure_stream(js, want.clone()).await?;
         report.push((want.name, outcome));
     }
-    finished_bucket(js, ns, cfg).await?;
+    let (_, outcome) = ensure_finished_bucket(js, ns, cfg).await?;
+    report.push((format!("KV_{}", ns.finished_bucket()), outcome));
     Ok(report)
 }
 
@@ -153,26 +181,58 @@ pub async fn finished_bucket(
     ns: &Namespace,
     cfg: &StreamsConfig,
 ) -> Result<jetstream::kv::Store, BusError> {
+    Ok(ensure_finished_bucket(js, ns, cfg).await?.0)
+}
+
+async fn ensure_finished_bucket(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    cfg: &StreamsConfig,
+) -> Result<(jetstream::kv::Store, Provisioned), BusError> {
     let bucket = ns.finished_bucket();
-    let want = finished_config(&bucket, cfg);
-    if let Ok(store) = js.get_key_value(&bucket).await {
-        ensure_stream(js, want).await?;
-        return Ok(store);
+    key_value(js, &bucket, finished_config(&bucket, cfg)).await
+}
+
+/// The key-value bucket of the workers' progress records (tokens of
+/// attempts still generating), created or updated like
+/// [`finished_bucket`]. Only workers use it, so [`provision`] leaves it out.
+pub async fn progress_bucket(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    cfg: &StreamsConfig,
+) -> Result<jetstream::kv::Store, BusError> {
+    let bucket = ns.progress_bucket();
+    Ok(key_value(js, &bucket, progress_config(&bucket, cfg))
+        .await?
+        .0)
+}
+
+/// Opens `bucket` (backed by the stream `want`), creating it or updating
+/// its limits; what provisioning did.
+async fn key_value(
+    js: &jetstream::Context,
+    bucket: &str,
+    want: stream::Config,
+) -> Result<(jetstream::kv::Store, Provisioned), BusError> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        let outcome = ensure_stream(js, want).await?;
+        return Ok((store, outcome));
     }
     // The bucket's stream is created directly: async-nats's
     // `create_key_value` first queries account info in a shape NATS 2.9
     // does not send. This is the same stream config a KV bucket gets.
     let created = js.create_stream(want).await;
     let created = match created {
-        Ok(_) => js.get_key_value(&bucket).await.map_err(|e| e.to_string()),
+        Ok(_) => js.get_key_value(bucket).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match created {
-        Ok(store) => Ok(store),
+        Ok(store) => Ok((store, Provisioned::Created)),
         // Another replica may have created it concurrently.
         Err(create_err) => js
-            .get_key_value(&bucket)
+            .get_key_value(bucket)
             .await
+            .map(|store| (store, Provisioned::Unchanged))
             .map_err(|_| BusError::js(format!("create bucket {bucket}"), create_err)),
     }
 }
@@ -181,17 +241,41 @@ pub async fn finished_bucket(
 /// refused (`discard: new`), never old ones dropped early.
 pub fn finished_config(bucket: &str, cfg: &StreamsConfig) -> stream::Config {
     stream::Config {
-        name: format!("KV_{bucket}"),
         description: Some("Triage: ids of requests whose final answer was sent".into()),
-        subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: cfg.finished_history,
-        max_age: cfg.finished_ttl,
         max_bytes: cfg.finished_max_bytes,
+        discard: stream::DiscardPolicy::New,
+        ..kv_config(bucket, cfg)
+    }
+}
+
+/// The stream behind the progress bucket: one value per request, kept as
+/// long as finished ids. Full means the oldest records go (`discard:
+/// old`): they are long past any redelivery, unlike a live attempt's.
+pub fn progress_config(bucket: &str, cfg: &StreamsConfig) -> stream::Config {
+    stream::Config {
+        description: Some("Triage: tokens of generation attempts in progress".into()),
+        max_messages_per_subject: 1,
+        max_bytes: cfg.progress_max_bytes,
+        discard: stream::DiscardPolicy::Old,
+        ..kv_config(bucket, cfg)
+    }
+}
+
+/// What every Triage KV bucket's stream shares.
+fn kv_config(bucket: &str, cfg: &StreamsConfig) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_age: cfg.finished_ttl,
+        // As the server reports "no limit" back: with the default 0 every
+        // start found the bucket different and updated it, which on a
+        // cluster races the other replicas' provisioning into timeouts.
+        max_messages: -1,
         num_replicas: cfg.replicas,
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,
-        discard: stream::DiscardPolicy::New,
         // What the server would choose (2 minutes, at most the TTL), so an
         // unchanged bucket compares equal and is not updated.
         duplicate_window: match cfg.finished_ttl {

@@ -37,14 +37,21 @@ pub fn inject_current(headers: &mut HeaderMap) {
     });
 }
 
-/// Makes `span` a child of the trace context carried in `headers`, if any.
+/// Makes `span` a child of the trace context carried in `headers`, if any,
+/// and records the trace id in its `trace_id` field (see
+/// [`triage_runtime::telemetry::record_trace_id`]).
 pub fn adopt_parent(span: &tracing::Span, headers: &HeaderMap) {
-    let cx =
-        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    adopt_parent_from(span, &HeaderExtractor(headers));
+}
+
+/// [`adopt_parent`] for any carrier of W3C trace context (e.g. HTTP headers).
+pub fn adopt_parent_from(span: &tracing::Span, carrier: &dyn Extractor) {
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier));
     use opentelemetry::trace::TraceContextExt;
     if cx.span().span_context().is_valid() {
         span.set_parent(cx);
     }
+    triage_runtime::telemetry::record_trace_id(span);
 }
 
 /// The `traceparent` header value, if present.

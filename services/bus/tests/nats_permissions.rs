@@ -155,6 +155,20 @@ async fn work_as_tier1(
         .await
         .expect("tier 1 reads the bucket")
         .is_none());
+    // The progress bucket: created, written, read and deleted from.
+    let progress = triage_bus::streams::progress_bucket(js, &ns, &StreamsConfig::small())
+        .await
+        .expect("tier 1 opens the progress bucket");
+    progress
+        .put(&id, "{}".into())
+        .await
+        .expect("tier 1 records progress");
+    assert!(progress
+        .get(&id)
+        .await
+        .expect("tier 1 reads progress")
+        .is_some());
+    progress.delete(&id).await.expect("tier 1 deletes progress");
     let reply_to = env
         .reply_subject(
             routed.request.reply_to.as_deref(),

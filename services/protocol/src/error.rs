@@ -36,11 +36,14 @@ pub enum ErrorCode {
     /// A stream is at its configured limit and refused the message (it
     /// keeps what it accepted, and takes new work once consumers catch up).
     QueueFull,
+    /// Feedback names a request this tenant never made (or one not yet
+    /// booked): a tenant rates only its own requests.
+    UnknownRequest,
 }
 
 impl ErrorCode {
     /// Every code, for schema and documentation checks.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnsupportedVersion,
         ErrorCode::EmptyPrompt,
@@ -55,6 +58,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::DuplicateRequest,
         ErrorCode::QueueFull,
+        ErrorCode::UnknownRequest,
     ];
 
     /// The wire spelling.
@@ -74,6 +78,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::DuplicateRequest => "duplicate_request",
             ErrorCode::QueueFull => "queue_full",
+            ErrorCode::UnknownRequest => "unknown_request",
         }
     }
 

@@ -3,7 +3,8 @@
 //! Everything that crosses NATS is defined here: subject and stream names
 //! ([`subjects`]), request ids and the keys built from them ([`ids`]), the
 //! messages ([`message`]), how they are encoded
-//! ([`encoding`]), the closed list of error codes ([`error`]) and the rules
+//! ([`encoding`]), the closed list of error codes ([`error`]), client feedback on answers
+//! ([`feedback`]), shadow answers and their grades ([`shadow`]) and the rules
 //! for the subjects a worker may answer on ([`reply`]), and the check that a
 //! streamed answer arrived whole ([`answer_check`]). The crate does no
 //! I/O, so every rule is unit-tested without a server; `triage-bus` puts it
@@ -15,19 +16,23 @@
 pub mod answer_check;
 pub mod encoding;
 pub mod error;
+pub mod feedback;
 pub mod headers;
 pub mod ids;
 pub mod message;
 pub mod params;
 pub mod reply;
+pub mod shadow;
 pub mod subjects;
 
 pub use answer_check::{AnswerCheck, AnswerText, ChunkVerdict, IncompleteAnswer};
 pub use encoding::{decode, encode, DecodeError, Encoding};
 pub use error::ErrorCode;
+pub use feedback::{Feedback, FeedbackReceipt, InvalidFeedback, Rating, Verdict};
 pub use ids::{check_request_id, RequestKey};
 pub use message::*;
 pub use reply::{ReplyPolicy, ReplySubjectError, GATEWAY_REPLY_PREFIX};
+pub use shadow::{Judged, ShadowJob};
 pub use subjects::{InvalidTenant, Namespace, StreamKind};
 
 /// The schema version this build writes and accepts.

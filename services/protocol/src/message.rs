@@ -513,6 +513,17 @@ pub enum UsageStatus {
     Error,
     /// Cancelled by Triage (early-exit escalation) or by shutdown.
     Cancelled,
+    /// The worker died mid-generation: booked by the next delivery from the
+    /// attempt's last progress record (up to one progress interval of
+    /// tokens may be missing; always `estimated`).
+    Interrupted,
+    /// The other tier's answer to a sampled request, generated in the
+    /// background and never sent to the client (`triage-shadow`): spend,
+    /// but no part of the savings figures.
+    Shadow,
+    /// A judge model grading an answer (`triage-shadow`); counted like
+    /// [`UsageStatus::Shadow`].
+    Judge,
 }
 
 impl UsageStatus {
@@ -522,6 +533,9 @@ impl UsageStatus {
             UsageStatus::Ok => "ok",
             UsageStatus::Error => "error",
             UsageStatus::Cancelled => "cancelled",
+            UsageStatus::Interrupted => "interrupted",
+            UsageStatus::Shadow => "shadow",
+            UsageStatus::Judge => "judge",
         }
     }
 }
@@ -565,6 +579,10 @@ pub struct UsageEvent {
     /// The error code when `status` is `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<ErrorCode>,
+    /// With status `judge`: the grade this judge call gave, which the
+    /// ledger records in `outcomes` together with the call's tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judged: Option<crate::shadow::Judged>,
 }
 
 impl UsageEvent {

@@ -26,17 +26,21 @@ pub enum StreamKind {
     Dead,
     /// `llm.results.<id>`: completions kept for batch jobs, one per id.
     Results,
+    /// `llm.shadow`: answered requests sampled for a shadow answer and a
+    /// judge's grade (work queue, consumed by `triage-shadow`).
+    Shadow,
 }
 
 impl StreamKind {
     /// All streams, in provisioning order.
-    pub const ALL: [StreamKind; 6] = [
+    pub const ALL: [StreamKind; 7] = [
         StreamKind::Requests,
         StreamKind::Tier1,
         StreamKind::Tier2,
         StreamKind::Usage,
         StreamKind::Dead,
         StreamKind::Results,
+        StreamKind::Shadow,
     ];
 
     fn base_subject(self) -> &'static str {
@@ -47,6 +51,7 @@ impl StreamKind {
             StreamKind::Usage => "llm.usage",
             StreamKind::Dead => "llm.dead",
             StreamKind::Results => "llm.results",
+            StreamKind::Shadow => "llm.shadow",
         }
     }
 
@@ -58,6 +63,7 @@ impl StreamKind {
             StreamKind::Usage => "LLM_USAGE",
             StreamKind::Dead => "LLM_DEAD",
             StreamKind::Results => "LLM_RESULTS",
+            StreamKind::Shadow => "LLM_SHADOW",
         }
     }
 
@@ -66,7 +72,7 @@ impl StreamKind {
     pub fn is_work_queue(self) -> bool {
         matches!(
             self,
-            StreamKind::Requests | StreamKind::Tier1 | StreamKind::Tier2
+            StreamKind::Requests | StreamKind::Tier1 | StreamKind::Tier2 | StreamKind::Shadow
         )
     }
 }
@@ -168,6 +174,11 @@ impl Namespace {
         self.stream_subject(StreamKind::Requests)
     }
 
+    /// `llm.shadow`: jobs for `triage-shadow`.
+    pub fn shadow(&self) -> String {
+        self.stream_subject(StreamKind::Shadow)
+    }
+
     /// `llm.chat`: core NATS request–reply, one whole answer per request
     /// (served by the gateway; not a stream — the request it makes is).
     pub fn chat(&self) -> String {
@@ -203,6 +214,47 @@ impl Namespace {
     /// The tenant an `llm.chat` subject binds, as [`Self::subject_tenant`].
     pub fn chat_tenant<'s>(&self, subject: &'s str) -> Result<Option<&'s str>, InvalidTenant> {
         Self::tenant_under(&self.chat(), subject)
+    }
+
+    /// `llm.feedback`: core NATS request–reply, ratings of answered
+    /// requests (the ledger answers).
+    pub fn feedback(&self) -> String {
+        self.qualify("llm.feedback")
+    }
+
+    /// `llm.feedback.<tenant>`: one tenant's [`Self::feedback`].
+    pub fn tenant_feedback(&self, tenant: &str) -> Result<String, InvalidTenant> {
+        check_tenant(tenant)?;
+        Ok(format!("{}.{tenant}", self.feedback()))
+    }
+
+    /// The tenant an `llm.feedback` subject binds, as [`Self::subject_tenant`].
+    pub fn feedback_tenant<'s>(&self, subject: &'s str) -> Result<Option<&'s str>, InvalidTenant> {
+        Self::tenant_under(&self.feedback(), subject)
+    }
+
+    /// The tenant of a message that arrived on `subject` under `plain`
+    /// (e.g. [`Self::feedback`]) with `body` claiming one: a tenant-bound
+    /// subject's tenant, which the body must agree with, else the body's
+    /// (under deploy/nats only trusted users publish on plain subjects).
+    /// The error says what is wrong, for an `invalid_request` reply.
+    pub fn bind_tenant<'s>(
+        &self,
+        plain: &str,
+        subject: &'s str,
+        body: Option<&'s str>,
+    ) -> Result<Option<&'s str>, String> {
+        match Self::tenant_under(plain, subject) {
+            Err(e) => Err(format!("subject {subject:?}: {e}")),
+            Ok(None) => Ok(body),
+            Ok(Some(tenant)) => match body {
+                Some(claimed) if claimed != tenant => Err(format!(
+                    "field `tenant` is {claimed:?} but the message was published on {subject}, \
+                     tenant {tenant:?}: leave `tenant` unset or make it agree"
+                )),
+                _ => Ok(Some(tenant)),
+            },
+        }
     }
 
     fn tenant_under<'s>(plain: &str, subject: &'s str) -> Result<Option<&'s str>, InvalidTenant> {
@@ -258,6 +310,19 @@ impl Namespace {
     /// The key-value bucket of finished request ids.
     pub fn finished_bucket(&self) -> String {
         self.qualify_name("TRIAGE_FINISHED")
+    }
+
+    /// The key-value bucket of promoted router heads (`triage-router
+    /// promote`), which running routers follow.
+    pub fn heads_bucket(&self) -> String {
+        self.qualify_name("TRIAGE_HEADS")
+    }
+
+    /// The key-value bucket of the workers' progress records (tokens of
+    /// attempts still generating, booked by the next delivery if their
+    /// worker dies).
+    pub fn progress_bucket(&self) -> String {
+        self.qualify_name("TRIAGE_PROGRESS")
     }
 
     /// Whether `subject` is one of this deployment's internal subjects (or a
@@ -346,6 +411,26 @@ mod tests {
         assert_eq!(ns.chat_tenant(&chat), Ok(Some("team-a_1")));
         assert_eq!(ns.chat_tenant("acme.llm.chat"), Ok(None));
         assert!(ns.chat_tenant("acme.llm.chat.a.b").is_err());
+        let feedback = ns.tenant_feedback("team-a_1").unwrap();
+        assert_eq!(feedback, "acme.llm.feedback.team-a_1");
+        assert_eq!(ns.feedback_tenant(&feedback), Ok(Some("team-a_1")));
+        assert_eq!(ns.feedback_tenant("acme.llm.feedback"), Ok(None));
+        assert!(ns.feedback_tenant("acme.llm.feedbackX").is_err());
+        let plain = ns.feedback();
+        assert_eq!(
+            ns.bind_tenant(&plain, &feedback, None),
+            Ok(Some("team-a_1"))
+        );
+        assert_eq!(
+            ns.bind_tenant(&plain, &feedback, Some("team-a_1")),
+            Ok(Some("team-a_1"))
+        );
+        assert!(ns
+            .bind_tenant(&plain, &feedback, Some("other"))
+            .unwrap_err()
+            .contains("other"));
+        assert_eq!(ns.bind_tenant(&plain, &plain, Some("any")), Ok(Some("any")));
+        assert!(ns.bind_tenant(&plain, "acme.llm.chat", None).is_err());
         for bad in [
             "acme.llm.requests.a.b",
             "acme.llm.requestsX",

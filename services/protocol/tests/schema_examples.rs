@@ -26,15 +26,22 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use triage_protocol::{
-    decode, encode, DecodeError, Encoding, ErrorCode, Reply, Request, RoutedRequest, Tier,
-    UsageEvent, UsageStatus,
+    decode, encode, DecodeError, Encoding, ErrorCode, Feedback, Reply, Request, RoutedRequest,
+    ShadowJob, Tier, UsageEvent, UsageStatus,
 };
 
 const BASE_URI: &str = "https://example.invalid/triage/schemas/";
 const BLESS: &str = "TRIAGE_BLESS";
 
 /// The messages with a schema and examples, by file stem.
-const MESSAGES: [&str; 4] = ["request", "routed_request", "reply", "usage_event"];
+const MESSAGES: [&str; 6] = [
+    "request",
+    "routed_request",
+    "reply",
+    "usage_event",
+    "feedback",
+    "shadow_job",
+];
 
 fn schemas_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
@@ -283,6 +290,16 @@ fn usage_event_examples_match_schema_and_types() {
 }
 
 #[test]
+fn shadow_job_examples_match_schema_and_types() {
+    assert_no_problems(check_examples::<ShadowJob>("shadow_job"));
+}
+
+#[test]
+fn feedback_examples_match_schema_and_types() {
+    assert_no_problems(check_examples::<Feedback>("feedback"));
+}
+
+#[test]
 fn every_schema_is_valid_draft_2020_12_and_has_examples() {
     for file in schema_files() {
         let schema = read_json(&file);
@@ -344,10 +361,17 @@ fn schema_enums_match_tiers_and_usage_statuses() {
         .as_array()
         .unwrap()
         .clone();
-    let rust_statuses: Vec<Value> = [UsageStatus::Ok, UsageStatus::Error, UsageStatus::Cancelled]
-        .iter()
-        .map(|s| serde_json::to_value(s).unwrap())
-        .collect();
+    let rust_statuses: Vec<Value> = [
+        UsageStatus::Ok,
+        UsageStatus::Error,
+        UsageStatus::Cancelled,
+        UsageStatus::Interrupted,
+        UsageStatus::Shadow,
+        UsageStatus::Judge,
+    ]
+    .iter()
+    .map(|s| serde_json::to_value(s).unwrap())
+    .collect();
     assert_eq!(statuses, rust_statuses);
 }
 
@@ -357,6 +381,8 @@ fn decode_as(message: &str, encoding: Encoding, bytes: &[u8]) -> Result<(), Deco
         "routed_request" => decode::<RoutedRequest>(encoding, bytes).map(drop),
         "reply" => Reply::decode(encoding, bytes).map(drop),
         "usage_event" => decode::<UsageEvent>(encoding, bytes).map(drop),
+        "feedback" => decode::<Feedback>(encoding, bytes).map(drop),
+        "shadow_job" => decode::<ShadowJob>(encoding, bytes).map(drop),
         other => panic!("unknown message type {other}"),
     }
 }

@@ -12,11 +12,12 @@ use tokio::sync::mpsc;
 
 /// Every user of the shipped configuration, as the password variable names
 /// it (`TRIAGE_NATS_<NAME>_PASSWORD`) and the user name.
-pub const USERS: [(&str, &str); 9] = [
+pub const USERS: [(&str, &str); 10] = [
     ("ROUTER", "router"),
     ("WORKER_TIER1", "worker-tier1"),
     ("WORKER_TIER2", "worker-tier2"),
     ("LEDGER", "ledger"),
+    ("SHADOW", "shadow"),
     ("COST_EXPORTER", "cost-exporter"),
     ("GATEWAY", "gateway"),
     ("ADMIN", "admin"),
