@@ -73,6 +73,26 @@ static REFUSAL: LazyLock<Regex> = LazyLock::new(|| {
 static NUMBER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"-?\d[\d,]*(?:\.\d+)?").expect("built-in pattern"));
 
+/// The option letter the answer states last ("the answer is (X)",
+/// "Answer: X"), upper-cased: MMLU-Pro's grading rule.
+pub fn stated_letter(answer: &str) -> Option<char> {
+    LETTER
+        .captures_iter(answer)
+        .filter_map(|c| c[1].chars().next())
+        .last()
+        .map(|c| c.to_ascii_uppercase())
+}
+
+/// The last number in the answer without thousands separators (and
+/// without a trailing `.0…`): GSM8K's grading rule as RouteLLM applies it.
+pub fn last_number(answer: &str) -> Option<String> {
+    let n = plain_number(NUMBER.find_iter(answer).last()?.as_str());
+    Some(match n.split_once('.') {
+        Some((whole, frac)) if frac.chars().all(|c| c == '0') => whole.to_string(),
+        _ => n,
+    })
+}
+
 /// Option lines as the sources render them (`A. text` … `J. text`):
 /// letter and body.
 fn options(question: &str) -> Vec<(char, &str)> {
@@ -194,6 +214,22 @@ pub fn answer_form_features(question: &str, answer: &str) -> [f32; ANSWER_FORM_D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stated_letter_and_the_last_number_are_what_graders_read() {
+        assert_eq!(
+            stated_letter("I think (A)... so the answer is (c)."),
+            Some('C')
+        );
+        assert_eq!(stated_letter("Answer: B"), Some('B'));
+        assert_eq!(stated_letter("It is B."), None);
+        assert_eq!(
+            last_number("3 apples, then 1,200.00 in total"),
+            Some("1200".into())
+        );
+        assert_eq!(last_number("-3.5 degrees"), Some("-3.5".into()));
+        assert_eq!(last_number("none"), None);
+    }
 
     fn get(f: &[f32; ANSWER_FORM_DIM], name: &str) -> f32 {
         f[ANSWER_FORM_NAMES

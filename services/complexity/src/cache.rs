@@ -25,6 +25,9 @@ pub struct CachedScore {
     /// The LLM self-rating, when one succeeded (failures are not cached so
     /// they are retried).
     pub llm: Option<f64>,
+    /// The generation of the head that gave `embedding` (a model score of
+    /// an earlier head is not reused after a swap).
+    pub head: u64,
 }
 
 /// Thread-safe LRU; capacity 0 disables it.
@@ -77,6 +80,7 @@ mod tests {
             embedding: e,
             settled_by_first_stage: false,
             llm: None,
+            head: 0,
         }
     }
 

@@ -9,7 +9,9 @@ use serde::Deserialize;
 use triage_protocol::ChatMessage;
 
 use crate::calibration::Outcome;
+use crate::embedding::EmbedError;
 use crate::prompt_text::text_to_score;
+use crate::truncation::Truncator;
 
 /// The folder of the labelled prompt files: `TRIAGE_DATA_DIR` when set,
 /// else the repository's `data/` (shipped with the source, so tests,
@@ -106,6 +108,19 @@ pub enum DatasetError {
         /// What is wrong.
         reason: String,
     },
+    /// A text could not be tokenised.
+    #[error(transparent)]
+    Tokenize(#[from] EmbedError),
+    /// Too few prompts are long enough for a benchmark case.
+    #[error("only {found} of the {wanted} prompts asked for have {tokens} tokens")]
+    TooFewPrompts {
+        /// Prompts found.
+        found: usize,
+        /// Prompts asked for.
+        wanted: usize,
+        /// The length asked for.
+        tokens: usize,
+    },
 }
 
 /// Reads every non-blank line of a JSONL file.
@@ -137,6 +152,34 @@ pub fn parse_rows(reader: impl BufRead, name: &str) -> Result<Vec<PromptRow>, Da
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// Benchmark prompts of one length: the first `n` real prompts of `dir`'s
+/// `prompt-lengths.jsonl`, then `routing-dev.jsonl`, that fill the
+/// truncator's budget, cut to it, so each is exactly `max_tokens` model
+/// tokens long.
+pub fn prompts_of_length(
+    dir: &Path,
+    truncator: &Truncator,
+    n: usize,
+) -> Result<Vec<String>, DatasetError> {
+    let mut rows = read_rows(&dir.join("prompt-lengths.jsonl"))?;
+    rows.extend(read_rows(&dir.join("routing-dev.jsonl"))?);
+    let mut out = Vec::with_capacity(n);
+    for row in rows {
+        let t = truncator.truncate(&row.text())?;
+        if t.truncated || t.ids.len() == truncator.max_tokens() {
+            out.push(t.text);
+            if out.len() == n {
+                return Ok(out);
+            }
+        }
+    }
+    Err(DatasetError::TooFewPrompts {
+        found: out.len(),
+        wanted: n,
+        tokens: truncator.max_tokens(),
+    })
 }
 
 #[cfg(test)]

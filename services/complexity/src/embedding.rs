@@ -1,12 +1,9 @@
-//! all-MiniLM-L6-v2 sentence embeddings in candle: BERT forward pass, mean
-//! pooling over the attention mask, L2 normalisation — what
-//! sentence-transformers computes for this model (checked against its
-//! vectors in `tests/minilm_reference.rs`).
+//! all-MiniLM-L6-v2 sentence embeddings: the BERT encoder
+//! ([`crate::encoder`]), mean pooling over each text's tokens, L2
+//! normalisation — what sentence-transformers computes for this model
+//! (checked against its vectors in `tests/minilm_reference.rs`).
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
-
+use crate::encoder::{Encoder, EncoderConfig};
 use crate::model_files::{MissingModelFile, ModelFiles};
 
 /// Width of a MiniLM-L6 embedding.
@@ -32,6 +29,16 @@ pub enum EmbedError {
     /// candle failed (bad weights, shape mismatch).
     #[error("model: {0}")]
     Candle(#[from] candle_core::Error),
+    /// A token id outside the model's vocabulary.
+    #[error("input {index} has token id {id}; the vocabulary has {vocab}")]
+    BadToken {
+        /// Position in the batch.
+        index: usize,
+        /// The id.
+        id: u32,
+        /// The vocabulary size.
+        vocab: usize,
+    },
     /// A token sequence the model cannot take.
     #[error("input {index} has {len} tokens; the model takes 1 to {max}")]
     BadLength {
@@ -44,145 +51,141 @@ pub enum EmbedError {
     },
 }
 
+/// How the encoder's dense layers compute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats: sentence-transformers' vectors (cosine ≥ 0.999).
+    #[default]
+    F32,
+    /// 8-bit integer weights and activations (AVX-512 VNNI where the CPU
+    /// has it): faster, vectors slightly different (see the router README
+    /// for how often a decision changes).
+    Int8,
+}
+
 /// The loaded model. Load once and share: it is read-only and `Sync`.
 pub struct MiniLm {
-    model: BertModel,
-    device: Device,
-    hidden: usize,
-    max_positions: usize,
+    encoder: Encoder,
 }
 
 impl MiniLm {
-    /// Loads the weights and config (memory-mapped) on the CPU.
+    /// Loads the weights (memory-mapped, then copied into the encoder's
+    /// layouts) and config, in 32-bit floats.
     pub fn load(files: &ModelFiles) -> Result<Self, EmbedError> {
+        Self::load_with(files, Precision::F32)
+    }
+
+    /// Loads the model with its dense layers in `precision`.
+    pub fn load_with(files: &ModelFiles, precision: Precision) -> Result<Self, EmbedError> {
+        if precision == Precision::Int8 && !crate::int8_dense::has_vnni() {
+            tracing::warn!(
+                "precision int8 without AVX-512 VNNI on this CPU: computed in plain code, \
+                 slower than f32"
+            );
+        }
         files.check()?;
         let config_path = files.config();
         let config_error = |reason: String| EmbedError::Config {
             path: config_path.display().to_string(),
             reason,
         };
-        let raw: serde_json::Value = std::fs::read_to_string(&config_path)
+        let config: EncoderConfig = std::fs::read_to_string(&config_path)
             .map_err(|e| e.to_string())
             .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))
             .map_err(config_error)?;
-        let config: Config =
-            serde_json::from_value(raw.clone()).map_err(|e| config_error(e.to_string()))?;
-        let hidden = raw["hidden_size"].as_u64().unwrap_or(EMBEDDING_DIM as u64) as usize;
-        let max_positions = raw["max_position_embeddings"].as_u64().unwrap_or(512) as usize;
-        let device = Device::Cpu;
-        // SAFETY: the file is memory-mapped read-only; nothing in this
-        // process writes it, and the set-up never rewrites it in place.
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[files.weights()], DType::F32, &device)?
-        };
-        let model = BertModel::load(vb, &config)?;
         Ok(Self {
-            model,
-            device,
-            hidden,
-            max_positions,
+            encoder: Encoder::load(&files.weights(), config, precision)?,
         })
     }
 
     /// Embedding width (384 for MiniLM-L6).
     pub fn dim(&self) -> usize {
-        self.hidden
+        self.encoder.config().hidden_size
     }
 
     /// The longest input the model takes, special tokens included.
     pub fn max_positions(&self) -> usize {
-        self.max_positions
+        self.encoder.config().max_position_embeddings
     }
 
     /// Embeds token id sequences (each with its `[CLS]` and `[SEP]`).
     /// Returns one unit-length vector per input, in order.
     ///
-    /// Inputs are grouped by their length rounded up to [`PAD_MULTIPLE`]
-    /// and each group runs padded to that length (in chunks of at most
-    /// [`MAX_BATCH_TOKENS`] tokens). The padded length is a function of the
-    /// input alone, and candle's kernels give the same bits for a row
-    /// whatever the number of rows, so a text's vector does not depend on
-    /// its batch companions: scores are reproducible bit for bit however
-    /// requests happen to be batched (see `tests/minilm_reference.rs`).
+    /// No input is padded: the encoder runs every text at its own length,
+    /// passes of at most [`MAX_BATCH_TOKENS`] tokens. Each row of every
+    /// kernel is computed in the same order whatever the other rows, so a
+    /// text's vector does not depend on its batch companions: scores are
+    /// reproducible bit for bit however requests happen to be batched (see
+    /// `tests/minilm_reference.rs`).
     pub fn embed(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        for (index, ids) in inputs.iter().enumerate() {
-            if ids.is_empty() || ids.len() > self.max_positions {
-                return Err(EmbedError::BadLength {
-                    index,
-                    len: ids.len(),
-                    max: self.max_positions,
-                });
-            }
-        }
-        let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-        for (i, ids) in inputs.iter().enumerate() {
-            groups.entry(padded_len(ids.len())).or_default().push(i);
-        }
-        let mut out = vec![Vec::new(); inputs.len()];
-        for (len, members) in groups {
-            let rows_per_chunk = (MAX_BATCH_TOKENS / len).max(1);
-            for chunk in members.chunks(rows_per_chunk) {
-                let batch: Vec<&[u32]> = chunk.iter().map(|&i| inputs[i]).collect();
-                let vectors = self.forward_exact(&batch, len)?;
-                for (&i, v) in chunk.iter().zip(vectors) {
-                    out[i] = v;
-                }
+        self.check(inputs)?;
+        let dim = self.dim();
+        let mut out = Vec::with_capacity(inputs.len());
+        for pass in passes(inputs) {
+            let hidden = self.encoder.forward(pass);
+            let mut rows = hidden.as_slice();
+            for ids in pass {
+                let (states, rest) = rows.split_at(ids.len() * dim);
+                out.push(mean_pool_normalised(states, dim));
+                rows = rest;
             }
         }
         Ok(out)
     }
 
-    /// One forward pass with every input padded to exactly `len` tokens
-    /// (no bucketing); the static-table distillation uses it directly.
-    pub(crate) fn forward_exact(
-        &self,
-        inputs: &[&[u32]],
-        len: usize,
-    ) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let batch = inputs.len();
-        let mut ids = vec![0u32; batch * len];
-        let mut mask = vec![0u32; batch * len];
-        for (row, input) in inputs.iter().enumerate() {
-            ids[row * len..row * len + input.len()].copy_from_slice(input);
-            mask[row * len..row * len + input.len()].fill(1);
+    fn check(&self, inputs: &[&[u32]]) -> Result<(), EmbedError> {
+        let (max, vocab) = (self.max_positions(), self.encoder.config().vocab_size);
+        for (index, ids) in inputs.iter().enumerate() {
+            if ids.is_empty() || ids.len() > max {
+                return Err(EmbedError::BadLength {
+                    index,
+                    len: ids.len(),
+                    max,
+                });
+            }
+            if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(EmbedError::BadToken { index, id, vocab });
+            }
         }
-        let ids_t = Tensor::from_vec(ids, (batch, len), &self.device)?;
-        let mask_t = Tensor::from_vec(mask, (batch, len), &self.device)?;
-        let type_ids = ids_t.zeros_like()?;
-        let hidden = self.model.forward(&ids_t, &type_ids, Some(&mask_t))?;
-        let hidden: Vec<Vec<Vec<f32>>> = hidden.to_vec3()?;
-        Ok(hidden
-            .iter()
-            .zip(inputs)
-            .map(|(states, input)| mean_pool_normalised(&states[..input.len()]))
-            .collect())
+        Ok(())
     }
 }
 
-/// Inputs are padded to a multiple of this many tokens.
-pub const PAD_MULTIPLE: usize = 16;
-
-/// Upper bound on padded tokens per forward pass, which bounds memory
-/// (attention is batch × 12 heads × len² floats).
+/// Upper bound on tokens per forward pass, which bounds memory (the
+/// feed-forward activations are tokens × 1536 floats).
 pub const MAX_BATCH_TOKENS: usize = 8192;
 
-/// The length an input of `len` tokens runs at.
-pub fn padded_len(len: usize) -> usize {
-    len.div_ceil(PAD_MULTIPLE) * PAD_MULTIPLE
+/// Consecutive runs of inputs of at most [`MAX_BATCH_TOKENS`] tokens (an
+/// input longer than that alone).
+fn passes<'a, 'b>(inputs: &'a [&'b [u32]]) -> Vec<&'a [&'b [u32]]> {
+    let mut out = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, ids) in inputs.iter().enumerate() {
+        if tokens + ids.len() > MAX_BATCH_TOKENS && i > start {
+            out.push(&inputs[start..i]);
+            (start, tokens) = (i, 0);
+        }
+        tokens += ids.len();
+    }
+    if start < inputs.len() {
+        out.push(&inputs[start..]);
+    }
+    out
 }
 
 /// Mean of the token vectors, scaled to unit length (sentence-transformers'
 /// Pooling(mean) + Normalize). Summed in a fixed order so the result is
 /// reproducible bit for bit.
-pub fn mean_pool_normalised(states: &[Vec<f32>]) -> Vec<f32> {
-    let dim = states.first().map_or(0, Vec::len);
+/// `states` holds one row of `dim` values per token.
+pub fn mean_pool_normalised(states: &[f32], dim: usize) -> Vec<f32> {
     let mut sum = vec![0f32; dim];
-    for token in states {
+    for token in states.chunks_exact(dim) {
         for (s, v) in sum.iter_mut().zip(token) {
             *s += v;
         }
     }
-    let n = states.len().max(1) as f32;
+    let n = (states.len() / dim.max(1)).max(1) as f32;
     for s in &mut sum {
         *s /= n;
     }
@@ -212,18 +215,19 @@ mod tests {
 
     #[test]
     fn pooling_averages_then_normalises() {
-        let v = mean_pool_normalised(&[vec![3.0, 0.0], vec![3.0, 8.0]]);
+        let v = mean_pool_normalised(&[3.0, 0.0, 3.0, 8.0], 2);
         // mean (3, 4) → (0.6, 0.8)
         assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
         assert!((cosine(&v, &[3.0, 4.0]) - 1.0).abs() < 1e-9);
     }
 
     #[test]
-    fn padding_rounds_up_to_the_multiple() {
-        assert_eq!(padded_len(1), 16);
-        assert_eq!(padded_len(16), 16);
-        assert_eq!(padded_len(17), 32);
-        assert_eq!(padded_len(512), 512);
+    fn passes_hold_at_most_the_token_budget() {
+        let (long, short) = (vec![0u32; MAX_BATCH_TOKENS - 10], vec![0u32; 20]);
+        let inputs: Vec<&[u32]> = vec![&short, &long, &short, &short];
+        let p = passes(&inputs);
+        assert_eq!(p.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![1, 1, 2]);
+        assert_eq!(passes(&[]).len(), 0);
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //!    the system message) and [`truncation`] keeps its first N model tokens;
 //! 2. [`rules`] force tier 2 on fenced code, code-like syntax, math notation
 //!    and configured keywords;
-//! 3. [`embedding`] runs all-MiniLM-L6-v2 in candle (mean pooling, L2
-//!    normalisation), [`prompt_form`] measures the prompt's form,
+//! 3. [`embedding`] runs all-MiniLM-L6-v2 (mean pooling, L2
+//!    normalisation) on the unpadded BERT [`encoder`] ([`attention`] and
+//!    the [`kernels`] it is made of), [`prompt_form`] measures the prompt's form,
 //!    [`head_input`] joins the two and [`head`] turns that into
 //!    P(needs tier 2);
 //! 4. [`blend`] mixes that with an optional LLM self-rating and compares
@@ -28,14 +29,18 @@
 
 pub mod answer_confidence;
 pub mod answer_form;
+pub(crate) mod attention;
 pub mod blend;
 pub mod cache;
 pub mod calibration;
 pub mod cascade;
 pub mod dataset;
 pub mod embedding;
+pub mod encoder;
 pub mod head;
 pub mod head_input;
+pub(crate) mod int8_dense;
+pub(crate) mod kernels;
 pub mod model_files;
 pub mod prompt_form;
 pub mod prompt_text;
@@ -48,7 +53,7 @@ pub mod verifier;
 
 pub use blend::{Blend, BlendWeights, Decision};
 pub use cache::ScoreCache;
-pub use embedding::{EmbedError, MiniLm, EMBEDDING_DIM};
+pub use embedding::{EmbedError, MiniLm, Precision, EMBEDDING_DIM};
 pub use head::LogisticHead;
 pub use model_files::ModelFiles;
 pub use rules::{RuleConfig, RuleMatch, RuleSet};

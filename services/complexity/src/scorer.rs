@@ -6,12 +6,13 @@
 //! this type, so offline and live decisions agree.
 
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
 use crate::blend::{Blend, BlendError, BlendWeights, Decision};
 use crate::cache::{cache_key, CacheKey, CachedScore, ScoreCache};
-use crate::embedding::{EmbedError, MiniLm};
+use crate::embedding::{EmbedError, MiniLm, Precision};
 use crate::head::{HeadError, LogisticHead};
 use crate::head_input::HeadInput;
 use crate::model_files::ModelFiles;
@@ -44,6 +45,9 @@ pub struct ScorerConfig {
     pub cache_capacity: usize,
     /// The static-embedding first stage.
     pub first_stage: FirstStageConfig,
+    /// How the encoder computes: `f32` (sentence-transformers' vectors) or
+    /// `int8` (faster; see the router README for how many decisions move).
+    pub precision: Precision,
 }
 
 /// The threshold shipped as the default; see the router README for the
@@ -61,6 +65,7 @@ impl Default for ScorerConfig {
             threshold: DEFAULT_THRESHOLD,
             cache_capacity: 10_000,
             first_stage: FirstStageConfig::default(),
+            precision: Precision::F32,
         }
     }
 }
@@ -109,7 +114,7 @@ pub enum Source {
 }
 
 /// The embedding stage's result for one text.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EmbeddingScore {
     /// The head's P(needs tier 2) as a training percentile (see
     /// [`LogisticHead::score`]).
@@ -120,6 +125,39 @@ pub struct EmbeddingScore {
     pub cached: bool,
     /// A cached LLM score for the same text, if any.
     pub cached_llm: Option<f64>,
+    /// The version of the head that gave a [`Source::Model`] score.
+    pub head: Option<Arc<str>>,
+}
+
+/// The head in force, its input and its version, swapped whole (see
+/// [`Scorer::swap_head`]) so a batch is scored by exactly one head.
+#[derive(Debug)]
+pub struct HeadSlot {
+    /// The head.
+    pub head: LogisticHead,
+    /// What it takes.
+    pub input: HeadInput,
+    /// `sha256:` and the first 12 hex digits of its JSON: the same head
+    /// has the same version on every router.
+    pub version: Arc<str>,
+    /// Counts swaps, so cached scores of an earlier head are not reused.
+    generation: u64,
+}
+
+impl std::ops::Deref for HeadSlot {
+    type Target = LogisticHead;
+    fn deref(&self) -> &LogisticHead {
+        &self.head
+    }
+}
+
+/// The version of a head: a digest of its JSON.
+pub fn head_version(head: &LogisticHead) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(head).expect("a head serialises");
+    let digest = Sha256::digest(&json);
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 /// What the LLM self-rating gave.
@@ -133,14 +171,19 @@ pub enum LlmScore {
     Failed(String),
 }
 
+/// The head's score for an embedding of a prepared text.
+fn score_with(head: &HeadSlot, embedding: &[f32], p: &Prepared) -> f64 {
+    head.head
+        .score(&head.input.build(embedding, &p.tokens.text))
+}
+
 /// The pipeline.
 pub struct Scorer {
     config: ScorerConfig,
     truncator: Truncator,
     rules: RuleSet,
     model: MiniLm,
-    head: LogisticHead,
-    head_input: HeadInput,
+    head: RwLock<Arc<HeadSlot>>,
     first_stage: Option<FirstStage>,
     blend: Blend,
     cache: ScoreCache,
@@ -158,7 +201,7 @@ impl Scorer {
             .clone()
             .map(ModelFiles::new)
             .unwrap_or_else(ModelFiles::default_minilm);
-        let model = MiniLm::load(&files)?;
+        let model = MiniLm::load_with(&files, config.precision)?;
         let (head, _) = match &config.head_path {
             Some(p) => LogisticHead::load_input(p, MINILM_FEATURES)?,
             None => LogisticHead::from_json_input(SHIPPED_HEAD, MINILM_FEATURES)?,
@@ -186,20 +229,7 @@ impl Scorer {
                 config.max_tokens
             )));
         }
-        let head_input = HeadInput::parse(&head.features, MINILM_FEATURES).ok_or_else(|| {
-            ScoreError::Config(format!(
-                "head is for {:?}, not MiniLM embeddings",
-                head.features
-            ))
-        })?;
-        if head.weights.len() != head_input.dim(model.dim()) {
-            return Err(ScoreError::Config(format!(
-                "head has {} weights, its input {:?} has {} dimensions",
-                head.weights.len(),
-                head.features,
-                head_input.dim(model.dim())
-            )));
-        }
+        let slot = Self::slot_for(&model, head, 0)?;
         let truncator = Truncator::from_file(&files.tokenizer(), config.max_tokens)?;
         let rules = RuleSet::new(&config.rules)?;
         let blend = Blend::new(config.weights, config.threshold)?;
@@ -209,8 +239,7 @@ impl Scorer {
             truncator,
             rules,
             model,
-            head,
-            head_input,
+            head: RwLock::new(Arc::new(slot)),
             first_stage,
             blend,
             cache,
@@ -232,20 +261,59 @@ impl Scorer {
         &self.model
     }
 
-    /// The head in use.
-    pub fn head(&self) -> &LogisticHead {
-        &self.head
+    /// Checks `head` against the model and wraps it.
+    fn slot_for(
+        model: &MiniLm,
+        head: LogisticHead,
+        generation: u64,
+    ) -> Result<HeadSlot, ScoreError> {
+        let input = HeadInput::parse(&head.features, MINILM_FEATURES).ok_or_else(|| {
+            ScoreError::Config(format!(
+                "head is for {:?}, not MiniLM embeddings",
+                head.features
+            ))
+        })?;
+        if head.weights.len() != input.dim(model.dim()) {
+            return Err(ScoreError::Config(format!(
+                "head has {} weights, its input {:?} has {} dimensions",
+                head.weights.len(),
+                head.features,
+                input.dim(model.dim())
+            )));
+        }
+        let version = head_version(&head).into();
+        Ok(HeadSlot {
+            head,
+            input,
+            version,
+            generation,
+        })
+    }
+
+    /// The head in use (a snapshot: a swap does not change it).
+    pub fn head(&self) -> Arc<HeadSlot> {
+        self.head.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `head` in force for every batch that starts from now on, after
+    /// checking it fits the model; batches already scoring finish with the
+    /// head they started with. Returns the new version.
+    pub fn swap_head(&self, head: LogisticHead) -> Result<Arc<str>, ScoreError> {
+        let mut slot = self.head.write().unwrap_or_else(|e| e.into_inner());
+        let new = Self::slot_for(&self.model, head, slot.generation + 1)?;
+        let version = new.version.clone();
+        *slot = Arc::new(new);
+        Ok(version)
     }
 
     /// What the head takes: the embedding, maybe with form features.
     pub fn head_input(&self) -> HeadInput {
-        self.head_input
+        self.head().input
     }
 
     /// The head's score for an embedding of a prepared text.
     pub fn head_score(&self, embedding: &[f32], p: &Prepared) -> f64 {
-        self.head
-            .score(&self.head_input.build(embedding, &p.tokens.text))
+        score_with(&self.head(), embedding, p)
     }
 
     /// The first stage, when enabled.
@@ -277,13 +345,14 @@ impl Scorer {
         &self,
         batch: &[&Prepared],
     ) -> Result<Vec<Option<EmbeddingScore>>, ScoreError> {
+        let head = self.head();
         let mut out: Vec<Option<EmbeddingScore>> = vec![None; batch.len()];
         let mut pending: Vec<usize> = Vec::new();
         for (i, p) in batch.iter().enumerate() {
             if p.rule.is_some() {
                 continue;
             }
-            match self.score_without_model(p) {
+            match self.settle_without_model(p, &head) {
                 Some(e) => out[i] = Some(e),
                 None => pending.push(i),
             }
@@ -295,8 +364,8 @@ impl Scorer {
                 .collect();
             let vectors = self.model.embed(&ids)?;
             for (&i, v) in pending.iter().zip(&vectors) {
-                let p = self.head_score(v, batch[i]);
-                out[i] = Some(self.fresh(batch[i], p, Source::Model));
+                let p = score_with(&head, v, batch[i]);
+                out[i] = Some(self.fresh(batch[i], p, Source::Model, &head));
             }
         }
         Ok(out)
@@ -306,35 +375,46 @@ impl Scorer {
     /// stage's when it settles the text; `None` when the model is needed
     /// (or a rule fired, and no score is needed at all).
     pub fn score_without_model(&self, p: &Prepared) -> Option<EmbeddingScore> {
+        self.settle_without_model(p, &self.head())
+    }
+
+    /// [`Self::score_without_model`] with the batch's head: a cached score
+    /// of another head is not reused.
+    fn settle_without_model(&self, p: &Prepared, head: &HeadSlot) -> Option<EmbeddingScore> {
         if p.rule.is_some() {
             return None;
         }
         if let Some(hit) = self.cache.get(&p.key) {
-            return Some(EmbeddingScore {
-                score: hit.embedding,
-                source: if hit.settled_by_first_stage {
-                    Source::FirstStage
-                } else {
-                    Source::Model
-                },
-                cached: true,
-                cached_llm: hit.llm,
-            });
+            if hit.settled_by_first_stage || hit.head == head.generation {
+                return Some(EmbeddingScore {
+                    score: hit.embedding,
+                    source: if hit.settled_by_first_stage {
+                        Source::FirstStage
+                    } else {
+                        Source::Model
+                    },
+                    cached: true,
+                    cached_llm: hit.llm,
+                    head: (!hit.settled_by_first_stage).then(|| head.version.clone()),
+                });
+            }
         }
         let p1 = self
             .first_stage
             .as_ref()?
             .settle(&p.tokens.ids, &p.tokens.text)?;
-        Some(self.fresh(p, p1, Source::FirstStage))
+        Some(self.fresh(p, p1, Source::FirstStage, head))
     }
 
-    fn fresh(&self, p: &Prepared, score: f64, source: Source) -> EmbeddingScore {
+    fn fresh(&self, p: &Prepared, score: f64, source: Source, head: &HeadSlot) -> EmbeddingScore {
+        let by_model = source == Source::Model;
         self.cache.put(
             p.key,
             CachedScore {
                 embedding: score,
-                settled_by_first_stage: source == Source::FirstStage,
+                settled_by_first_stage: !by_model,
                 llm: None,
+                head: head.generation,
             },
         );
         EmbeddingScore {
@@ -342,6 +422,7 @@ impl Scorer {
             source,
             cached: false,
             cached_llm: None,
+            head: by_model.then(|| head.version.clone()),
         }
     }
 
@@ -353,6 +434,7 @@ impl Scorer {
                 embedding: embedding.score,
                 settled_by_first_stage: embedding.source == Source::FirstStage,
                 llm: Some(llm),
+                head: self.head().generation,
             },
         );
     }
@@ -383,6 +465,9 @@ impl Scorer {
             Source::Model => format!("embedding={:.4}", embedding.score),
             Source::FirstStage => format!("first_stage={:.4}", embedding.score),
         });
+        if let Some(version) = &embedding.head {
+            reasons.push(format!("head={version}"));
+        }
         let llm_value = match llm {
             LlmScore::Off => None,
             LlmScore::Score(v) => {

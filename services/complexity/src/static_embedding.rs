@@ -122,7 +122,7 @@ impl StaticTable {
         let ids: Vec<[u32; 3]> = (0..vocab_size as u32).map(|t| [cls, t, sep]).collect();
         for chunk in ids.chunks(DISTILL_BATCH) {
             let batch: Vec<&[u32]> = chunk.iter().map(|x| x.as_slice()).collect();
-            for v in model.forward_exact(&batch, 3)? {
+            for v in model.embed(&batch)? {
                 rows.extend_from_slice(&v);
             }
         }

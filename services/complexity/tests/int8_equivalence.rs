@@ -1,0 +1,69 @@
+//! The int8 encoder against the f32 one on the dev prompts (the test set,
+//! shipped in `data/`): the shipped scorer and the transformer path alone
+//! must give the same tier on at least 99% of prompts, and ROC AUC against
+//! the dev labels within 0.005 (issue 16's rule for a quantised path).
+//!
+//! Needs the model and the static table (the set-up fetches and builds
+//! them); fails with a message saying so when they are missing.
+
+use triage_complexity::calibration::roc_auc;
+use triage_complexity::dataset::{data_dir, read_rows};
+use triage_complexity::scorer::{Scorer, ScorerConfig};
+use triage_complexity::static_embedding::FirstStageConfig;
+use triage_complexity::Precision;
+
+/// Transformer-path prompts compared (all of them take minutes unoptimised).
+const TRANSFORMER_PROMPTS: usize = 300;
+
+fn scorer(precision: Precision, first_stage: bool) -> Scorer {
+    Scorer::new(ScorerConfig {
+        precision,
+        cache_capacity: 0,
+        first_stage: FirstStageConfig {
+            enabled: first_stage,
+            ..Default::default()
+        },
+        ..ScorerConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e} (run scripts/setup.sh)"))
+}
+
+/// (score, tier 2?) of every text.
+fn decisions(scorer: &Scorer, texts: &[&str]) -> Vec<(f64, bool)> {
+    texts
+        .chunks(32)
+        .flat_map(|chunk| scorer.score_texts(chunk))
+        .map(|d| d.map(|d| (d.score, d.tier2)).expect("scored"))
+        .collect()
+}
+
+fn compare(what: &str, first_stage: bool, texts: &[&str], labels: &[bool]) {
+    let f32 = decisions(&scorer(Precision::F32, first_stage), texts);
+    let int8 = decisions(&scorer(Precision::Int8, first_stage), texts);
+    let same = f32.iter().zip(&int8).filter(|(a, b)| a.1 == b.1).count();
+    let same_share = same as f64 / texts.len() as f64;
+    let auc = |d: &[(f64, bool)]| {
+        let scores: Vec<f64> = d.iter().map(|x| x.0).collect();
+        roc_auc(&scores, labels).expect("both classes")
+    };
+    let (a32, a8) = (auc(&f32), auc(&int8));
+    println!(
+        "{what}: {} prompts, same tier {same} ({:.2}%), AUC f32 {a32:.4} int8 {a8:.4}",
+        texts.len(),
+        100.0 * same_share
+    );
+    assert!(same_share >= 0.99, "{what}: same tier on {same_share:.4}");
+    assert!((a32 - a8).abs() <= 0.005, "{what}: AUC {a32:.4} vs {a8:.4}");
+}
+
+#[test]
+fn int8_gives_the_same_tier_and_auc_as_f32_on_dev_prompts() {
+    let rows = read_rows(&data_dir().join("routing-dev.jsonl")).expect("routing-dev.jsonl");
+    let rows: Vec<_> = rows.iter().filter(|r| r.label_tier.is_some()).collect();
+    let texts: Vec<String> = rows.iter().map(|r| r.text()).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let labels: Vec<bool> = rows.iter().map(|r| r.label_tier == Some(2)).collect();
+    compare("shipped scorer", true, &texts, &labels);
+    let n = TRANSFORMER_PROMPTS.min(texts.len());
+    compare("transformer path", false, &texts[..n], &labels[..n]);
+}
