@@ -40,25 +40,10 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Distinct prompts cut to about `tokens` model tokens (real text from the
-/// dev set and the long-prompt file).
+/// Distinct real prompts cut to exactly `tokens` model tokens.
 fn prompts(truncator: &Truncator, n: usize) -> Vec<String> {
     let dir = triage_complexity::dataset::data_dir();
-    let mut rows = read_rows(&dir.join("prompt-lengths.jsonl")).expect("prompt-lengths.jsonl");
-    rows.extend(read_rows(&dir.join("routing-dev.jsonl")).expect("routing-dev.jsonl"));
-    let mut out = Vec::new();
-    for row in rows {
-        let t = truncator.truncate(&row.text()).expect("tokenize");
-        // Only texts that fill the budget, so every prompt has the same length.
-        if t.truncated || t.ids.len() == truncator.max_tokens() {
-            out.push(t.text);
-        }
-        if out.len() == n {
-            break;
-        }
-    }
-    assert_eq!(out.len(), n, "not enough long prompts");
-    out
+    triage_complexity::dataset::prompts_of_length(&dir, truncator, n).expect("bench prompts")
 }
 
 fn raw_model(scorer: &Scorer, texts: &[String], batch: usize) -> f64 {

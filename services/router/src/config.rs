@@ -12,6 +12,7 @@ use triage_bus::{ConsumerSettings, NatsConfig};
 use triage_complexity::scorer::ScorerConfig;
 use triage_complexity::verifier::VerifyConfig;
 use triage_protocol::ReplyPolicy;
+use triage_runtime::telemetry::{LogFormat, TelemetryConfig};
 
 use crate::tenancy::Binding;
 
@@ -45,6 +46,13 @@ pub struct RouterConfig {
     pub metrics_addr: SocketAddr,
     /// Log prompt text (off by default: logs carry only request ids).
     pub log_prompts: bool,
+    /// Follow heads promoted with `triage-router promote` (the KV bucket
+    /// `TRIAGE_HEADS`): each is swapped in between batches, no restart.
+    pub follow_heads: bool,
+    /// `text` or `json` log lines (`--log-format` overrides it).
+    pub log_format: LogFormat,
+    /// Span export over OTLP/HTTP (off unless an endpoint is set).
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for RouterConfig {
@@ -60,6 +68,9 @@ impl Default for RouterConfig {
             reply: ReplyPolicy::default(),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9101)),
             log_prompts: false,
+            follow_heads: true,
+            log_format: LogFormat::Text,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }

@@ -9,16 +9,21 @@
 //! - [`self_rating`]: the optional LLM complexity rating;
 //! - [`routing`]: the scoring of a batch, shared by service and offline;
 //! - [`service`]: the NATS JetStream service (`triage-router run`);
+//! - [`heads`]: heads promoted to a KV bucket and followed without a restart;
 //! - [`metrics`]: its Prometheus metrics;
 //! - [`offline`]: `train`, `score` and `calibrate`;
-//! - [`offline_verify`]: `train-verifier` and the cost-honest report of
-//!   the pre-hoc, verify-only and combined policies.
+//! - [`offline_verify`]: `train-verifier` and the verify scores of
+//!   recorded answers;
+//! - [`policy_report`]: the cost-honest table of the pre-hoc,
+//!   verify-only and combined policies.
 
 pub mod config;
+pub mod heads;
 pub mod metrics;
 pub mod offline;
 pub mod offline_verify;
 pub mod policy;
+pub mod policy_report;
 pub mod routing;
 pub mod self_rating;
 pub mod service;

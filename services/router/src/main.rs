@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use triage_complexity::scorer::Scorer;
 use triage_complexity::verifier::Verifier;
 use triage_router::config::{RouterConfig, ENV_PREFIX};
+use triage_router::heads;
 use triage_router::offline::{self, CalibrateOptions, TrainOptions};
 use triage_router::offline_verify::{self, TrainVerifierOptions};
 use triage_router::self_rating::{LlmSelfRater, SelfRater};
@@ -37,9 +38,10 @@ struct Cli {
     #[arg(long, short, env = "TRIAGE_ROUTER_CONFIG", global = true)]
     config: Option<PathBuf>,
 
-    /// Log format: `text` for people, `json` for log pipelines (level via RUST_LOG).
-    #[arg(long, env = "TRIAGE_ROUTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    /// Log format: `text` for people, `json` for log pipelines (level via
+    /// RUST_LOG); overrides the `log_format` key (TRIAGE_ROUTER_LOG_FORMAT).
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     command: Command,
@@ -210,12 +212,29 @@ enum Command {
         #[arg(long)]
         answer_vectors: Option<PathBuf>,
     },
+    /// Publish a head file (as `train` writes it) to the heads bucket:
+    /// every running router checks it against its model and swaps it in
+    /// between batches, no restart (see follow_heads). Prints its version.
+    Promote {
+        /// The head file (JSON).
+        #[arg(long)]
+        head: PathBuf,
+    },
+    /// Put back the head promoted before the current one (a new revision
+    /// every router follows).
+    Rollback,
 }
 
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<RouterConfig> {
     let config: RouterConfig = triage_runtime::load(path, ENV_PREFIX)?;
     config.validate()?;
     Ok(config)
+}
+
+async fn heads_bucket(config: &RouterConfig) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+    let client = triage_bus::connect(&config.nats).await?;
+    let js = async_nats::jetstream::new(client);
+    Ok(heads::bucket(&js, &config.nats.namespace()?, config.nats.streams.replicas).await?)
 }
 
 fn rater(config: &RouterConfig) -> anyhow::Result<Option<Arc<dyn SelfRater>>> {
@@ -229,10 +248,36 @@ fn rater(config: &RouterConfig) -> anyhow::Result<Option<Arc<dyn SelfRater>>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init("triage-router", cli.log_format);
     let mut config = load_config(cli.config.as_deref())?;
+    let format = cli.log_format.unwrap_or(config.log_format);
+    // Kept to the end of main: dropping it flushes the spans not yet sent.
+    let _telemetry = telemetry::install("triage-router", format, &config.telemetry)?;
     match cli.command {
         Command::Run => service::run(config).await,
+        Command::Promote { head } => {
+            let json =
+                std::fs::read(&head).with_context(|| format!("cannot read {}", head.display()))?;
+            let store = heads_bucket(&config).await?;
+            let (version, revision) = heads::promote(&store, &json)
+                .await
+                .with_context(|| format!("cannot promote {}", head.display()))?;
+            println!("promoted {version} (revision {revision}); routers following the bucket switch at their next batch");
+            Ok(())
+        }
+        Command::Rollback => {
+            let store = heads_bucket(&config).await?;
+            match heads::rollback(&store).await? {
+                Some(heads::RolledBack::Head(version, revision)) => {
+                    println!("rolled back to {version} (revision {revision})");
+                    Ok(())
+                }
+                Some(heads::RolledBack::Configured) => {
+                    println!("rolled back to each router's configured head (the key was deleted)");
+                    Ok(())
+                }
+                None => anyhow::bail!("nothing to roll back: no promoted head is in force"),
+            }
+        }
         Command::Train {
             input,
             output,

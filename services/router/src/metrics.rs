@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use triage_protocol::RoutingDecision;
@@ -52,6 +53,18 @@ pub struct RouterMetrics {
     /// `publish_failures_total`: republishes not confirmed after retries
     /// (message nak'ed).
     pub publish_failures: Counter,
+    /// `head_info{version}`: 1 for the head in force, 0 for earlier ones.
+    pub head: Family<VersionLabel, Gauge>,
+    /// `head_refusals_total`: promoted heads that did not fit the model.
+    pub head_refusals: Counter,
+    current_head: std::sync::Mutex<Option<String>>,
+}
+
+/// A head's version as a label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    /// `sha256:…`.
+    pub version: String,
 }
 
 impl RouterMetrics {
@@ -105,7 +118,33 @@ impl RouterMetrics {
                 "Republishes JetStream did not confirm (the request is redelivered)",
                 Counter::default(),
             ),
+            head: r.add(
+                "head_info",
+                "The router head in force (1) and earlier ones (0), by version",
+                Family::default(),
+            ),
+            head_refusals: r.add(
+                "head_refusals",
+                "Promoted heads refused because they do not fit the model",
+                Counter::default(),
+            ),
+            current_head: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Marks `version` as the head in force (and the one before as not).
+    pub fn set_head(&self, version: &str) {
+        let mut current = self.current_head.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = current.replace(version.to_string()) {
+            self.head
+                .get_or_create(&VersionLabel { version: old })
+                .set(0);
+        }
+        self.head
+            .get_or_create(&VersionLabel {
+                version: version.to_string(),
+            })
+            .set(1);
     }
 
     /// Records one routed request.

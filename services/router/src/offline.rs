@@ -968,19 +968,15 @@ fn verify_report(
         .map(|(_, s)| *s)
         .collect();
     let verifier = Verifier::from_config(&opts.verify)?;
-    let vectors = if verifier.needs_embedding() {
-        Some(offline_verify::answer_vectors(
-            scorer,
-            &answered,
-            opts.answer_vectors.as_deref(),
-        )?)
-    } else {
-        None
-    };
-    let started = Instant::now();
-    let verify = offline_verify::verify_scores(&verifier, &answered, vectors.as_deref());
-    let per_answer = started.elapsed().as_secs_f64() / answered.rows.len() as f64;
-    offline_verify::print_report(&verifier, &answered, &router, &verify, opts.price_ratio);
+    let (report, verify, per_answer) = offline_verify::evaluate_policies(
+        scorer,
+        &verifier,
+        &answered,
+        &router,
+        opts.answer_vectors.as_deref(),
+        opts.price_ratio,
+    )?;
+    print!("{}", report.render());
     println!(
         "verify stage without the embedding (answer form + head): {:.1} µs an answer",
         per_answer * 1e6

@@ -8,13 +8,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::policy_report::{fmt, PolicyReport};
 use anyhow::{bail, Context};
 use serde_json::json;
 use triage_complexity::calibration::{roc_auc, Outcome};
-use triage_complexity::cascade::{
-    combined_curve, policy_outcome, prehoc_curve, verify_curve, verify_threshold_for_cost,
-    CostCurve,
-};
+use triage_complexity::cascade::{policy_outcome, verify_threshold_for_cost};
 use triage_complexity::dataset::{read_rows, PromptRow};
 use triage_complexity::head::{cross_validated_scores, stratified_folds, FitOptions, LogisticHead};
 use triage_complexity::scorer::{Prepared, Scorer};
@@ -26,9 +24,7 @@ use triage_complexity::verifier::{
 /// Answers embedded per model call.
 const CHUNK: usize = 64;
 
-/// Router-score thresholds the combined policy is tried with: above every
-/// score (verify only), rule-forced only, then ever more pre-hoc routing.
-pub const HARD_GRID: [f64; 9] = [1.01, 1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65];
+pub use crate::policy_report::HARD_GRID;
 
 /// Rows with a recorded tier-1 answer and a label.
 pub struct Answered {
@@ -404,91 +400,26 @@ fn choose_policy(
     (hard, t, table)
 }
 
-fn fmt(v: Option<f64>) -> String {
-    v.map_or_else(|| "n/a".into(), |v| format!("{v:.4}"))
-}
-
-fn curve_line(label: &str, c: Option<CostCurve>) -> String {
-    match c {
-        None => format!("{label:<34} n/a"),
-        Some(c) => format!(
-            "{label:<34} {:>8}  {:>8}  {:>6.4}",
-            fmt(c.pgr_at(0.3)),
-            fmt(c.pgr_at(0.5)),
-            c.area()
-        ),
-    }
-}
-
-/// Prints the three policies' quality-at-cost on labelled rows with
-/// answers: `router` is the router's final score of each row of `data`.
-pub fn print_report(
+/// The verify scores of `data` (embedding the answers when the verifier
+/// needs it, or reading `vectors_path`) and the three policies' report
+/// against the router scores `router`; also the verify stage's time per
+/// answer without the embedding, in seconds.
+pub fn evaluate_policies(
+    scorer: &Scorer,
     verifier: &Verifier,
     data: &Answered,
     router: &[f64],
-    verify: &[f64],
+    vectors_path: Option<&Path>,
     price_ratio: f64,
-) {
-    let poor = data.poor();
-    let tier2: Vec<bool> = data.outcomes.iter().map(|o| o.tier2).collect();
-    println!();
-    println!(
-        "verifier ({}): {} answered rows; verify score AUC against poor (small_ok false) {}, against label_tier {}",
-        verifier.file().head.features,
-        data.rows.len(),
-        fmt(roc_auc(verify, &poor)),
-        fmt(roc_auc(verify, &tier2)),
-    );
-    println!(
-        "quality at cost (x = cost relative to all tier 2, every tier-1 attempt 1/{price_ratio}, escalated ones too; y = PGR)"
-    );
-    println!(
-        "{:<34} {:>8}  {:>8}  {:>6}",
-        "policy", "PGR@30%", "PGR@50%", "area"
-    );
-    println!(
-        "{}",
-        curve_line(
-            "pre-hoc (router score)",
-            prehoc_curve(router, &data.outcomes, price_ratio)
-        )
-    );
-    println!(
-        "{}",
-        curve_line(
-            "verify only",
-            verify_curve(verify, &data.outcomes, price_ratio)
-        )
-    );
-    for hard in HARD_GRID.iter().skip(1) {
-        let mark = if *hard == verifier.hard_threshold() {
-            " *"
-        } else {
-            ""
-        };
-        println!(
-            "{}",
-            curve_line(
-                &format!("combined, router >= {hard}{mark}"),
-                combined_curve(router, verify, &data.outcomes, *hard, price_ratio)
-            )
-        );
-    }
-    let p = policy_outcome(
-        router,
-        verify,
-        &data.outcomes,
-        verifier.hard_threshold(),
-        verifier.verify_threshold(),
-        price_ratio,
-    );
-    println!(
-        "configured policy (* above): router >= {} to tier 2 ({:.1}%), verify >= {:.4} escalates ({:.1}%): cost {:.3}, PGR {}",
-        verifier.hard_threshold(),
-        100.0 * p.direct_share,
-        verifier.verify_threshold(),
-        100.0 * p.escalated_share,
-        p.cost,
-        fmt(p.pgr)
-    );
+) -> anyhow::Result<(PolicyReport, Vec<f64>, f64)> {
+    let vectors = if verifier.needs_embedding() {
+        Some(answer_vectors(scorer, data, vectors_path)?)
+    } else {
+        None
+    };
+    let started = Instant::now();
+    let verify = verify_scores(verifier, data, vectors.as_deref());
+    let per_answer = started.elapsed().as_secs_f64() / data.rows.len().max(1) as f64;
+    let report = PolicyReport::of(verifier, &data.outcomes, router, &verify, price_ratio);
+    Ok((report, verify, per_answer))
 }

@@ -263,9 +263,11 @@ fn finish(scorer: &Scorer, p: &Prepared, e: Option<EmbeddingScore>, llm: LlmScor
     Routed {
         decision: policy::scored(decision, scorer.blend().threshold),
         info: RouteInfo {
-            cache_hit: e.is_some_and(|e| e.cached),
-            first_stage: e.is_some_and(|e| e.source == Source::FirstStage),
-            model: e.is_some_and(|e| e.source == Source::Model && !e.cached),
+            cache_hit: e.as_ref().is_some_and(|e| e.cached),
+            first_stage: e.as_ref().is_some_and(|e| e.source == Source::FirstStage),
+            model: e
+                .as_ref()
+                .is_some_and(|e| e.source == Source::Model && !e.cached),
             rating_failure: rating_failure_kind(&llm),
             router_failure: false,
         },

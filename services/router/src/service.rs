@@ -29,6 +29,7 @@ use triage_protocol::{
 };
 
 use crate::config::RouterConfig;
+use crate::heads;
 use crate::metrics::{kind_label, RouterMetrics};
 use crate::policy;
 use crate::routing::{RouteInfo, Routed, Router};
@@ -174,6 +175,18 @@ pub async fn serve(
         max_wait_ms = max_wait.as_millis() as u64,
         "routing"
     );
+    let following = match (config.follow_heads, router.scorer()) {
+        (true, Some(scorer)) => Some(
+            heads::follow(
+                heads::bucket(&js, &ns, config.nats.streams.replicas).await?,
+                scorer.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     let slots = Arc::new(Semaphore::new(config.batching.concurrency));
     let processor = Arc::new(BatchProcessor {
         client,
@@ -217,6 +230,9 @@ pub async fn serve(
         }
     }
     drain(messages, tasks).await;
+    if let Some(following) = following {
+        following.abort();
+    }
     info!("stopped");
     Ok(())
 }
@@ -284,7 +300,9 @@ impl BatchProcessor {
             let span = tracing::info_span!(
                 "route",
                 request_id = tracing::field::Empty,
-                deliveries = envelope.deliveries
+                trace_id = tracing::field::Empty,
+                deliveries = envelope.deliveries,
+                otel.kind = "consumer",
             );
             triage_bus::trace::adopt_parent(&span, &envelope.headers);
             if let Some(request) = self

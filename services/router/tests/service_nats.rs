@@ -91,6 +91,30 @@ impl Env {
         CancellationToken,
         tokio::task::JoinHandle<anyhow::Result<()>>,
     ) {
+        // The shared scorer unless the test configures scoring itself.
+        let scorer = if config.scoring == ScorerConfig::default() {
+            scorer()
+        } else {
+            Arc::new(Scorer::new(config.scoring.clone()).unwrap())
+        };
+        self.start_with(
+            config,
+            scorer,
+            Arc::new(RouterMetrics::register(&mut Registry::default())),
+        )
+        .await
+    }
+
+    /// Starts a router with its own `scorer` and `metrics`.
+    async fn start_with(
+        &self,
+        config: &RouterConfig,
+        scorer: Arc<Scorer>,
+        metrics: Arc<RouterMetrics>,
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
         let rater = if config.self_rating.enabled {
             let r: Arc<dyn triage_router::self_rating::SelfRater> = Arc::new(
                 triage_router::self_rating::LlmSelfRater::new(&config.self_rating).unwrap(),
@@ -98,12 +122,6 @@ impl Env {
             Some(r)
         } else {
             None
-        };
-        // The shared scorer unless the test configures scoring itself.
-        let scorer = if config.scoring == ScorerConfig::default() {
-            scorer()
-        } else {
-            Arc::new(Scorer::new(config.scoring.clone()).unwrap())
         };
         let router = Router::new(
             Ok(scorer),
@@ -113,8 +131,6 @@ impl Env {
             config.policy.clone(),
             Duration::from_secs(30),
         );
-        let mut registry = Registry::default();
-        let metrics = Arc::new(RouterMetrics::register(&mut registry));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(service::serve(
             self.client.clone(),
@@ -202,6 +218,7 @@ impl Env {
             let _ = self.js.delete_stream(self.ns.stream_name(kind)).await;
         }
         let _ = self.js.delete_key_value(self.ns.finished_bucket()).await;
+        let _ = self.js.delete_key_value(self.ns.heads_bucket()).await;
     }
 }
 
@@ -660,6 +677,157 @@ async fn tenant_subjects_bind_the_tenant_and_grant_tier_choice_per_tenant() {
     assert_eq!(granted.request.tenant.as_deref(), Some("batch"));
     assert_eq!(granted.routing.tier, Tier::Large);
     assert_eq!(granted.routing.reasons, vec!["override:2"]);
+    stop_router(stop, task).await;
+    env.cleanup().await;
+}
+
+/// The version each routed request's reasons name (`head=…`), by id; only
+/// requests the model scored carry one.
+fn head_versions(routed: &[RoutedRequest]) -> Vec<(String, String)> {
+    routed
+        .iter()
+        .filter_map(|r| {
+            let v = r
+                .routing
+                .reasons
+                .iter()
+                .find_map(|x| x.strip_prefix("head="))?;
+            Some((r.request.id.clone(), v.to_string()))
+        })
+        .collect()
+}
+
+/// The shipped head with its intercept moved: another valid head.
+fn shifted_head(by: f64) -> Vec<u8> {
+    let mut head: serde_json::Value =
+        serde_json::from_str(triage_complexity::scorer::SHIPPED_HEAD).unwrap();
+    let bias = head["bias"].as_f64().unwrap();
+    head["bias"] = serde_json::json!(bias + by);
+    serde_json::to_vec(&head).unwrap()
+}
+
+/// Waits (up to 10 s) until `scorer`'s head in force is `version`.
+async fn head_becomes(scorer: &Scorer, version: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while &*scorer.head().version != version {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "head {version} not in force within 10 s (still {})",
+            scorer.head().version
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `promote` during load: requests keep flowing, none lost or doubled,
+/// each decision names one head, later ones the new head; a value that is
+/// not a head is refused and the head in force stays; `rollback` puts the
+/// earlier head back.
+#[tokio::test]
+async fn promoted_heads_switch_a_running_router_without_losing_a_request() {
+    use triage_router::heads;
+    let env = Env::new().await;
+    // Every prompt through the model (the first stage would settle these).
+    let mut config = env.config.clone();
+    config.scoring.first_stage.enabled = false;
+    let scorer = Arc::new(Scorer::new(config.scoring.clone()).unwrap());
+    let mut registry = Registry::default();
+    let metrics = Arc::new(RouterMetrics::register(&mut registry));
+    let (stop, task) = env
+        .start_with(&config, scorer.clone(), metrics.clone())
+        .await;
+    let shipped = scorer.head().version.to_string();
+    let store = heads::bucket(&env.js, &env.ns, 1).await.unwrap();
+
+    let publish_batch = |from: usize, n: usize| {
+        let env = &env;
+        async move {
+            for i in from..from + n {
+                let prompt = format!("{} (variant {i})", PLAIN[i % PLAIN.len()]);
+                env.publish(&request(&format!("h-{i:03}"), &prompt)).await;
+            }
+        }
+    };
+    // Load before, during and after the promotion.
+    let promoted = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        heads::promote(&store, &shifted_head(0.25)).await.unwrap()
+    };
+    let ((new_version, _), ()) = tokio::join!(promoted, publish_batch(0, 80));
+    assert_ne!(new_version, shipped);
+    head_becomes(&scorer, &new_version).await;
+    publish_batch(80, 20).await;
+    // Scored before anything changes again.
+    assert_eq!(env.all_routed(100).await.len(), 100);
+
+    // Not a head: refused, counted, the new head stays.
+    store.put(heads::KEY, "not a head".into()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metrics.head_refusals.get() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "refusal not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(&*scorer.head().version, new_version);
+
+    // A second promotion, then two rollbacks: to the first promoted head
+    // (the refused value skipped), then past it to the configured head.
+    let (third, _) = heads::promote(&store, &shifted_head(-0.25)).await.unwrap();
+    head_becomes(&scorer, &third).await;
+    let back = heads::rollback(&store)
+        .await
+        .unwrap()
+        .expect("an earlier head");
+    assert!(
+        matches!(&back, heads::RolledBack::Head(v, _) if *v == new_version),
+        "{back:?}"
+    );
+    head_becomes(&scorer, &new_version).await;
+    let back = heads::rollback(&store).await.unwrap();
+    assert_eq!(back, Some(heads::RolledBack::Configured));
+    head_becomes(&scorer, &shipped).await;
+    assert_eq!(
+        heads::rollback(&store).await.unwrap(),
+        None,
+        "nothing left to undo"
+    );
+    publish_batch(100, 20).await;
+
+    let got = env.all_routed(120).await;
+    let ids: BTreeSet<String> = got.iter().map(|r| r.request.id.clone()).collect();
+    assert_eq!((ids.len(), got.len()), (120, 120), "all routed, none twice");
+    let versions = head_versions(&got);
+    assert!(
+        versions.len() >= 100,
+        "the model scored most: {}",
+        versions.len()
+    );
+    for (id, v) in &versions {
+        let i: usize = id[2..].parse().unwrap();
+        let want: &[&str] = match i {
+            0..80 => &[&shipped, &new_version],
+            80..100 => &[&new_version],
+            _ => &[&shipped],
+        };
+        assert!(
+            want.contains(&v.as_str()),
+            "{id} scored by {v}, want one of {want:?}"
+        );
+    }
+    assert!(
+        versions.iter().any(|(_, v)| *v == new_version),
+        "the promoted head scored some"
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains(&format!(
+            "triage_router_head_info{{version=\"{shipped}\"}} 1"
+        )),
+        "{text}"
+    );
     stop_router(stop, task).await;
     env.cleanup().await;
 }
