@@ -4,7 +4,10 @@
 //!   worker (client publish on `llm.tier1` → first chunk on the inbox, and
 //!   the worker's own receipt → first token), p50/p99 with hdrhistogram;
 //! - requests per second of one worker at 100 output tokens;
-//! - NATS messages per request with and without coalescing.
+//! - NATS messages per request with and without coalescing;
+//! - the same with progress records every 25 tokens (five writes and a
+//!   delete per request) to show what they cost; by default (first token,
+//!   then 500 ms / 256 tokens) these short requests write one.
 //!
 //! Needs the local NATS (TRIAGE_NATS_URL). Run:
 //! `cargo bench -p triage-worker --bench worker_overhead` (add `-- --quick`
@@ -69,10 +72,9 @@ impl Bench {
         for kind in StreamKind::ALL {
             let _ = self.js.delete_stream(self.ns.stream_name(kind)).await;
         }
-        let _ = self
-            .js
-            .delete_stream(format!("KV_{}", self.ns.finished_bucket()))
-            .await;
+        for bucket in [self.ns.finished_bucket(), self.ns.progress_bucket()] {
+            let _ = self.js.delete_stream(format!("KV_{bucket}")).await;
+        }
     }
 
     fn config(&self, url: &str, coalesce: Duration) -> WorkerConfig {
@@ -128,13 +130,19 @@ fn streams() -> StreamsConfig {
 }
 
 fn published(registry: &Registry, kind: &str) -> f64 {
+    counter(
+        registry,
+        "triage_worker_published_messages_total{",
+        &format!("kind=\"{kind}\""),
+    )
+}
+
+/// The value of the first sample line starting with `name` and holding `label`.
+fn counter(registry: &Registry, name: &str, label: &str) -> f64 {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
     text.lines()
-        .find(|l| {
-            l.starts_with("triage_worker_published_messages_total{")
-                && l.contains(&format!("kind=\"{kind}\""))
-        })
+        .find(|l| l.starts_with(name) && l.contains(label))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
@@ -226,13 +234,31 @@ async fn main() {
         ms(&ttft_direct, 0.99)
     ));
 
-    for (label, coalesce) in [
-        ("coalescing 20ms", Duration::from_millis(20)),
-        ("no coalescing", Duration::ZERO),
+    // (label, coalescing, progress records every N tokens, at the first token)
+    for (label, coalesce, progress_tokens, first_token) in [
+        ("coalescing 20ms", Duration::from_millis(20), None, true),
+        ("no coalescing", Duration::ZERO, None, true),
+        (
+            "coalescing 20ms, no first-token progress record",
+            Duration::from_millis(20),
+            None,
+            false,
+        ),
+        (
+            "coalescing 20ms, progress every 25 tokens",
+            Duration::from_millis(20),
+            Some(25),
+            true,
+        ),
     ] {
         let b = Bench::new().await;
         let mut registry = Registry::default();
-        let worker = Worker::connect(b.config(sim.url(), coalesce), Tier::Small, &mut registry)
+        let mut config = b.config(sim.url(), coalesce);
+        config.progress.first_token = first_token;
+        if let Some(tokens) = progress_tokens {
+            config.progress.tokens = tokens;
+        }
+        let worker = Worker::connect(config, Tier::Small, &mut registry)
             .await
             .unwrap();
         let stop = CancellationToken::new();
@@ -258,6 +284,7 @@ async fn main() {
             .map(|k| published(&registry, k))
             .collect();
         let per = |i: usize| (after[i] - before[i]) / n_throughput as f64;
+        let writes = counter(&registry, "triage_worker_progress_writes_total{", "tier=");
         lines.push(format!(
             "worker, {label}: ttft via worker (client publish -> first chunk) p50 {:.3} ms, p99 {:.3} ms; \
              worker receipt -> first token p50 {:.3} ms, p99 {:.3} ms; added over direct p50 {:+.3} ms, p99 {:+.3} ms",
@@ -270,13 +297,15 @@ async fn main() {
         ));
         lines.push(format!(
             "worker, {label}: {:.0} requests/s at 100 output tokens ({n_throughput} requests, 256 outstanding, max_in_flight 64); \
-             per request: {:.2} chunks + {:.2} final + {:.2} usage = {:.2} published, {:.2} reply messages received",
+             per request: {:.2} chunks + {:.2} final + {:.2} usage = {:.2} published, {:.2} reply messages received, \
+             {:.2} progress records written (all runs)",
             n_throughput as f64 / elapsed.as_secs_f64(),
             per(0),
             per(1),
             per(2),
             per(0) + per(1) + per(2),
             replies as f64 / n_throughput as f64,
+            writes / (n_latency + n_throughput) as f64,
         ));
         stop.cancel();
         handle.await.unwrap().unwrap();

@@ -4,14 +4,15 @@
 //! the prompt. The result is an [`Admission`]: generate, or what to deliver
 //! instead.
 
-use triage_bus::Envelope;
+use triage_bus::{BusError, Envelope};
 use triage_protocol::{
     decode, ErrorCode, Namespace, ReplyPolicy, Request, RequestKey, RoutedRequest, Tier,
 };
 
 use crate::attempt::{base_from_headers, first_attempt};
 use crate::failure::Failure;
-use crate::finished::FinishedIds;
+use crate::finished::{fingerprint, recorded_fingerprint, EscalationNote, FinishedIds};
+use crate::progress::{Progress, ProgressLog};
 
 /// What the admit stage needs.
 pub struct Admitter {
@@ -25,6 +26,8 @@ pub struct Admitter {
     pub max_deliveries: u32,
     /// Requests already answered or escalated.
     pub finished: FinishedIds,
+    /// Progress records of attempts whose worker may have died.
+    pub progress: ProgressLog,
 }
 
 /// A decoded request and where it may be answered.
@@ -34,6 +37,9 @@ pub struct Decoded {
     pub routed: RoutedRequest,
     /// The checked reply subject; `None` only for a kept result.
     pub reply_to: Option<String>,
+    /// An earlier delivery's attempt that never ended (its worker died):
+    /// to be booked before anything else happens to the request.
+    pub interrupted: Option<Progress>,
 }
 
 /// A message that cannot be handled as a request: dead-lettered (and the
@@ -61,6 +67,15 @@ pub enum Admission {
     /// Answered or escalated before, and this is a redelivery of that same
     /// message (a crash before its ack): ack without generating again.
     Duplicate,
+    /// Tier 1 recorded that it was escalating this message, and crashed
+    /// before confirming the copy for tier 2: publish the same copy again
+    /// (de-duplicated by its message id), generate nothing.
+    Escalating {
+        /// The request.
+        request: Decoded,
+        /// The write-ahead record.
+        note: EscalationNote,
+    },
     /// Answered or escalated before, and this is a new message reusing the
     /// id: tell its sender what became of the first one, generate nothing.
     Repeat {
@@ -78,6 +93,12 @@ pub enum Admission {
     },
     /// Not a usable request.
     Invalid(Invalid),
+    /// The finished-ids look-up of a first delivery failed (a NATS node
+    /// failing over): hand the message back for a later look-up rather than
+    /// risk answering a request that was answered already. A redelivery
+    /// whose look-up fails again generates: answering twice beats not
+    /// answering.
+    Unsure(BusError),
 }
 
 impl Admitter {
@@ -105,22 +126,65 @@ impl Admitter {
             Err(invalid) => return Admission::Invalid(invalid),
         };
         let key = RequestKey::of(&request.routed.request);
-        if let Some(note) = self.answered_before(key).await {
-            // A first delivery of a finished id is a new publish (a client
-            // retry after the streams' duplicate window): it gets an answer.
-            return if env.deliveries <= 1 {
-                Admission::Repeat { request, note }
-            } else {
-                Admission::Duplicate
+        let first_attempt = first_attempt(base_from_headers(&env.headers), env.deliveries);
+        let (before, interrupted) = tokio::join!(
+            self.answered_before(key),
+            self.interrupted(key, env.deliveries, first_attempt)
+        );
+        let before = match before {
+            Ok(before) => before,
+            Err(e) if env.deliveries <= 1 => return Admission::Unsure(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "finished-ids look-up failed again; generating");
+                None
+            }
+        };
+        if let Some(note) = before {
+            // A first delivery of a finished id is a new publish: the same
+            // request again (a router or client retry that a failover kept
+            // from being de-duplicated) is acked like a redelivery; another
+            // request reusing the id gets an answer.
+            let fp = fingerprint(&request.routed.request, request.reply_to.as_deref());
+            if env.deliveries <= 1 && recorded_fingerprint(&note) != Some(fp.as_str()) {
+                return Admission::Repeat { request, note };
+            }
+            return match EscalationNote::parse(&note) {
+                Some(note) if !note.published => Admission::Escalating { request, note },
+                _ => Admission::Duplicate,
             };
         }
+        let request = Decoded {
+            interrupted,
+            ..request
+        };
         let refused = refusal(&request.routed.request, env.deliveries, self.max_deliveries);
         if let Some(failure) = refused {
             return Admission::Refused { request, failure };
         }
         Admission::Admitted {
             request,
-            first_attempt: first_attempt(base_from_headers(&env.headers), env.deliveries),
+            first_attempt,
+        }
+    }
+
+    /// On a redelivery: the progress record of an earlier delivery's
+    /// attempt, if its worker died before booking it. A failed look-up
+    /// books nothing (logged): the request itself matters more.
+    async fn interrupted(
+        &self,
+        key: RequestKey<'_>,
+        deliveries: u64,
+        first_attempt: u32,
+    ) -> Option<Progress> {
+        if deliveries <= 1 {
+            return None;
+        }
+        match self.progress.get(key).await {
+            Ok(record) => record.filter(|p| p.attempt < first_attempt),
+            Err(e) => {
+                tracing::warn!(error = %e, "progress look-up failed; an interrupted attempt may go unbooked");
+                None
+            }
         }
     }
 
@@ -149,14 +213,17 @@ impl Admitter {
                 });
             }
         };
-        Ok(Decoded { routed, reply_to })
+        Ok(Decoded {
+            routed,
+            reply_to,
+            interrupted: None,
+        })
     }
 
     /// Answered before (a crash between the final answer and the ack), or
-    /// escalated before (a crash between the escalation and the ack)? A
-    /// failed look-up generates: answering twice beats not answering.
+    /// escalated before (a crash between the escalation and the ack)?
     /// Returns the record's note.
-    async fn answered_before(&self, key: RequestKey<'_>) -> Option<String> {
+    async fn answered_before(&self, key: RequestKey<'_>) -> Result<Option<String>, BusError> {
         let escalated = async {
             if self.tier == Tier::Small {
                 self.finished.escalated(key).await
@@ -165,17 +232,11 @@ impl Admitter {
             }
         };
         let (finished, escalated) = tokio::join!(self.finished.get(key), escalated);
-        match finished.and_then(|f| escalated.map(|e| f.or(e))) {
-            Ok(Some(note)) => {
-                tracing::info!(%note, "already answered or escalated: not generated again");
-                Some(note)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "finished-ids look-up failed; generating");
-                None
-            }
+        let note = finished.and_then(|f| escalated.map(|e| f.or(e)))?;
+        if let Some(note) = &note {
+            tracing::info!(%note, "already answered or escalated: not generated again");
         }
+        Ok(note)
     }
 }
 

@@ -12,9 +12,11 @@ use triage_backend::{ApiKey, BackendConfig};
 use triage_bus::{ConsumerSettings, NatsConfig};
 use triage_complexity::verifier::VerifyConfig;
 use triage_protocol::{ReplyPolicy, Tier};
-use triage_runtime::telemetry::LogFormat;
+use triage_runtime::telemetry::{LogFormat, TelemetryConfig};
 
 use crate::attempt::ATTEMPTS_PER_DELIVERY;
+use crate::crash::CrashPoint;
+use crate::shadow::ShadowConfig;
 use crate::token_cap::MaxTokensCap;
 
 /// Environment variable prefix of the worker's settings.
@@ -76,6 +78,15 @@ pub struct WorkerConfig {
     pub metrics_addr: SocketAddr,
     /// Log line format.
     pub log_format: LogFormat,
+    /// Span export over OTLP/HTTP (off unless an endpoint is set).
+    pub telemetry: TelemetryConfig,
+    /// Progress records of generating attempts (booked if the worker dies).
+    pub progress: ProgressConfig,
+    /// Which answered requests are also answered by the other tier in the
+    /// background and graded (`triage-shadow`).
+    pub shadow: ShadowConfig,
+    /// Tests only: abort the process at this point (`none`).
+    pub crash_at: CrashPoint,
 }
 
 impl Default for WorkerConfig {
@@ -105,6 +116,48 @@ impl Default for WorkerConfig {
             depth_poll_interval: Duration::from_secs(5),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9472)),
             log_format: LogFormat::Text,
+            telemetry: TelemetryConfig::default(),
+            progress: ProgressConfig::default(),
+            shadow: ShadowConfig::default(),
+            crash_at: CrashPoint::None,
+        }
+    }
+}
+
+/// How often a generating attempt records what it has spent, so the next
+/// delivery can book it if this worker dies: at most every `interval`, or
+/// every `tokens` new tokens. A crash loses at most the tokens since the
+/// last record (an attempt shorter than both writes none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProgressConfig {
+    /// Longest time between two records of an attempt.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Most new tokens between two records of an attempt.
+    pub tokens: u32,
+    /// Also record at an attempt's first token, so even a short attempt
+    /// killed mid-stream is booked (one more write and a delete per attempt).
+    pub first_token: bool,
+}
+
+impl Default for ProgressConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(500),
+            tokens: 256,
+            first_token: true,
+        }
+    }
+}
+
+impl ProgressConfig {
+    /// The cadence the generate stage follows.
+    pub fn cadence(&self) -> crate::progress::Cadence {
+        crate::progress::Cadence {
+            every: self.interval,
+            tokens: self.tokens,
+            first_token: self.first_token,
         }
     }
 }
@@ -443,6 +496,16 @@ CONFIGURATION (TOML key = default; env TRIAGE_WORKER_<KEY> with `__` for `.`)
   depth_poll_interval = \"5s\"     consumer pending/ack-pending polling
   metrics_addr = \"127.0.0.1:9472\"  Prometheus /metrics
   log_format = \"text\"            text or json
+  telemetry.otlp_endpoint        OTLP/HTTP receiver base URL (spans to <url>/v1/traces); unset:
+                                 OTEL_EXPORTER_OTLP_ENDPOINT, else no export
+  telemetry.sample_ratio = 1.0   share of traces started here that are exported (0-1)
+  progress.interval = \"500ms\"    record a generating attempt's tokens at least this often (booked if the worker dies)
+  progress.tokens = 256          ... or every this many new tokens
+  progress.first_token = true    ... and at the first token (no attempt killed mid-stream goes unbooked)
+  shadow.fraction = 0.0          share of answered requests also answered by the other tier in the
+                                 background and graded by a judge (triage-shadow); same on both tiers
+  shadow.tenants.<tenant>        share for one tenant, instead of shadow.fraction
+  crash_at = \"none\"             tests only: abort at escalation_recorded | escalation_published | interrupted_booked
   reply_policy.allowed_prefixes = [\"_INBOX.\", \"_GW.\"]  reply subjects that may be answered
   nats.url = \"nats://127.0.0.1:4222\"  (default from TRIAGE_NATS_URL)
   nats.user, nats.password, nats.token, nats.creds_file  credentials (masked)
@@ -450,11 +513,12 @@ CONFIGURATION (TOML key = default; env TRIAGE_WORKER_<KEY> with `__` for `.`)
   nats.prefix = \"\"               subject/stream prefix of the deployment
   nats.name = \"triage-worker\"    connection name
   nats.streams.replicas = 1      stream replicas
-  nats.streams.{requests,tiers,usage,dead,results}.max_age / .max_bytes / .max_msgs  stream limits (-1 = none; at a limit the work queues and usage refuse new messages: queue_full)
+  nats.streams.{requests,tiers,usage,dead,results,shadow}.max_age / .max_bytes / .max_msgs  stream limits (-1 = none; at a limit the work queues and usage refuse new messages: queue_full)
   nats.streams.duplicate_window = \"2m\"  JetStream de-duplication window
   nats.streams.finished_ttl = \"1day\"  how long finished ids are remembered (>= ack_wait x (max_deliveries + 1))
   nats.streams.finished_max_bytes = 67108864  finished-ids bucket size; full: records refused and counted
   nats.streams.finished_history = 1  values kept per finished-ids key
+  nats.streams.progress_max_bytes = 16777216  progress bucket size (TTL finished_ttl); full: oldest records dropped
 ";
 
 /// A configuration that loads but cannot work.
@@ -551,6 +615,9 @@ impl WorkerConfig {
         if self.health.failure_threshold == 0 {
             return bad("health.failure_threshold must be at least 1".into());
         }
+        if self.progress.interval.is_zero() || self.progress.tokens == 0 {
+            return bad("progress.interval and progress.tokens must be above 0".into());
+        }
         if self.health.interval.is_zero() {
             return bad("health.interval must be above 0".into());
         }
@@ -569,6 +636,7 @@ impl WorkerConfig {
             return bad("nats.streams.finished_history must be at least 1".into());
         }
         self.max_tokens.check().map_err(InvalidConfig)?;
+        self.shadow.check().map_err(InvalidConfig)?;
         if let Some(path) = &self.tokenizer {
             if !path.exists() {
                 return bad(format!("tokenizer {} does not exist", path.display()));

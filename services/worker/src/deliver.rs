@@ -2,12 +2,21 @@
 //! before the next, so a crash anywhere loses nothing and answers nothing
 //! twice:
 //!
-//! - answer: final reply (and kept result, awaited) → usage event (awaited,
-//!   idempotent message id) → finished-ids record;
+//! - answer: usage event (awaited, idempotent message id) → kept result
+//!   (awaited) → finished-ids record → final reply. Every write that can
+//!   stall (a NATS leader election) comes before the final, so a worker
+//!   killed while stalled has sent none and the redelivery's answer is the
+//!   only one; only a crash in the instant between the record and the
+//!   final's (core, unawaited) publish leaves the client without it — the
+//!   chunks and, for `keep_result`, the kept result are there;
 //! - failure: dead letter (if asked) → error reply (and kept result) →
 //!   finished-ids record;
-//! - escalation: the copy for tier 2 (awaited, de-duplicated by its message
-//!   id) → escalation record;
+//! - escalation: the escalation record, written ahead (`escalating`) → the
+//!   copy for tier 2 (awaited, de-duplicated by its message id) → the
+//!   record confirmed (`escalated`);
+//! - an earlier delivery's interrupted attempt (its worker died): its usage
+//!   event from the progress record (idempotent message id) → the record
+//!   deleted;
 //! - invalid message: error reply (if a reply subject is known) → dead letter.
 //!
 //! The ack comes after, from the caller. A crash before the record means a
@@ -20,9 +29,11 @@ use triage_protocol::{
     Completion, Encoding, ErrorCode, ErrorReply, Reply, Request, RoutedRequest, Tier, UsageEvent,
 };
 
+use crate::crash::{self, CrashPoint};
 use crate::failure::Failure;
-use crate::finished::FinishedIds;
+use crate::finished::{EscalationNote, FinishedIds};
 use crate::outbox::{Outbox, Publisher};
+use crate::progress::Progress;
 
 /// What the deliver stage needs: the NATS handles and the finished record.
 pub struct Deliverer {
@@ -32,6 +43,8 @@ pub struct Deliverer {
     pub publisher: Publisher,
     /// Requests answered or escalated for good.
     pub finished: FinishedIds,
+    /// Tests only: where to abort the process.
+    pub crash_at: CrashPoint,
 }
 
 impl Deliverer {
@@ -45,7 +58,7 @@ impl Deliverer {
         self.publisher.outbox(encoding, request, reply_to)
     }
 
-    /// The final answer and its usage, then the record.
+    /// The usage, the kept result, the record, then the final answer.
     pub async fn answer(
         &self,
         outbox: &Outbox<'_>,
@@ -53,10 +66,13 @@ impl Deliverer {
         usage: &UsageEvent,
     ) -> Result<(), BusError> {
         let attempt = completion.attempt;
-        outbox.finish(&Reply::Completion(completion)).await?;
+        let reply = Reply::Completion(completion);
         outbox.usage(usage).await?;
+        outbox.keep(&reply).await?;
         let note = format!("completed tier={} attempt={attempt}", self.tier);
         self.record_finished(outbox, &note).await;
+        outbox.reply(&reply).await;
+        outbox.offer_shadow(&reply).await;
         Ok(())
     }
 
@@ -122,7 +138,10 @@ impl Deliverer {
             .await;
     }
 
-    /// The copy for tier 2, then the escalation record.
+    /// The escalation record written ahead, the copy for tier 2, then the
+    /// record confirmed. A redelivery that finds the record unconfirmed
+    /// calls this again: the copy's message id makes the second publish a
+    /// no-op within the duplicate window.
     pub async fn escalation(
         &self,
         outbox: &Outbox<'_>,
@@ -131,12 +150,45 @@ impl Deliverer {
         reason: &str,
         attempt_base: u32,
     ) -> Result<(), BusError> {
+        // Tier 1's attempts are booked: their progress record goes before
+        // tier 2 (same request key) can write its own.
+        outbox.close_progress().await;
+        let mut note = EscalationNote {
+            published: false,
+            reason: reason.to_string(),
+            attempt_base,
+        };
+        self.record_escalation(outbox, &note).await;
+        crash::at(self.crash_at, CrashPoint::EscalationRecorded);
         outbox.escalate(env, routed, reason, attempt_base).await?;
-        let note = format!("escalated {reason}");
-        if let Err(e) = self.finished.mark_escalated(outbox.key(), &note).await {
-            self.count_record_failure();
-            tracing::warn!(error = %e, "escalation record not written");
-        }
+        crash::at(self.crash_at, CrashPoint::EscalationPublished);
+        note.published = true;
+        self.record_escalation(outbox, &note).await;
+        Ok(())
+    }
+
+    /// An earlier delivery's attempt that its worker never finished: booked
+    /// `interrupted` with the tokens of its last progress record, then the
+    /// record deleted. Booking it twice (a crash before the delete) is a
+    /// no-op: the usage event's message id and the ledger's key are the
+    /// attempt's own.
+    pub async fn interrupted(
+        &self,
+        outbox: &Outbox<'_>,
+        routed: &RoutedRequest,
+        progress: &Progress,
+    ) -> Result<(), BusError> {
+        tracing::info!(
+            attempt = progress.attempt,
+            completion_tokens = progress.completion_tokens,
+            backend = %progress.backend,
+            "booking an attempt whose worker died mid-stream"
+        );
+        outbox.usage(&progress.interrupted_event(routed)).await?;
+        let m = &self.publisher.metrics;
+        m.interrupted.get_or_create(&m.tier()).inc();
+        crash::at(self.crash_at, CrashPoint::InterruptedBooked);
+        outbox.forget_progress().await;
         Ok(())
     }
 
@@ -178,11 +230,26 @@ impl Deliverer {
     }
 
     async fn record_finished(&self, outbox: &Outbox<'_>, note: &str) {
-        if let Err(e) = self.finished.put(outbox.key(), note).await {
+        let note = format!("{note} req={}", outbox.fingerprint);
+        if let Err(e) = self.finished.put(outbox.key(), &note).await {
             // The ack still follows: without it the request would be generated
             // again; the record only guards the window between answer and ack.
             self.count_record_failure();
             tracing::warn!(error = %e, "finished-ids record not written");
+        }
+    }
+
+    /// Writes an escalation record; a failure is counted and the
+    /// escalation goes on (refusing it would turn a full bucket into an
+    /// outage; the redelivery window is then the old one).
+    async fn record_escalation(&self, outbox: &Outbox<'_>, note: &EscalationNote) {
+        if let Err(e) = self
+            .finished
+            .mark_escalation(outbox.key(), note, &outbox.fingerprint)
+            .await
+        {
+            self.count_record_failure();
+            tracing::warn!(error = %e, %note, "escalation record not written");
         }
     }
 

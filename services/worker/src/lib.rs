@@ -26,8 +26,11 @@
 //! gate), [`attempt`] (attempt numbering across crashes and escalation),
 //! [`tokens`] (token counting and usage estimation), [`token_cap`] (the
 //! operator's `max_tokens` ceilings) and [`failure`] (a final error). I/O at the edges: [`pool`] (health checks, pre-warm),
-//! [`outbox`] (everything published), [`finished`] (the finished-ids
-//! record), [`worker`] (connecting, background jobs) and [`batch`] (the
+//! [`outbox`] (everything published), [`finished`] (the finished-ids and
+//! escalation records), [`progress`] (progress records of generating
+//! attempts, booked if their worker dies), [`shadow`] (sampling answered
+//! requests for a shadow answer and its job on `llm.shadow`), [`crash`] (test-only crash
+//! points), [`worker`] (connecting, background jobs) and [`batch`] (the
 //! `batch` command).
 
 pub mod admit;
@@ -38,6 +41,7 @@ pub mod client_cancel;
 pub mod coalesce;
 pub mod config;
 pub mod consume;
+pub mod crash;
 pub mod deliver;
 pub mod early_exit;
 pub mod failure;
@@ -47,7 +51,9 @@ pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
 pub mod pool;
+pub mod progress;
 pub mod retry;
+pub mod shadow;
 pub mod token_cap;
 pub mod tokens;
 pub mod verify;

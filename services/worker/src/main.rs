@@ -102,7 +102,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = WorkerConfig::load(cli.config.as_deref()).context("loading the configuration")?;
-    triage_runtime::telemetry::init("triage-worker", config.log_format);
+    // Kept to the end of main: dropping it flushes the spans not yet sent.
+    let _telemetry =
+        triage_runtime::telemetry::install("triage-worker", config.log_format, &config.telemetry)?;
     match cli.command {
         Command::Config => {
             use std::io::Write;

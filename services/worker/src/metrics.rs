@@ -114,6 +114,18 @@ pub struct WorkerMetrics {
     /// Finished-ids (or escalation) records that could not be written: a
     /// redelivery of those requests would be generated again.
     pub finished_write_failures: Family<TierLabels, Counter>,
+    /// Progress records written (attempts generating longer than one
+    /// progress interval).
+    pub progress_writes: Family<TierLabels, Counter>,
+    /// Progress records not written: a crash of those attempts would lose
+    /// their tokens since the last record.
+    pub progress_write_failures: Family<TierLabels, Counter>,
+    /// Attempts of earlier deliveries booked `interrupted` from their
+    /// progress record (their worker died mid-stream).
+    pub interrupted: Family<TierLabels, Counter>,
+    /// Shadow jobs by result (`published`, `failed`: the job was dropped,
+    /// the client's answer is unaffected).
+    pub shadow_jobs: Family<TierOutcomeLabels, Counter>,
 }
 
 impl WorkerMetrics {
@@ -192,6 +204,26 @@ impl WorkerMetrics {
                 "Finished-ids or escalation records not written (a redelivery would generate again)",
                 Family::default(),
             ),
+            progress_writes: r.add(
+                "progress_writes",
+                "Progress records of generating attempts written",
+                Family::default(),
+            ),
+            progress_write_failures: r.add(
+                "progress_write_failures",
+                "Progress records not written (a crash would lose those tokens)",
+                Family::default(),
+            ),
+            interrupted: r.add(
+                "interrupted_attempts",
+                "Attempts of dead workers booked from their progress record",
+                Family::default(),
+            ),
+            shadow_jobs: r.add(
+                "shadow_jobs",
+                "Answered requests sampled for a shadow answer, by result (published, failed)",
+                Family::default(),
+            ),
         };
         // Exported as 0 from the start, so the alert's increase() sees the first failure.
         let _ = metrics
@@ -228,6 +260,16 @@ impl WorkerMetrics {
             tier: self.tier,
             reason: reason.to_string(),
         }
+    }
+
+    /// Counts a shadow job by `result`.
+    pub fn shadow_job(&self, result: &str) {
+        self.shadow_jobs
+            .get_or_create(&TierOutcomeLabels {
+                tier: self.tier,
+                outcome: result.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a published message of `kind`.

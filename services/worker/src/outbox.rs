@@ -1,6 +1,6 @@
 //! Where everything about a request is published: chunks and the final
 //! reply to the client's reply subject, the kept result, usage events, dead
-//! letters and the escalated copy for tier 2.
+//! letters, the escalated copy for tier 2 and shadow jobs.
 //!
 //! [`Publisher`] holds the NATS handles and names (one per worker);
 //! [`Outbox`] is one request's channels on it. Every durable publish waits
@@ -18,6 +18,8 @@ use triage_protocol::{
 
 use crate::attempt::ATTEMPT_BASE_HEADER;
 use crate::metrics::WorkerMetrics;
+use crate::progress::{Progress, ProgressLog, Recorder};
+use crate::shadow::{Sample, ShadowConfig};
 
 /// The worker's NATS handles and names.
 pub struct Publisher {
@@ -31,6 +33,10 @@ pub struct Publisher {
     pub service: String,
     /// Counts what is published.
     pub metrics: WorkerMetrics,
+    /// Progress records of generating attempts.
+    pub progress: ProgressLog,
+    /// Which answered requests get a shadow answer.
+    pub shadow: ShadowConfig,
 }
 
 impl Publisher {
@@ -46,10 +52,16 @@ impl Publisher {
         Outbox {
             publisher: self,
             encoding,
-            reply_to,
             keep_result: request.keep_result,
+            fingerprint: crate::finished::fingerprint(request, reply_to.as_deref()),
+            reply_to,
             id: request.id.clone(),
             tenant: request.tenant.clone(),
+            progress: self.progress.recorder(RequestKey::of(request)),
+            shadow: self
+                .shadow
+                .sampled(request.tenant.as_deref(), &request.id)
+                .then(|| Sample::new(request)),
         }
     }
 
@@ -96,10 +108,17 @@ pub struct Outbox<'a> {
     pub reply_to: Option<String>,
     /// Whether the final reply is also kept on `llm.results.<id>`.
     pub keep_result: bool,
+    /// What the finished record carries to recognise this request
+    /// ([`crate::finished::fingerprint`]).
+    pub fingerprint: String,
     /// The request id.
     pub id: String,
     /// The request's tenant (ids are unique per tenant).
     pub tenant: Option<String>,
+    /// This delivery's progress records.
+    progress: Recorder,
+    /// Set when the request is sampled for a shadow answer.
+    pub shadow: Option<Sample>,
 }
 
 impl Outbox<'_> {
@@ -122,6 +141,9 @@ impl Outbox<'_> {
         delta: String,
         logprobs: Option<Vec<triage_protocol::TokenLogprob>>,
     ) {
+        if let Some(sample) = &self.shadow {
+            sample.chunk(attempt, &delta);
+        }
         let Some(subject) = &self.reply_to else {
             return;
         };
@@ -143,6 +165,14 @@ impl Outbox<'_> {
     /// (awaited), then to the reply subject (if any). Only the kept result's
     /// failure is an error: the reply subject is fire-and-forget by design.
     pub async fn finish(&self, reply: &Reply) -> Result<(), BusError> {
+        self.keep(reply).await?;
+        self.reply(reply).await;
+        Ok(())
+    }
+
+    /// For kept results only: the final reply on `llm.results.<id>`,
+    /// awaited.
+    pub async fn keep(&self, reply: &Reply) -> Result<(), BusError> {
         let p = self.publisher;
         if self.keep_result {
             let h = envelope::outgoing(self.encoding, None);
@@ -151,7 +181,6 @@ impl Outbox<'_> {
             publish::durable(&p.js, "kept result", &subject, h, payload).await?;
             p.metrics.published("result");
         }
-        self.reply(reply).await;
         Ok(())
     }
 
@@ -167,6 +196,33 @@ impl Outbox<'_> {
         }
     }
 
+    /// After the final reply: the shadow job of a sampled request on
+    /// `llm.shadow` ([`crate::shadow`]). Best effort: one publish, no
+    /// retry; a failure is counted and logged, never the answer's concern.
+    pub async fn offer_shadow(&self, reply: &Reply) {
+        let (Some(sample), Reply::Completion(completion)) = (&self.shadow, reply) else {
+            return;
+        };
+        let p = self.publisher;
+        let Some(job) = sample.job(completion) else {
+            p.metrics.shadow_job("failed");
+            tracing::warn!("shadow job dropped: the answer's text was not seen");
+            return;
+        };
+        let h = envelope::outgoing(self.encoding, Some(&job.msg_id()));
+        let payload: Bytes = encode(self.encoding, &job).into();
+        match publish::once(&p.js, &p.ns.shadow(), h, payload).await {
+            Ok(()) => {
+                p.metrics.shadow_job("published");
+                p.metrics.published("shadow");
+            }
+            Err(e) => {
+                p.metrics.shadow_job("failed");
+                tracing::warn!(error = %e, "shadow job not published (the answer is unaffected)");
+            }
+        }
+    }
+
     /// Publishes a usage event on `llm.usage` with its idempotent message
     /// id, waiting for JetStream's ack.
     pub async fn usage(&self, event: &UsageEvent) -> Result<(), BusError> {
@@ -175,7 +231,25 @@ impl Outbox<'_> {
         let payload: Bytes = encode(self.encoding, event).into();
         publish::durable(&p.js, "usage event", &p.ns.usage(), h, payload).await?;
         p.metrics.published("usage");
+        self.progress.booked(event.attempt);
         Ok(())
+    }
+
+    /// Records a generating attempt's progress (in the background).
+    pub fn record_progress(&self, progress: Progress) {
+        self.progress.record(progress);
+    }
+
+    /// Ends this delivery's progress records: deleted once their attempt's
+    /// usage is durable, kept for the next delivery otherwise.
+    pub async fn close_progress(&self) {
+        self.progress.close().await;
+    }
+
+    /// Deletes the request's progress record (an earlier delivery's,
+    /// booked now).
+    pub async fn forget_progress(&self) {
+        self.publisher.progress.delete(&self.key().tokens()).await;
     }
 
     /// Republishes the request to tier 2 with `reason` appended to its

@@ -71,6 +71,8 @@ impl Pipeline {
             id = tracing::field::Empty,
             delivery = env.deliveries,
             attempt = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            otel.kind = "consumer",
         );
         triage_bus::trace::adopt_parent(&span, &env.headers);
         let in_flight = self
@@ -79,9 +81,13 @@ impl Pipeline {
             .get_or_create(&self.metrics.tier())
             .clone();
         in_flight.inc();
-        let result = self.stages(&message, &env, cancel).instrument(span).await;
+        let result = self
+            .stages(&message, &env, cancel)
+            .instrument(span.clone())
+            .await;
         in_flight.dec();
-        self.settle(&message, result).await
+        // In the request's span: its ack/nak lines carry the id and trace id.
+        self.settle(&message, result).instrument(span).await
     }
 
     /// Admit → generate → deliver.
@@ -100,6 +106,15 @@ impl Pipeline {
                 first_attempt,
             } => (request, first_attempt),
             Admission::Duplicate => return Ok(Step::Ack("duplicate")),
+            Admission::Unsure(e) => return Err(e),
+            Admission::Escalating { request, note } => {
+                let outbox = self.outbox(env, &request);
+                let (reason, base) = (&note.reason, note.attempt_base);
+                self.deliver
+                    .escalation(&outbox, env, &request.routed, reason, base)
+                    .await?;
+                return Ok(Step::Ack("escalated"));
+            }
             Admission::Repeat { request, note } => {
                 let outbox = self.outbox(env, &request);
                 self.deliver.repeat(&outbox, &note).await;
@@ -114,11 +129,13 @@ impl Pipeline {
             }
             Admission::Refused { request, failure } => {
                 let outbox = self.outbox(env, &request);
+                self.book_interrupted(&outbox, &request).await?;
                 self.deliver.failure(&outbox, env, payload, failure).await?;
                 return Ok(Step::Ack("error"));
             }
         };
         let outbox = self.outbox(env, &request);
+        self.book_interrupted(&outbox, &request).await?;
         let publisher = &self.deliver.publisher;
         let key = RequestKey::of(&request.routed.request);
         let watch = CancelWatch::start(&publisher.client, &publisher.ns, key).await;
@@ -130,37 +147,65 @@ impl Pipeline {
             cancel,
             client_gone: &watch.gone,
         };
-        match self.generate.generate(&job).await {
+        let step = self.generate_and_deliver(&job, env, payload).await;
+        outbox.close_progress().await;
+        step
+    }
+
+    /// An earlier delivery's unfinished attempt, booked before anything
+    /// else (a failure hands the message back, the record still there).
+    async fn book_interrupted(
+        &self,
+        outbox: &Outbox<'_>,
+        request: &Decoded,
+    ) -> Result<(), BusError> {
+        match &request.interrupted {
+            Some(progress) => {
+                let routed = &request.routed;
+                self.deliver.interrupted(outbox, routed, progress).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Generate → (verify) → deliver, for an admitted request.
+    async fn generate_and_deliver(
+        &self,
+        job: &Job<'_>,
+        env: &Envelope,
+        payload: &[u8],
+    ) -> Result<Step, BusError> {
+        let (outbox, routed) = (job.outbox, job.routed);
+        match self.generate.generate(job).await {
             Outcome::Answered { completion, usage } => {
-                if let Some(score) = self.verify_fails(&request.routed, &completion).await {
+                if let Some(score) = self.verify_fails(routed, &completion).await {
                     let mut usage = *usage;
                     usage.reasons.push(ESCALATED_VERIFY.to_string());
                     usage.reasons.push(format!("verify={score:.4}"));
-                    let (routed, base) = (&request.routed, completion.attempt + 1);
+                    let base = completion.attempt + 1;
                     self.deliver
-                        .booked_escalation(&outbox, env, routed, &usage, ESCALATED_VERIFY, base)
+                        .booked_escalation(outbox, env, routed, &usage, ESCALATED_VERIFY, base)
                         .await?;
                     return Ok(Step::Ack("escalated"));
                 }
-                self.deliver.answer(&outbox, *completion, &usage).await?;
+                self.deliver.answer(outbox, *completion, &usage).await?;
                 Ok(Step::Ack("completed"))
             }
             Outcome::Failed(failure) => {
-                self.deliver.failure(&outbox, env, payload, failure).await?;
+                self.deliver.failure(outbox, env, payload, failure).await?;
                 Ok(Step::Ack("error"))
             }
             Outcome::Escalate {
                 reason,
                 attempt_base,
             } => {
-                let routed = &request.routed;
                 self.deliver
-                    .escalation(&outbox, env, routed, reason, attempt_base)
+                    .escalation(outbox, env, routed, reason, attempt_base)
                     .await?;
                 Ok(Step::Ack("escalated"))
             }
             Outcome::ClientGone => {
-                self.deliver.cancelled(&outbox).await;
+                self.deliver.cancelled(outbox).await;
                 Ok(Step::Ack("cancelled"))
             }
             Outcome::HandBack => Ok(Step::Nak),
@@ -202,6 +247,7 @@ impl Pipeline {
                     // The work is durable; a redelivery finds the finished record.
                     tracing::warn!(error = %e, "ack not confirmed");
                 }
+                tracing::debug!(outcome, "acked");
                 self.metrics.outcome(outcome);
                 Disposition::Acked
             }

@@ -23,6 +23,7 @@ use crate::metrics::WorkerMetrics;
 use crate::outbox::Publisher;
 use crate::pipeline::Pipeline;
 use crate::pool::{BackendPool, PoolError};
+use crate::progress::ProgressLog;
 use crate::tokens::{TokenCounter, TokenizerError};
 use crate::verify::{AnswerCheck, VerifyLoadError};
 
@@ -80,7 +81,7 @@ impl Worker {
     }
 
     /// Validates the configuration, connects to NATS, provisions the
-    /// streams and the finished-ids bucket, joins the tier's durable
+    /// streams, the finished-ids and the progress buckets, joins the tier's durable
     /// consumer and checks the backends once (learning their models and
     /// context windows). Metrics are registered in `registry`.
     pub async fn connect(
@@ -97,6 +98,9 @@ impl Worker {
         let ns = config.nats.namespace()?;
         triage_bus::provision(&js, &ns, &config.nats.streams).await?;
         let store = triage_bus::streams::finished_bucket(&js, &ns, &config.nats.streams).await?;
+        let progress_store =
+            triage_bus::streams::progress_bucket(&js, &ns, &config.nats.streams).await?;
+        let progress = ProgressLog::new(progress_store, metrics.clone());
         let consumer = consumer::durable(
             &js,
             &ns,
@@ -118,6 +122,7 @@ impl Worker {
                 reply_policy: config.reply_policy.clone(),
                 max_deliveries: config.consumer.max_deliveries,
                 finished: finished.clone(),
+                progress: progress.clone(),
             },
             generate: Generator {
                 tier,
@@ -134,8 +139,11 @@ impl Worker {
                     ns,
                     service: format!("worker-tier{}", tier.number()),
                     metrics: metrics.clone(),
+                    progress,
+                    shadow: config.shadow.clone(),
                 },
                 finished,
+                crash_at: config.crash_at,
             },
             verify,
             metrics: metrics.clone(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use triage_bus::consumer;
 use triage_protocol::{headers, ErrorCode, Namespace, StreamKind, Tier, UsageStatus};
-use triage_vllm_sim::SimHandle;
+use triage_vllm_sim::{FaultConfig, SimHandle};
 use triage_worker::batch::{self, BatchOptions, SubmitTo};
 
 /// The environment that configures a child `triage-worker` like
@@ -35,6 +35,11 @@ fn child_env(world: &World, backends: &[&SimHandle]) -> Vec<(String, String)> {
         ("HEALTH__INTERVAL", "200ms".into()),
         ("SHUTDOWN_GRACE", "5s".into()),
         ("METRICS_ADDR", "127.0.0.1:0".into()),
+        ("PROGRESS__INTERVAL", "50ms".into()),
+        (
+            "NATS__STREAMS__PROGRESS_MAX_BYTES",
+            (1u64 << 20).to_string(),
+        ),
         ("NATS__STREAMS__FINISHED_TTL", "1h".into()),
         (
             "NATS__STREAMS__FINISHED_MAX_BYTES",
@@ -59,9 +64,23 @@ fn child_env(world: &World, backends: &[&SimHandle]) -> Vec<(String, String)> {
 }
 
 fn spawn_child(world: &World, backends: &[&SimHandle], args: &[&str]) -> tokio::process::Child {
+    spawn_child_with(world, backends, args, &[])
+}
+
+/// [`spawn_child`] with more settings (`KEY` of `TRIAGE_WORKER_KEY`).
+fn spawn_child_with(
+    world: &World,
+    backends: &[&SimHandle],
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> tokio::process::Child {
+    let extra = extra
+        .iter()
+        .map(|(k, v)| (format!("TRIAGE_WORKER_{k}"), v.to_string()));
     tokio::process::Command::new(env!("CARGO_BIN_EXE_triage-worker"))
         .args(args)
         .envs(child_env(world, backends))
+        .envs(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -70,20 +89,52 @@ fn spawn_child(world: &World, backends: &[&SimHandle], args: &[&str]) -> tokio::
         .expect("the triage-worker binary runs")
 }
 
+/// Waits for a child process to end by itself; whether it succeeded.
+async fn exited(child: &mut tokio::process::Child, what: &str) -> bool {
+    let status = tokio::time::timeout(LONG, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not exit within {LONG:?}"))
+        .unwrap();
+    status.success()
+}
+
 #[tokio::test]
-async fn a_worker_killed_mid_stream_is_replaced_by_another_with_a_higher_attempt() {
+async fn a_worker_killed_mid_stream_is_replaced_and_its_tokens_are_booked_once() {
     let world = World::new().await;
-    let backend = sim("m", 100, 20).await; // two seconds of generation
+    let backend = sim("m", 100, 20).await; // 64 tokens: 1.3 s of generation
     let reference = sim("m", 100, 0).await;
     let mut first = spawn_child(&world, &[&backend], &["run", "--tier", "1"]);
 
     let mut replies = world.submit(Tier::Small, prompt("survive a crash")).await;
     let chunk = replies.first_chunk(LONG).await;
     assert_eq!(chunk.attempt, 1);
+    // Progress is recorded every 50 ms here: kill once some is.
+    let wait = Deadline::after(LONG, "a progress record of attempt 1");
+    while world.progress_of(&replies.id).await.is_none() {
+        wait.poll_again().await;
+    }
     first.kill().await.unwrap(); // SIGKILL: no goodbye, no nak
     first.wait().await.unwrap();
+    // A write the dead process had already sent lands first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let recorded = world.progress_of(&replies.id).await.unwrap();
+    assert_eq!((recorded.attempt, recorded.tier), (1, Tier::Small));
+    assert!(
+        (1..64).contains(&recorded.completion_tokens),
+        "{recorded:?}"
+    );
 
-    let mut second = spawn_child(&world, &[&backend], &["run", "--tier", "1"]);
+    // Delivery 2 books attempt 1 and dies before deleting the record ...
+    let mut second = spawn_child_with(
+        &world,
+        &[&backend],
+        &["run", "--tier", "1"],
+        &[("CRASH_AT", "interrupted_booked")],
+    );
+    assert!(!exited(&mut second, "the worker crashing after booking").await);
+    assert!(world.progress_of(&replies.id).await.is_some());
+    // ... so delivery 3 books it again (a no-op), deletes it and answers.
+    let mut third = spawn_child(&world, &[&backend], &["run", "--tier", "1"]);
     let rest = replies.collect(LONG).await;
     let (expected, usage) = direct_text(&reference, "survive a crash", Some(64)).await;
     let mut attempts = vec![1];
@@ -91,35 +142,96 @@ async fn a_worker_killed_mid_stream_is_replaced_by_another_with_a_higher_attempt
     attempts.dedup();
     assert_eq!(
         attempts,
-        [1, 17],
-        "redelivery 2 numbers its attempts from 17"
+        [1, 33],
+        "redelivery 3 numbers its attempts from 33"
     );
     assert_eq!(rest.text(), expected, "the new attempt is whole");
     let c = rest.completion();
-    assert_eq!(c.attempt, 17);
+    assert_eq!(c.attempt, 33);
     assert_eq!(c.usage.completion_tokens, usage.completion_tokens);
 
-    // Nothing doubled: one answer booked, nothing left queued, no second final.
+    // Each attempt booked once: the killed one with its recorded tokens.
     world.settled().await;
     let events = world.usage_of(&replies.id).await;
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!((events[0].attempt, events[0].status), (17, UsageStatus::Ok));
+    let got: Vec<_> = events.iter().map(|e| (e.attempt, e.status)).collect();
+    assert_eq!(
+        got,
+        [(1, UsageStatus::Interrupted), (33, UsageStatus::Ok)],
+        "{events:?}"
+    );
+    assert_eq!(
+        events[0].usage.completion_tokens,
+        recorded.completion_tokens
+    );
+    assert_eq!(events[0].usage.prompt_tokens, recorded.prompt_tokens);
+    assert!(events[0].usage.estimated);
+    assert!(world.progress_of(&replies.id).await.is_none(), "deleted");
     assert_eq!(world.tier_messages(Tier::Small).await, 0);
     assert!(replies.extra(Duration::from_millis(300)).await.is_empty());
 
     // SIGTERM: the binary drains and exits cleanly.
-    let pid = second.id().unwrap();
+    let pid = third.id().unwrap();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = tokio::time::timeout(LONG, second.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exit.success(), "{exit:?}");
+    assert!(exited(&mut third, "the worker after SIGTERM").await);
     world.teardown().await;
+}
+
+#[tokio::test]
+async fn a_tier1_worker_crashing_mid_escalation_leaves_one_answer_from_tier2() {
+    for point in ["escalation_recorded", "escalation_published"] {
+        let world = World::new().await;
+        let small = sim("small", 8, 0).await;
+        small.set_faults(FaultConfig::always_error(503)).unwrap();
+        let large = sim("large", 8, 0).await;
+        let mut crashing = spawn_child_with(
+            &world,
+            &[&small],
+            &["run", "--tier", "1"],
+            &[("CRASH_AT", point), ("RETRY__MAX_ATTEMPTS", "1")],
+        );
+        let mut replies = world
+            .submit(Tier::Small, prompt("escalate, then die"))
+            .await;
+        assert!(!exited(&mut crashing, point).await, "{point}: it crashed");
+        let copies = u64::from(point == "escalation_published");
+        assert_eq!(world.tier_published(Tier::Large).await, copies, "{point}");
+
+        // Tier 1 works again: a redelivery answered there would now succeed.
+        small.set_faults(FaultConfig::default()).unwrap();
+        let t1 = world.start(world.config(&[&small]), Tier::Small).await;
+        let t2 = world.start(world.config(&[&large]), Tier::Large).await;
+        let got = replies.collect(LONG).await;
+        let c = got.completion();
+        assert_eq!(
+            (c.tier, c.model.as_str()),
+            (Tier::Large, "large"),
+            "{point}"
+        );
+        assert_eq!(c.attempt, 2, "{point}: above tier 1's one attempt");
+        assert_eq!(got.attempts(), [2], "{point}: no tier-1 text");
+        world.settled().await;
+        assert!(replies.extra(Duration::from_millis(300)).await.is_empty());
+        assert_eq!(
+            world.tier_published(Tier::Large).await,
+            1,
+            "{point}: one copy"
+        );
+        assert_eq!(
+            small.stats().requests_received,
+            1,
+            "{point}: not generated on tier 1"
+        );
+        let usage = world.usage_of(&replies.id).await;
+        let got: Vec<_> = usage.iter().map(|e| (e.attempt, e.tier)).collect();
+        assert_eq!(got, [(2, Tier::Large)], "{point}");
+        t1.stop().await;
+        t2.stop().await;
+        world.teardown().await;
+    }
 }
 
 #[tokio::test]
@@ -391,11 +503,14 @@ async fn the_finished_record_is_sized_from_configuration_and_failed_writes_are_c
     );
 
     // Without the bucket the answer still comes; the lost record is counted.
+    // The look-up and the write are each retried for about 10 s first (a
+    // bucket that is only failing over comes back in that time), and the
+    // first delivery is handed back after a failed look-up.
     world.js.delete_stream(&bucket_stream).await.unwrap();
     let got = world
         .submit(Tier::Small, prompt("remember me"))
         .await
-        .collect(LONG)
+        .collect(3 * LONG)
         .await;
     got.completion();
     world.settled().await;

@@ -6,8 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures::StreamExt;
 use triage_protocol::{
-    decode, headers, Encoding, ErrorCode, Reply, Request, RequestKey, StreamKind, Tier, UsageStatus,
+    decode, headers, Encoding, ErrorCode, Reply, Request, RequestKey, RoutedRequest,
+    RoutingDecision, StreamKind, Tier, UsageStatus,
 };
 use triage_vllm_sim::{FaultConfig, FaultKind};
 
@@ -453,6 +455,54 @@ async fn a_reused_request_id_is_told_what_happened_to_the_first_not_left_in_sile
     // Generated and booked once.
     world.settled().await;
     assert_eq!(world.usage_of("reused-id-1").await.len(), 1);
+    worker.stop().await;
+    world.teardown().await;
+}
+
+/// The router's copy of a request published again as a new message —
+/// its ack lost when a NATS node died, then redelivered and routed again,
+/// perhaps to the other tier — is the same request (same body and reply
+/// subject): acked without a second answer, unlike a client reusing the id.
+#[tokio::test]
+async fn the_same_request_routed_twice_is_answered_once() {
+    let world = World::new().await;
+    let backend = sim("tier1-sim", 8, 0).await;
+    let worker = world.start(world.config(&[&backend]), Tier::Small).await;
+
+    let inbox = world.client.new_inbox();
+    let mut sub = world.client.subscribe(inbox.clone()).await.unwrap();
+    let mut request = prompt("Why is the sky blue?");
+    request.id = "routed-twice-1".into();
+    request.reply_to = Some(inbox);
+    let routed = RoutedRequest {
+        version: 1,
+        request,
+        routing: RoutingDecision::fixed(Tier::Small, "test"),
+        routed_at_ms: triage_protocol::now_ms(),
+    };
+    let mut finals = 0;
+    for _ in 0..2 {
+        world
+            .publish_routed(Tier::Small, &routed, Encoding::MsgPack)
+            .await;
+        world.settled().await;
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+            match decode::<Reply>(Encoding::MsgPack, &m.payload).unwrap() {
+                Reply::Chunk(_) => {}
+                other => {
+                    finals += 1;
+                    assert!(matches!(other, Reply::Completion(_)), "{other:?}");
+                }
+            }
+        }
+    }
+    assert_eq!(finals, 1, "one answer on the reply subject");
+    assert_eq!(backend.stats().requests_received, 1, "generated once");
+    assert_eq!(world.usage_of("routed-twice-1").await.len(), 1);
+    assert_eq!(
+        worker.metric("triage_worker_errors_total{tier=\"1\",code=\"duplicate_request\"}"),
+        None
+    );
     worker.stop().await;
     world.teardown().await;
 }

@@ -23,6 +23,7 @@ use crate::failure::Failure;
 use crate::metrics::WorkerMetrics;
 use crate::outbox::Outbox;
 use crate::pool::{Backend, BackendPool, Lease};
+use crate::progress::Cadence;
 use crate::retry::{classify, FailureClass, Next, RetryBudget};
 use crate::token_cap::MaxTokensCap;
 use crate::tokens::{fit_max_tokens, TokenCounter};
@@ -47,6 +48,8 @@ pub struct Settings {
     pub escalate: bool,
     /// The operator's ceilings on `max_tokens`.
     pub max_tokens: MaxTokensCap,
+    /// How often a generating attempt records its progress.
+    pub progress: Cadence,
 }
 
 impl Settings {
@@ -59,6 +62,7 @@ impl Settings {
             early_exit: (tier1 && config.early_exit.enabled).then(|| config.early_exit.clone()),
             escalate: tier1 && config.escalate_when_unavailable,
             max_tokens: config.max_tokens.clone(),
+            progress: config.progress.cadence(),
         }
     }
 }
@@ -261,6 +265,8 @@ impl Generator {
                 .filter(|_| job.routed.routing.fixed_tier() != Some(Tier::Small))
                 .map(|g| ConfidenceGate::new(g.hold_tokens, g.min_mean_logprob)),
             started_at,
+            tier: self.tier,
+            progress: self.settings.progress,
         }
     }
 
@@ -487,6 +493,7 @@ impl Generator {
             total_ms: ms(started_at.elapsed()),
             finished_at_ms: triage_protocol::now_ms(),
             error_code,
+            judged: None,
         }
     }
 }

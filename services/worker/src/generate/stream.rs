@@ -1,7 +1,9 @@
 //! One backend call, consumed: each delta goes through the early-exit gate
 //! (tier 1) and the coalescer to the client's chunks; the model name, the
-//! usage chunk and the finish reason are noted; the call ends in an
-//! [`AttemptEnd`] that the attempt loop decides on.
+//! usage chunk and the finish reason are noted; what was generated is
+//! recorded as progress on the request's cadence (booked if the worker
+//! dies); the call ends in an [`AttemptEnd`] that the attempt loop decides
+//! on.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ use crate::early_exit::{ConfidenceGate, Verdict};
 use crate::metrics::{BackendLabels, WorkerMetrics};
 use crate::outbox::Outbox;
 use crate::pool::Backend;
+use crate::progress::{Cadence, Clock, Progress};
 use crate::tokens::{attempt_usage, TokenCounter};
 
 /// How one backend call ended, and what it spent.
@@ -90,6 +93,10 @@ pub(super) struct Call<'a> {
     /// The early-exit gate, on tier 1 when enabled.
     pub gate: Option<ConfidenceGate>,
     pub started_at: Instant,
+    /// The tier generating (noted in progress records).
+    pub tier: triage_protocol::Tier,
+    /// How often progress is recorded.
+    pub progress: Cadence,
 }
 
 /// Makes the call and consumes its stream until it ends or `cancel` fires.
@@ -121,6 +128,11 @@ struct Reader<'a> {
     streamed_logprobs: Option<Vec<triage_protocol::TokenLogprob>>,
     /// Text and finish reason of choices 1.. (`n` > 1, never streamed).
     others: std::collections::BTreeMap<u32, (String, Option<String>)>,
+    /// Content deltas received (about one token each): the progress
+    /// cadence's count, cheaper than counting the text each time.
+    deltas: u32,
+    progress: Clock,
+    started_at_ms: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -129,6 +141,9 @@ impl<'a> Reader<'a> {
         let streamed_logprobs = call.stream_logprobs.then(Vec::new);
         Self {
             labels: call.metrics.backend(&call.backend.label),
+            deltas: 0,
+            progress: Clock::new(call.progress, call.started_at),
+            started_at_ms: triage_protocol::now_ms(),
             coalescer: Coalescer::new(call.coalesce),
             model: call.backend.model().unwrap_or_default(),
             call,
@@ -206,6 +221,7 @@ impl<'a> Reader<'a> {
             } => return self.on_delta(content, logprobs).await,
             StreamEvent::Delta { index, content, .. } => {
                 self.others.entry(index).or_default().0.push_str(&content);
+                self.note_progress();
             }
             StreamEvent::Finish {
                 index: 0, reason, ..
@@ -241,6 +257,7 @@ impl<'a> Reader<'a> {
                 .observe(now.duration_since(self.call.started_at).as_secs_f64());
         }
         self.text.push_str(&content);
+        self.note_progress();
         if let (Some(kept), Some(lps)) = (self.logprobs.as_mut(), logprobs.as_ref()) {
             kept.extend(lps.iter().map(protocol_logprob));
         }
@@ -351,6 +368,25 @@ impl<'a> Reader<'a> {
             .chunk(self.seq, self.call.attempt, text, logprobs)
             .await;
         self.seq += 1;
+    }
+
+    /// One more delta: record the progress when it is due.
+    fn note_progress(&mut self) {
+        self.deltas += 1;
+        if !self.progress.tick(Instant::now(), self.deltas) {
+            return;
+        }
+        let usage = self.usage_so_far();
+        self.call.outbox.record_progress(Progress {
+            attempt: self.call.attempt,
+            tier: self.call.tier,
+            model: self.model.clone(),
+            backend: self.call.backend.label.clone(),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            started_at_ms: self.started_at_ms,
+            recorded_at_ms: triage_protocol::now_ms(),
+        });
     }
 
     fn usage_so_far(&self) -> Usage {

@@ -38,6 +38,7 @@ pub fn tiny_streams() -> StreamsConfig {
         limits.max_bytes = 8 << 20;
     }
     s.finished_max_bytes = 8 << 20;
+    s.progress_max_bytes = 1 << 20;
     s
 }
 
@@ -55,9 +56,9 @@ async fn delete_streams(js: &jetstream::Context, ns: &Namespace) {
     for kind in StreamKind::ALL {
         let _ = js.delete_stream(ns.stream_name(kind)).await;
     }
-    let _ = js
-        .delete_stream(format!("KV_{}", ns.finished_bucket()))
-        .await;
+    for bucket in [ns.finished_bucket(), ns.progress_bucket()] {
+        let _ = js.delete_stream(format!("KV_{bucket}")).await;
+    }
 }
 
 impl Drop for World {
@@ -267,6 +268,32 @@ impl World {
         {
             wait.poll_again().await;
         }
+    }
+
+    /// Messages ever published to a tier's queue (its last sequence; the
+    /// de-duplicated repeats of one message id are not among them).
+    pub async fn tier_published(&self, tier: Tier) -> u64 {
+        let mut stream = self
+            .js
+            .get_stream(self.ns.stream_name(Namespace::tier_stream(tier)))
+            .await
+            .unwrap();
+        stream.info().await.unwrap().state.last_sequence
+    }
+
+    /// The progress record of request `id` (no tenant), if there is one.
+    pub async fn progress_of(&self, id: &str) -> Option<triage_worker::progress::Progress> {
+        let store = self
+            .js
+            .get_key_value(self.ns.progress_bucket())
+            .await
+            .expect("the progress bucket exists once a worker started");
+        let key = triage_protocol::RequestKey::new(None, id).tokens();
+        store
+            .get(key)
+            .await
+            .unwrap()
+            .map(|v| serde_json::from_slice(&v).expect("a progress record"))
     }
 
     /// Messages still in a tier's work queue (acked ones are deleted).
