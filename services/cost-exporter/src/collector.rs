@@ -100,7 +100,13 @@ pub fn ledger_families(s: &LedgerSnapshot) -> Vec<MetricFamily> {
     let mut savings: BTreeMap<String, Decimal> = BTreeMap::new();
     let mut tokens: BTreeMap<(i16, String, &'static str), i64> = BTreeMap::new();
     let mut requests: BTreeMap<(i16, String), i64> = BTreeMap::new();
+    let mut learning: BTreeMap<(String, String), Decimal> = BTreeMap::new();
     for r in &s.totals {
+        if matches!(r.status.as_str(), "shadow" | "judge") {
+            *learning
+                .entry((r.status.clone(), tenant_label(&r.tenant)))
+                .or_default() += r.cost;
+        }
         let tenant = tenant_label(&r.tenant);
         *cost.entry((r.tier, tenant.clone())).or_default() += r.cost;
         *baseline.entry((r.tier, tenant.clone())).or_default() += r.baseline_cost;
@@ -131,6 +137,16 @@ pub fn ledger_families(s: &LedgerSnapshot) -> Vec<MetricFamily> {
             tier_tenant(baseline),
         ),
         (
+            "triage_shadow_cost_usd",
+            "USD booked for shadow answers and judge calls (triage-shadow), by status and tenant; \
+             part of triage_cost_usd, none of triage_savings_usd",
+            MetricType::Counter,
+            learning
+                .into_iter()
+                .map(|((status, tenant), v)| (vec![("status", status), ("tenant", tenant)], f(v)))
+                .collect(),
+        ),
+        (
             "triage_savings_usd",
             "USD saved against the all-tier-2 baseline (baseline - cost), by tenant",
             MetricType::Counter,
@@ -159,7 +175,7 @@ pub fn ledger_families(s: &LedgerSnapshot) -> Vec<MetricFamily> {
         ),
         (
             "triage_requests",
-            "Generation attempts booked, by tier and status (ok, error, cancelled)",
+            "Generation attempts booked, by tier and status (ok, error, cancelled, interrupted, shadow, judge)",
             MetricType::Counter,
             requests
                 .into_iter()
@@ -494,6 +510,36 @@ mod tests {
             !text.contains(r#"triage_ledger_ttft_mean_ms{window="5m",tier="2"}"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn shadow_and_judge_spend_is_shown_and_saves_nothing() {
+        let mut s = snapshot();
+        let row = |status: &str, cost: &str| TotalsRow {
+            tier: 2,
+            tenant: "acme".into(),
+            status: status.into(),
+            requests: 1,
+            prompt_tokens: 100,
+            completion_tokens: 10,
+            cost: d(cost),
+            // As the ledger books them: baseline = cost.
+            baseline_cost: d(cost),
+        };
+        s.totals.push(row("shadow", "0.7"));
+        s.totals.push(row("judge", "0.25"));
+        let text = render(Readings {
+            ledger: Some(s),
+            queues: None,
+        });
+        for line in [
+            r#"triage_shadow_cost_usd_total{status="shadow",tenant="acme"} 0.7"#,
+            r#"triage_shadow_cost_usd_total{status="judge",tenant="acme"} 0.25"#,
+            r#"triage_cost_usd_total{tier="2",tenant="acme"} 1.45"#,
+            r#"triage_savings_usd_total{tenant="acme"} 2.8"#,
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 
     #[test]

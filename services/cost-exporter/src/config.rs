@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use triage_bus::NatsConfig;
 use triage_ledger::config::DatabaseConfig;
 use triage_ledger::snapshot::SnapshotOptions;
-use triage_runtime::telemetry::LogFormat;
+use triage_runtime::telemetry::{LogFormat, TelemetryConfig};
 
 /// The environment prefix of the exporter's settings.
 pub const ENV_PREFIX: &str = "TRIAGE_COST_EXPORTER_";
@@ -53,6 +53,8 @@ pub struct ExporterConfig {
     pub metrics_addr: SocketAddr,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// Span export over OTLP/HTTP (off unless an endpoint is set).
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for ExporterConfig {
@@ -80,6 +82,7 @@ impl Default for ExporterConfig {
             max_tenants: defaults.max_tenants,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9471)),
             log_format: LogFormat::Text,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }

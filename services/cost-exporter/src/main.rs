@@ -44,7 +44,12 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", triage_runtime::masked(&config));
         return Ok(());
     }
-    triage_runtime::telemetry::init("triage-cost-exporter", config.log_format);
+    // Kept to the end of main: dropping it flushes the spans not yet sent.
+    let _telemetry = triage_runtime::telemetry::install(
+        "triage-cost-exporter",
+        config.log_format,
+        &config.telemetry,
+    )?;
     config.check().map_err(anyhow::Error::msg)?;
     let store = config.database.store()?;
     let nats = if config.queues {

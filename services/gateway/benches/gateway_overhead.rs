@@ -192,7 +192,7 @@ async fn main() {
     for kind in StreamKind::ALL {
         let _ = js.delete_stream(ns.stream_name(kind)).await;
     }
-    let _ = js
-        .delete_stream(format!("KV_{}", ns.finished_bucket()))
-        .await;
+    for bucket in [ns.finished_bucket(), ns.progress_bucket()] {
+        let _ = js.delete_stream(format!("KV_{bucket}")).await;
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use triage_bus::NatsConfig;
 use triage_protocol::GATEWAY_REPLY_PREFIX;
-use triage_runtime::telemetry::LogFormat;
+use triage_runtime::telemetry::{LogFormat, TelemetryConfig};
 
 use crate::models::Catalogue;
 
@@ -44,6 +44,9 @@ Configuration keys (TOML file or TRIAGE_GATEWAY_<KEY>, nested with __):
   database.acquire_timeout = \"5s\"  a query's wait for a connection
   aliases.<name> = \"triage-auto\"  extra model names for triage-auto, triage-tier1 or triage-tier2
   log_format = \"text\"            text or json log lines
+  telemetry.otlp_endpoint        OTLP/HTTP receiver base URL (spans to <url>/v1/traces); unset:
+                                 OTEL_EXPORTER_OTLP_ENDPOINT, else no export
+  telemetry.sample_ratio = 1.0   share of traces started here that are exported (0-1)
   nats.url = \"nats://127.0.0.1:4222\"  NATS server(s), comma-separated (TRIAGE_NATS_URL sets the default)
   nats.user, nats.password, nats.token, nats.creds_file  NATS credentials (masked when printed)
   nats.inbox_prefix = \"_INBOX\"   this connection's inboxes (deploy/nats: _TRIAGE.gateway)
@@ -89,6 +92,8 @@ pub struct GatewayConfig {
     pub aliases: BTreeMap<String, String>,
     /// Log line format.
     pub log_format: LogFormat,
+    /// Span export over OTLP/HTTP (off unless an endpoint is set).
+    pub telemetry: TelemetryConfig,
     /// NATS connection and subject prefix.
     pub nats: NatsConfig,
 }
@@ -114,6 +119,7 @@ impl Default for GatewayConfig {
             database: triage_ledger::config::DatabaseConfig::default(),
             aliases: BTreeMap::new(),
             log_format: LogFormat::Text,
+            telemetry: TelemetryConfig::default(),
             nats,
         }
     }

@@ -216,6 +216,8 @@ pub fn from_code(code: ErrorCode, message: impl Into<String>) -> ApiError {
         C::BackendUnavailable => (StatusCode::SERVICE_UNAVAILABLE, SERVER_ERROR, None),
         // The pipeline refused new work to keep what it holds: try later.
         C::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, SERVER_ERROR, None),
+        // Feedback on a request this tenant never received.
+        C::UnknownRequest => (StatusCode::NOT_FOUND, INVALID_REQUEST, Some("id")),
         // The gateway wrote the request, so a version it does not speak, or
         // one that kept killing workers, is Triage's fault, not the client's.
         C::UnsupportedVersion | C::MaxDeliveriesExceeded | C::Internal => {
@@ -268,6 +270,7 @@ mod tests {
             | ErrorCode::BackendRejected => 400,
             ErrorCode::PromptTooLarge => 413,
             ErrorCode::DuplicateRequest => 409,
+            ErrorCode::UnknownRequest => 404,
             ErrorCode::DeadlineExceeded => 504,
             ErrorCode::BackendUnavailable | ErrorCode::QueueFull => 503,
             ErrorCode::UnsupportedVersion

@@ -12,13 +12,17 @@
 //! metrics. [`nats_chat`] answers core NATS requests on `llm.chat` whole.
 //! [`auth`] checks API keys ([`api_key`]: the format, [`keys`]: the table),
 //! rates and budgets, and gives each request its tenant. [`cancel`] stops
-//! the generation of an answer whose client went away.
+//! the generation of an answer whose client went away. [`feedback`] takes
+//! `POST /v1/feedback`, clients' ratings of their answers, to the ledger.
+//! [`trace_context`] makes each request's span a child of the caller's
+//! `traceparent`.
 
 pub mod api_key;
 pub mod auth;
 pub mod cancel;
 pub mod config;
 pub mod error;
+pub mod feedback;
 pub mod health;
 pub mod keys;
 pub mod metrics;
@@ -29,6 +33,7 @@ pub mod prices;
 pub mod relay;
 pub mod request;
 pub mod server;
+pub mod trace_context;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

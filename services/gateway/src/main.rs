@@ -90,7 +90,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Keys(keys) => return manage_keys(&config, keys).await,
         Command::Run => {}
     }
-    triage_runtime::telemetry::init("triage-gateway", config.log_format);
+    // Kept to the end of main: dropping it flushes the spans not yet sent.
+    let _telemetry =
+        triage_runtime::telemetry::install("triage-gateway", config.log_format, &config.telemetry)?;
     tracing::info!(config = %triage_runtime::masked(&config), "triage-gateway starting");
     let shutdown = triage_runtime::shutdown_token();
     let mut registry = Registry::default();

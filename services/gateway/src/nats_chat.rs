@@ -18,6 +18,7 @@ use std::sync::Arc;
 use async_nats::{HeaderMap, Message};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use triage_bus::BusError;
 use triage_protocol::{
     decode, headers, Encoding, ErrorCode, ErrorReply, Namespace, Reply, Request,
@@ -58,7 +59,15 @@ pub async fn serve(
                 _ = shutdown.cancelled() => break,
             };
             let state = state.clone();
-            open.spawn(async move { answer(&state, message).await });
+            // A caller's `traceparent` header makes the answer part of its trace.
+            let span = tracing::info_span!(
+                "gateway.chat",
+                trace_id = tracing::field::Empty,
+                otel.kind = "server",
+            );
+            let headers = message.headers.clone().unwrap_or_default();
+            triage_bus::trace::adopt_parent(&span, &headers);
+            open.spawn(async move { answer(&state, message).await }.instrument(span));
         }
         drop(sub);
         open.close();

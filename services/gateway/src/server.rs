@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use tracing::Instrument;
 use triage_bus::{ReplyStream, TriageClient};
 use triage_protocol::{Completion, Namespace, Request, RequestKey};
 
@@ -59,6 +60,7 @@ pub fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/feedback", post(feedback))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
         .route("/health", get(health::handler))
@@ -94,6 +96,14 @@ async fn chat(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     complete(s.0, Endpoint::Chat, &headers, body).await
+}
+
+async fn feedback(
+    s: State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    crate::feedback::handle(&s.0, &headers, body).await
 }
 
 async fn completions(
@@ -181,31 +191,10 @@ async fn complete(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request_id = uuid::Uuid::now_v7().to_string();
-    // An unauthenticated caller learns nothing about its body first.
-    let prepared = async {
-        let identity = s.auth.authenticate(headers).await?;
-        let mut p = prepare(&s, endpoint, body, &request_id)?;
-        authorize(&s, &identity, &mut p).await?;
-        Ok::<_, ApiError>(p)
-    }
-    .await;
-    let (model, mut response) = match prepared {
-        Err(e) => ("unknown".to_string(), e.into_response()),
-        Ok(p) => {
-            let model = p.model.clone();
-            let ignored = p.ignored.join(",");
-            let ticket = Ticket::new(&s.metrics, &model);
-            let mut response = if p.request.stream {
-                stream(&s, p, &request_id, ticket).await
-            } else {
-                whole(&s, p, &request_id).await
-            };
-            if !ignored.is_empty() {
-                insert(response.headers_mut(), IGNORED_HEADER, &ignored);
-            }
-            (model, response)
-        }
-    };
+    let span = crate::trace_context::request_span(headers, &request_id, endpoint.label());
+    let (model, mut response) = answer(&s, endpoint, headers, body, &request_id)
+        .instrument(span)
+        .await;
     insert(response.headers_mut(), REQUEST_ID_HEADER, &request_id);
     s.metrics
         .requests
@@ -216,6 +205,41 @@ async fn complete(
         })
         .inc();
     response
+}
+
+/// The response to one request and the model it named.
+async fn answer(
+    s: &AppState,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    request_id: &str,
+) -> (String, Response) {
+    // An unauthenticated caller learns nothing about its body first.
+    let prepared = async {
+        let identity = s.auth.authenticate(headers).await?;
+        let mut p = prepare(s, endpoint, body, request_id)?;
+        authorize(s, &identity, &mut p).await?;
+        Ok::<_, ApiError>(p)
+    }
+    .await;
+    match prepared {
+        Err(e) => ("unknown".to_string(), e.into_response()),
+        Ok(p) => {
+            let model = p.model.clone();
+            let ignored = p.ignored.join(",");
+            let ticket = Ticket::new(&s.metrics, &model);
+            let mut response = if p.request.stream {
+                stream(s, p, request_id, ticket).await
+            } else {
+                whole(s, p, request_id).await
+            };
+            if !ignored.is_empty() {
+                insert(response.headers_mut(), IGNORED_HEADER, &ignored);
+            }
+            (model, response)
+        }
+    }
 }
 
 fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {

@@ -16,6 +16,13 @@ use triage_protocol::{
     RoutingDecision, Tier, Usage,
 };
 
+/// A request as the pipeline received it.
+struct Asked {
+    request: Request,
+    /// Its W3C trace context header.
+    traceparent: Option<String>,
+}
+
 /// Reads requests from the namespace's `llm.requests`.
 struct Responder {
     client: async_nats::Client,
@@ -39,7 +46,7 @@ impl Responder {
     fn answer(
         mut self,
         script: impl FnOnce(&str) -> Vec<Reply> + Send + 'static,
-    ) -> tokio::task::JoinHandle<Request> {
+    ) -> tokio::task::JoinHandle<Asked> {
         tokio::spawn(async move {
             let msg = tokio::time::timeout(Duration::from_secs(20), self.sub.next())
                 .await
@@ -52,6 +59,10 @@ impl Responder {
                     .map(|v| v.as_str()),
             );
             let request: Request = decode(encoding, &msg.payload).unwrap();
+            let traceparent = msg
+                .headers
+                .as_ref()
+                .and_then(triage_bus::trace::traceparent);
             let reply_to = request.reply_to.clone().expect("a reply subject");
             for reply in script(&request.id) {
                 triage_bus::reply::send(&self.client, &reply_to, encoding, &reply)
@@ -59,7 +70,10 @@ impl Responder {
                     .unwrap();
             }
             self.client.flush().await.unwrap();
-            request
+            Asked {
+                request,
+                traceparent: traceparent.map(String::from),
+            }
         })
     }
 }
@@ -137,7 +151,7 @@ async fn a_restart_mid_stream_ends_it_with_an_error_event_and_never_splices() {
         .unwrap()
         .to_string();
     let body = r.text().await.unwrap();
-    let request = asked.await.unwrap();
+    let request = asked.await.unwrap().request;
     assert_eq!(request.id, id);
     assert!(request.reply_to.as_deref().unwrap().starts_with("_GW."));
     assert!(request.stream && request.tier.is_none() && request.deadline_ms.is_some());
@@ -268,7 +282,7 @@ async fn a_whole_answer_uses_only_the_final_attempts_text() {
     assert_eq!(r.headers()["x-triage-score"], "0.7500");
     assert_eq!(r.headers()["x-triage-model"], "scripted-large");
     let body: Value = r.json().await.unwrap();
-    assert!(!asked.await.unwrap().stream);
+    assert!(!asked.await.unwrap().request.stream);
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["choices"][0]["message"]["content"], "Goodbye");
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
@@ -278,6 +292,51 @@ async fn a_whole_answer_uses_only_the_final_attempts_text() {
     );
     assert_eq!(body["triage"]["tier"], 2);
     assert_eq!(body["model"], "triage-auto");
+    world.teardown().await;
+}
+
+#[tokio::test]
+async fn a_callers_traceparent_makes_the_request_part_of_its_trace() {
+    let world = World::new().await;
+    let gw = world.gateway(world.gateway_config()).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let asked = world.responder().await.answer(restart);
+    let r = http()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .header("traceparent", &caller)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sent = asked
+        .await
+        .unwrap()
+        .traceparent
+        .expect("a traceparent header");
+    // Same trace, a span of the gateway's own between the caller and the router.
+    assert!(sent.starts_with(&format!("00-{trace_id}-")), "{sent}");
+    assert!(!sent.contains("00f067aa0ba902b7"), "{sent}");
+
+    // Without one, the request starts a trace of its own.
+    let asked = world.responder().await.answer(restart);
+    let r = http()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sent = asked
+        .await
+        .unwrap()
+        .traceparent
+        .expect("a traceparent header");
+    assert!(
+        sent.starts_with("00-") && !sent.contains(trace_id),
+        "{sent}"
+    );
     world.teardown().await;
 }
 
@@ -330,7 +389,7 @@ async fn pipeline_errors_keep_their_status_before_the_first_byte() {
         assert_eq!(err["error"]["code"], code.as_str());
         assert_eq!(err["error"]["message"], format!("scripted {code}"));
         assert_eq!(err["error"]["param"].as_str(), param);
-        let request = asked.await.unwrap();
+        let request = asked.await.unwrap().request;
         let forced = match model {
             "triage-tier1" => Some(1),
             "triage-tier2" => Some(2),
@@ -566,7 +625,7 @@ async fn api_keys_give_the_tenant_limit_the_rate_and_can_be_revoked() {
         let r = ask(&gw, Some(&key)).send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(
-            asked.await.unwrap().tenant.as_deref(),
+            asked.await.unwrap().request.tenant.as_deref(),
             Some(tenant.as_str())
         );
     }

@@ -12,8 +12,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use triage_bus::NatsConfig;
 use triage_protocol::Tier;
-use triage_runtime::telemetry::LogFormat;
+use triage_runtime::telemetry::{LogFormat, TelemetryConfig};
 
+use crate::feedback::FeedbackConfig;
 use crate::price::{Price, PriceBook, PriceError};
 use crate::writer::WriterConfig;
 
@@ -60,6 +61,8 @@ pub struct LedgerConfig {
     pub nats: NatsConfig,
     /// Consuming, batching and retrying.
     pub writer: WriterConfig,
+    /// Clients' ratings on `llm.feedback`.
+    pub feedback: FeedbackConfig,
     /// Prices stored at start when missing (effective-dated; a stored
     /// price is never changed — add one with a later `effective_from`).
     pub prices: Vec<Price>,
@@ -69,6 +72,8 @@ pub struct LedgerConfig {
     pub metrics_addr: SocketAddr,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// Span export over OTLP/HTTP (off unless an endpoint is set).
+    pub telemetry: TelemetryConfig,
 }
 
 /// The reference deployment's prices: tier 1 (Llama-3.1-8B INT4) $0.00015
@@ -108,10 +113,12 @@ impl Default for LedgerConfig {
             database: DatabaseConfig::default(),
             nats,
             writer: WriterConfig::default(),
+            feedback: FeedbackConfig::default(),
             prices: reference_prices(),
             migrate_on_start: true,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9470)),
             log_format: LogFormat::Text,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }

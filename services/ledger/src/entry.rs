@@ -199,7 +199,11 @@ impl LedgerEntry {
             input_cost: cost.input,
             output_cost: cost.output,
             cost: cost.total,
-            baseline_cost: cost.baseline,
+            baseline_cost: if outside_savings(event.status) {
+                cost.total
+            } else {
+                cost.baseline
+            },
             price_id,
             baseline_price_id,
             score: event.score,
@@ -209,6 +213,14 @@ impl LedgerEntry {
             finished_at,
         })
     }
+}
+
+/// Whether attempts of `status` are spend that routing did not choose —
+/// shadow answers and judge calls: booked with their baseline equal to
+/// their cost, so they count in spend and add nothing to savings (every
+/// report, view and the cost exporter take savings as baseline − cost).
+pub fn outside_savings(status: UsageStatus) -> bool {
+    matches!(status, UsageStatus::Shadow | UsageStatus::Judge)
 }
 
 /// A Postgres array literal for `text[]` (`{"a","b \"c\""}`), so a batch
@@ -262,6 +274,7 @@ mod tests {
             total_ms: 400.0,
             finished_at_ms: NOW - 1000,
             error_code: None,
+            judged: None,
         }
     }
 
@@ -296,6 +309,17 @@ mod tests {
         assert_eq!((e.price_id, e.baseline_price_id), (10, 20));
         assert!(e.tokens_estimated);
         assert_eq!(e.finished_at.timestamp_millis() as u64, NOW - 1000);
+    }
+
+    #[test]
+    fn shadow_and_judge_rows_are_spend_without_savings() {
+        for status in [UsageStatus::Shadow, UsageStatus::Judge] {
+            let mut ev = event();
+            ev.status = status;
+            let e = LedgerEntry::price(&ev, &book(), NOW).unwrap();
+            assert_eq!(e.cost, Decimal::from_str("0.000018").unwrap(), "{status:?}");
+            assert_eq!(e.baseline_cost, e.cost, "{status:?}: no savings");
+        }
     }
 
     #[test]

@@ -12,10 +12,16 @@
 //! - [`report`] — the cost report (query, table/CSV/JSON rendering);
 //! - [`snapshot`] — the figures the cost exporter publishes;
 //! - [`writer`] — the durable consumer that books `llm.usage`;
+//! - [`outcomes`] — judged outcomes of answered requests in Postgres;
+//! - [`feedback`] — `llm.feedback`, clients' ratings of their answers;
+//! - [`judged`] — judge calls' grades (from their usage events) in `outcomes`;
 //! - [`config`] — the service's configuration.
 
 pub mod config;
 pub mod entry;
+pub mod feedback;
+pub mod judged;
+pub mod outcomes;
 pub mod price;
 pub mod report;
 pub mod snapshot;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 use triage_ledger::config::LedgerConfig;
+use triage_ledger::feedback;
 use triage_ledger::report::{self, Dimension, Format, ReportSpec};
 use triage_ledger::writer::{Writer, WriterMetrics};
 use triage_ledger::{Price, Store};
@@ -119,10 +120,17 @@ fn parse_tier(s: &str) -> Result<Tier, String> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = LedgerConfig::load(cli.config.as_deref())?;
+    let telemetry = || {
+        triage_runtime::telemetry::install("triage-ledger", config.log_format, &config.telemetry)
+    };
     match cli.command {
-        Command::Run => run(config).await,
+        Command::Run => {
+            // Kept until run returns: dropping it flushes the spans not yet sent.
+            let _telemetry = telemetry()?;
+            run(config).await
+        }
         Command::Migrate => {
-            triage_runtime::telemetry::init("triage-ledger", config.log_format);
+            let _telemetry = telemetry()?;
             config.check()?;
             let store = config.database.store()?;
             store.migrate().await.context("applying migrations")?;
@@ -151,7 +159,6 @@ async fn store_prices(store: &Store, config: &LedgerConfig) -> anyhow::Result<()
 }
 
 async fn run(config: LedgerConfig) -> anyhow::Result<()> {
-    triage_runtime::telemetry::init("triage-ledger", config.log_format);
     tracing::info!(config = %triage_runtime::masked(&config), "triage-ledger starting");
     config.check()?;
     let shutdown = triage_runtime::shutdown_token();
@@ -172,6 +179,8 @@ async fn run(config: LedgerConfig) -> anyhow::Result<()> {
     let metrics = WriterMetrics::default();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
+    let feedback_metrics = feedback::FeedbackMetrics::default();
+    feedback_metrics.register(&mut registry);
     let streams = vec![ns.stream_name(triage_protocol::StreamKind::Usage)];
     let readiness = triage_runtime::Readiness::new()
         .check(
@@ -189,9 +198,28 @@ async fn run(config: LedgerConfig) -> anyhow::Result<()> {
     .with_context(|| format!("serving metrics on {}", config.metrics_addr))?;
     tracing::info!(metrics = %bound, usage = %ns.usage(), consumer = %ns.consumer(&config.writer.consumer), "booking usage events");
 
+    let ratings = if config.feedback.enabled {
+        Some(
+            feedback::serve(
+                store.clone(),
+                client.clone(),
+                ns.clone(),
+                config.feedback.clone(),
+                feedback_metrics,
+                shutdown.clone(),
+            )
+            .await
+            .context("subscribing to llm.feedback")?,
+        )
+    } else {
+        None
+    };
     Writer::new(store, client, ns, config.writer.clone(), metrics)
         .run(shutdown)
         .await?;
+    if let Some(ratings) = ratings {
+        ratings.await.context("the feedback responder")?;
+    }
     tracing::info!("triage-ledger stopped");
     Ok(())
 }

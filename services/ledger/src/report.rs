@@ -114,7 +114,7 @@ impl ReportSpec {
         }
         sql.push_str(
             "sum(requests)::bigint AS requests,\n       \
-             (sum(requests) FILTER (WHERE status <> 'ok'))::bigint AS failed,\n       \
+             (sum(requests) FILTER (WHERE status NOT IN ('ok', 'shadow', 'judge')))::bigint AS failed,\n       \
              sum(prompt_tokens)::bigint AS prompt_tokens,\n       \
              sum(completion_tokens)::bigint AS completion_tokens,\n       \
              sum(total_tokens)::bigint AS total_tokens,\n       \

@@ -8,6 +8,7 @@
 //!    plus rollups), retrying with exponential backoff for as long as
 //!    Postgres is unreachable — the messages stay unacked in JetStream
 //!    meanwhile (kept alive with in-progress acks);
+//!    then record the grades judge events carry in `outcomes` ([`crate::judged`]);
 //! 3. dead-letter events Postgres can never take (validation, no price);
 //! 4. only then ack every message of the batch.
 //!
@@ -484,7 +485,8 @@ impl Writer {
             .filter_map(|(i, e)| {
                 let h = batch[*i].headers.as_ref()?;
                 triage_bus::trace::traceparent(h)?;
-                let span = tracing::info_span!("ledger.book", request_id = %e.id, attempt = e.attempt, tier = %e.tier);
+                let span = tracing::info_span!("ledger.book", request_id = %e.id, attempt = e.attempt, tier = %e.tier,
+                    trace_id = tracing::field::Empty, otel.kind = "consumer");
                 triage_bus::trace::adopt_parent(&span, h);
                 Some(span)
             })
@@ -494,6 +496,14 @@ impl Writer {
             self.hand_back(&batch).await;
             return BatchOutcome::default();
         };
+        let judged = judged_events(&events, &booked);
+        if !self
+            .record_judged_with_retry(&judged, &batch, shutdown)
+            .await
+        {
+            self.hand_back(&batch).await;
+            return BatchOutcome::default();
+        }
         dead.extend(
             booked
                 .rejected
@@ -604,6 +614,38 @@ impl Writer {
         }
     }
 
+    /// Records the judge grades of booked judge events (step 2 continued:
+    /// before the ack); retries like booking, `false` on shutdown.
+    async fn record_judged_with_retry(
+        &self,
+        judged: &[&UsageEvent],
+        batch: &[jetstream::Message],
+        shutdown: &CancellationToken,
+    ) -> bool {
+        if judged.is_empty() {
+            return true;
+        }
+        let mut retry = backoff_policy(&self.config);
+        let mut failures = 0u32;
+        loop {
+            match crate::judged::record_all(self.store.pool(), judged).await {
+                Ok(_) => return true,
+                Err(e) => {
+                    failures += 1;
+                    self.metrics.db_errors.inc();
+                    let delay = backoff::backoff::Backoff::next_backoff(&mut retry)
+                        .unwrap_or(self.config.retry_max);
+                    log_store_error(&e, failures, delay, batch.len());
+                    keep_alive(batch).await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// Publishes a dead letter and waits for JetStream to store it; retries
     /// until stored or shutdown (`false`).
     async fn dead_letter_with_retry(
@@ -666,6 +708,18 @@ impl Writer {
             let _ = m.ack_with(AckKind::Nak(None)).await;
         }
     }
+}
+
+/// The booked (not rejected) events that carry a judge's grade.
+fn judged_events<'a>(events: &'a [(usize, UsageEvent)], booked: &Booked) -> Vec<&'a UsageEvent> {
+    let rejected: HashSet<usize> = booked.rejected.iter().map(|(i, _)| *i).collect();
+    let mut judged = Vec::new();
+    for (i, (_, e)) in events.iter().enumerate() {
+        if e.judged.is_some() && !rejected.contains(&i) {
+            judged.push(e);
+        }
+    }
+    judged
 }
 
 fn log_store_error(e: &StoreError, failures: u32, delay: Duration, events: usize) {

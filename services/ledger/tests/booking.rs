@@ -277,3 +277,46 @@ async fn the_same_id_in_two_tenants_is_two_requests() {
     assert_books_balance(db.pool()).await;
     db.drop().await;
 }
+
+#[tokio::test]
+async fn an_interrupted_attempt_is_booked_once_and_counts_as_spend() {
+    let db = TestDb::create().await;
+    db.reference_prices().await;
+    let t0 = Utc::now() - Duration::hours(1);
+    // Attempt 1 died mid-stream (booked from its progress record by the
+    // next delivery); attempt 17 answered.
+    let mut killed = event("crashy", Tier::Small, 100, 40, t0);
+    killed.status = triage_protocol::UsageStatus::Interrupted;
+    killed.usage.estimated = true;
+    killed.ttft_ms = None;
+    let mut answer = event("crashy", Tier::Small, 100, 64, t0 + Duration::seconds(3));
+    answer.attempt = 17;
+    let now = triage_protocol::now_ms();
+    let booked = db.store.book(&[&killed, &answer], now).await.unwrap();
+    assert_eq!((booked.inserted, booked.duplicates), (2, 0));
+    // Booked again by a later delivery (a crash before the record was
+    // deleted): nothing changes.
+    let again = db.store.book(&[&killed], now).await.unwrap();
+    assert_eq!((again.inserted, again.duplicates), (0, 1));
+
+    let rows: Vec<(i32, String, bool, Decimal, Decimal)> = sqlx::query_as(
+        "SELECT attempt, status, tokens_estimated, cost, baseline_cost FROM ledger_entries ORDER BY attempt",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0].0, rows[0].1.as_str(), rows[0].2),
+        (1, "interrupted", true)
+    );
+    assert!(rows[0].3 > Decimal::ZERO, "interrupted tokens are spend");
+    assert!(rows[0].4 >= rows[0].3, "and in the baseline too");
+    let spent: Decimal = sqlx::query_scalar("SELECT sum(cost) FROM usage_totals")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(spent, rows[0].3 + rows[1].3);
+    assert_books_balance(db.pool()).await;
+    db.drop().await;
+}

@@ -314,3 +314,28 @@ async fn price_commands_add_and_list() {
     assert!(list.contains("2030-01-01T00:00:00+00:00"), "{list}");
     db.drop().await;
 }
+
+/// Shadow answers and judge calls (triage-shadow) are spend: the report's
+/// cost grows by theirs, its savings do not move, and they are not failures.
+#[tokio::test]
+async fn shadow_and_judge_rows_count_in_spend_not_in_savings_or_failures() {
+    let db = booked_db().await;
+    let before = report::run(db.pool(), &spec(vec![])).await.unwrap().total;
+    let mut shadow = event("A", Tier::Large, 1000, 500, at(2025, 3, 10, 10, 0, 1));
+    shadow.attempt = 1_000_001; // cost = 0.0018
+    shadow.status = UsageStatus::Shadow;
+    let mut judge = event("A", Tier::Large, 500, 500, at(2025, 3, 10, 10, 0, 2));
+    judge.attempt = 2_000_001; // cost = 0.0012
+    judge.status = UsageStatus::Judge;
+    db.store
+        .book(&[&shadow, &judge], triage_protocol::now_ms())
+        .await
+        .unwrap();
+    let after = report::run(db.pool(), &spec(vec![])).await.unwrap().total;
+    assert_eq!(after.cost - before.cost, dec("0.003"));
+    assert_eq!(after.savings, before.savings);
+    assert_eq!(after.failed, before.failed);
+    assert_eq!(after.requests, before.requests + 2);
+    assert_books_balance(db.pool()).await;
+    db.drop().await;
+}

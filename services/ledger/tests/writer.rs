@@ -272,3 +272,70 @@ async fn malformed_events_are_dead_lettered_with_the_reason() {
     nats.cleanup().await;
     db.drop().await;
 }
+
+/// A judge call's usage event (triage-shadow) carries its grade: the
+/// writer books the call and records the grade in `outcomes` (source
+/// `judge`, one row per judged answer); the same events again, with no
+/// message id for JetStream to drop them by, change neither.
+#[tokio::test]
+async fn judge_grades_are_recorded_once_with_the_call() {
+    use triage_protocol::shadow::{Judged, JudgedRole};
+    use triage_protocol::UsageStatus;
+    let db = TestDb::create().await;
+    db.reference_prices().await;
+    let nats = TestNats::create().await;
+    let t = Utc::now() - chrono::Duration::minutes(5);
+    let judge = |attempt: u32, role, tier, score: f64| {
+        let mut e = event("req-j", Tier::Large, 300, 40, t);
+        e.attempt = attempt;
+        e.status = UsageStatus::Judge;
+        e.judged = Some(Judged {
+            role,
+            tier,
+            model: format!("model-{tier}"),
+            attempt: if role == JudgedRole::Answer {
+                1
+            } else {
+                1_000_001
+            },
+            score,
+            good: score >= 7.0,
+        });
+        e
+    };
+    let events = vec![
+        event("req-j", Tier::Small, 50, 20, t),
+        judge(2_000_001, JudgedRole::Answer, Tier::Small, 4.0),
+        judge(3_000_001, JudgedRole::Shadow, Tier::Large, 9.0),
+    ];
+    nats.publish_many(&events).await;
+    for e in &events[1..] {
+        nats.publish_event_as(e, Encoding::Json, None).await;
+    }
+    let (stop, metrics, handle) = spawn_writer(&db.store, &nats, test_writer_config());
+    wait_until(LIMIT, "all 5 messages handled", || {
+        let m = metrics.clone();
+        async move { m.events_with("booked") + m.events_with("duplicate") == 5 }
+    })
+    .await;
+    stop_writer(stop, handle).await;
+
+    assert_eq!(count_rows(db.pool()).await, 3);
+    let grades: Vec<(String, i16, i32, bool, f64)> = sqlx::query_as(
+        "SELECT judged, tier, attempt, good, score FROM outcomes
+         WHERE tenant = 'acme' AND request_id = 'req-j' AND source = 'judge' ORDER BY judged",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        grades,
+        vec![
+            ("answer".into(), 1, 1, false, 4.0),
+            ("shadow".into(), 2, 1_000_001, true, 9.0)
+        ]
+    );
+    assert_books_balance(db.pool()).await;
+    nats.cleanup().await;
+    db.drop().await;
+}

@@ -49,8 +49,34 @@ pub struct SimConfig {
     /// vLLM's `--api-key`: when set, `/v1/*` requests need `Authorization: Bearer <key>`
     /// (else 401 `{"error":"Unauthorized"}`). Masked when printed at start.
     pub api_key: Option<String>,
+    /// Scripted replies (`[[replies]]` in TOML): the first rule whose
+    /// `contains` occurs in the request's last message answers with its
+    /// `reply` instead of pseudo-text — a judge with scripted grades in
+    /// tests. Empty: pseudo-text for every request.
+    pub replies: Vec<ScriptedReply>,
     /// Fault injection (replaceable at run time).
     pub faults: FaultConfig,
+}
+
+/// A per-prompt rule of [`SimConfig::replies`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedReply {
+    /// Text the last message must contain ("" matches every request).
+    #[serde(default)]
+    pub contains: String,
+    /// The whole reply (split into tokens at spaces; `max_tokens` still cuts it).
+    pub reply: String,
+}
+
+impl SimConfig {
+    /// The scripted reply for a request whose last message is `last`, if a rule matches.
+    pub fn scripted_reply(&self, last: &str) -> Option<&str> {
+        self.replies
+            .iter()
+            .find(|r| last.contains(&r.contains))
+            .map(|r| r.reply.as_str())
+    }
 }
 
 impl Default for SimConfig {
@@ -72,6 +98,7 @@ impl Default for SimConfig {
             logprob_max: -0.05,
             shutdown_grace_ms: 10_000,
             api_key: None,
+            replies: Vec::new(),
             faults: FaultConfig::default(),
         }
     }

@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ConfigError, FaultConfig, FaultKind, SimConfig};
+pub use config::{ConfigError, FaultConfig, FaultKind, ScriptedReply, SimConfig};
 pub use server::{SimStats, Simulator};
 
 /// Why the simulator could not start.

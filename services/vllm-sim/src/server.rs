@@ -386,8 +386,14 @@ fn plan(
         logprob_range: (config.logprob_min, config.logprob_max),
         top_logprobs,
     };
+    let scripted = texts
+        .last()
+        .and_then(|(_, last)| config.scripted_reply(last));
     let choices = (0..n)
         .map(|index| {
+            if let Some(reply) = scripted {
+                return crate::text::scripted(reply, max_tokens, config.logprob_max);
+            }
             let seed = mix(&[
                 config.seed,
                 request.seed.unwrap_or(0) as u64,

@@ -168,6 +168,31 @@ pub fn generate(rng: &mut SimRng, params: &GenParams<'_>) -> Generation {
     Generation { tokens, finish }
 }
 
+/// A scripted reply as a generation: one token per word (its leading space
+/// included), cut at `max_tokens`, every token at `logprob`.
+pub fn scripted(reply: &str, max_tokens: u32, logprob: f64) -> Generation {
+    let mut tokens: Vec<GenToken> = Vec::new();
+    for (i, word) in reply.split(' ').enumerate() {
+        let text = if i == 0 {
+            word.to_owned()
+        } else {
+            format!(" {word}")
+        };
+        tokens.push(GenToken {
+            text,
+            logprob,
+            top: Vec::new(),
+        });
+    }
+    let finish = if tokens.len() > max_tokens as usize {
+        tokens.truncate(max_tokens as usize);
+        Finish::Length
+    } else {
+        Finish::Eos
+    };
+    Generation { tokens, finish }
+}
+
 /// `{"answer": "<the words>"}`: the words hold no quotes or backslashes.
 fn as_json_object(rng: &mut SimRng, words: Vec<GenToken>, range: (f64, f64)) -> Vec<GenToken> {
     let mut token = |text: &str| GenToken {
@@ -246,6 +271,18 @@ mod tests {
             assert!(v["answer"].is_string(), "{text}");
             assert!(g.tokens.len() <= max_tokens as usize, "{text}");
         }
+    }
+
+    #[test]
+    fn a_scripted_reply_is_sent_whole_or_cut_at_max_tokens() {
+        let g = scripted("Fine answer. Rating: [[8]]", 16, -0.1);
+        assert_eq!(g.text(), "Fine answer. Rating: [[8]]");
+        assert_eq!((g.tokens.len(), g.finish.clone()), (4, Finish::Eos));
+        let g = scripted("Fine answer. Rating: [[8]]", 2, -0.1);
+        assert_eq!(
+            (g.text().as_str(), g.finish),
+            ("Fine answer.", Finish::Length)
+        );
     }
 
     #[test]

@@ -50,9 +50,9 @@ async fn delete_streams(js: &jetstream::Context, ns: &Namespace) {
     for kind in StreamKind::ALL {
         let _ = js.delete_stream(ns.stream_name(kind)).await;
     }
-    let _ = js
-        .delete_stream(format!("KV_{}", ns.finished_bucket()))
-        .await;
+    for bucket in [ns.finished_bucket(), ns.progress_bucket()] {
+        let _ = js.delete_stream(format!("KV_{bucket}")).await;
+    }
 }
 
 impl Drop for World {

@@ -426,7 +426,11 @@ async fn queries(
 }
 
 fn bench_event(i: usize, now_ms: u64) -> UsageEvent {
-    let tier = if i % 4 == 0 { Tier::Large } else { Tier::Small };
+    let tier = if i.is_multiple_of(4) {
+        Tier::Large
+    } else {
+        Tier::Small
+    };
     UsageEvent {
         version: 1,
         id: format!("{:016x}-{i}", now_ms),
@@ -449,6 +453,7 @@ fn bench_event(i: usize, now_ms: u64) -> UsageEvent {
         total_ms: 820.0,
         finished_at_ms: now_ms - 60_000 + (i as u64 % 60_000),
         error_code: None,
+        judged: None,
     }
 }
 

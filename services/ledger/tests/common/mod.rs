@@ -189,6 +189,7 @@ pub fn event(
         total_ms: 500.0,
         finished_at_ms: finished_at.timestamp_millis() as u64,
         error_code: None,
+        judged: None,
     }
 }
 
