@@ -17,6 +17,8 @@ export TRIAGE_DATA_DIR=${TRIAGE_DATA_DIR:-$TRIAGE_ROOT/data}
 export TRIAGE_LLAMA_SERVER=${TRIAGE_LLAMA_SERVER:-$TRIAGE_CACHE/bin/llama-server}
 
 export TRIAGE_NATS_URL=${TRIAGE_NATS_URL:-nats://127.0.0.1:4222}
+# The local 3-node cluster (scripts/local-stack.sh start nats-cluster).
+export TRIAGE_NATS_CLUSTER_URL=${TRIAGE_NATS_CLUSTER_URL:-nats://127.0.0.1:4231,nats://127.0.0.1:4232,nats://127.0.0.1:4233}
 export TRIAGE_DATABASE_URL=${TRIAGE_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/triage}
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$TRIAGE_CACHE/target}

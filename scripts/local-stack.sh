@@ -2,9 +2,15 @@
 # Starts, stops and lists the processes of the local stack, one component at
 # a time, with pid and log files under $TRIAGE_RUN ($TRIAGE_CACHE/run).
 # NATS and Postgres are system services that scripts/setup.sh starts.
+# `nats-cluster` is a 3-node JetStream cluster beside the system NATS
+# (nodes nats-1..nats-3 from deploy/nats/cluster, client ports 4231-4233,
+# store under $TRIAGE_RUN): healthy when all three answer /healthz, which
+# on 2.9 needs a JetStream meta leader. Point the services at it with
+# TRIAGE_NATS_URL=$TRIAGE_NATS_CLUSTER_URL TRIAGE_STREAM_REPLICAS=3.
 #
 #   scripts/local-stack.sh start  COMPONENT...   start (if not running) and wait until healthy
 #   scripts/local-stack.sh stop   [COMPONENT...] SIGTERM, then SIGKILL after 20 s (default: all running)
+#   scripts/local-stack.sh kill   COMPONENT...   SIGKILL at once (a crash, for trying failures by hand)
 #   scripts/local-stack.sh status [COMPONENT...]
 #   scripts/local-stack.sh log    COMPONENT      the component's log file path
 #
@@ -17,7 +23,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 # The gateway comes first so that `stop` closes the front door before the
 # services behind it.
-COMPONENTS=(gateway llama-tier1 llama-tier2 sim-tier1 sim-tier2 router worker-tier1 worker-tier2 ledger cost-exporter)
+COMPONENTS=(gateway llama-tier1 llama-tier2 sim-tier1 sim-tier2 router worker-tier1 worker-tier2 shadow ledger
+    cost-exporter nats-1 nats-2 nats-3)
+# Replicas of every stream the services create (3 on the cluster).
+REPLICAS=${TRIAGE_STREAM_REPLICAS:-1}
 
 # Which servers the workers call: llama (real local models), sim (the vLLM
 # simulators) or vllm (TRIAGE_TIER1_URL / TRIAGE_TIER2_URL, real vLLM).
@@ -71,7 +80,7 @@ component() {
         ;;
     router)
         CMD=(env TRIAGE_ROUTER_METRICS_ADDR=127.0.0.1:9101 TRIAGE_ROUTER_NATS__URL="$TRIAGE_NATS_URL"
-            TRIAGE_ROUTER_NATS__PREFIX="${TRIAGE_PREFIX:-}"
+            TRIAGE_ROUTER_NATS__PREFIX="${TRIAGE_PREFIX:-}" TRIAGE_ROUTER_NATS__STREAMS__REPLICAS="$REPLICAS"
             TRIAGE_ROUTER_SELF_RATING__ENABLED="${TRIAGE_SELF_RATING:-false}"
             TRIAGE_ROUTER_SELF_RATING__BACKEND__BASE_URL="${TRIAGE_SELF_RATING_URL:-http://127.0.0.1:$TRIAGE_TIER2_PORT}"
             TRIAGE_ROUTER_SELF_RATING__MODEL="${TRIAGE_SELF_RATING_MODEL:-$TRIAGE_TIER2_ALIAS}"
@@ -83,12 +92,27 @@ component() {
     worker-tier1 | worker-tier2)
         local n=${1#worker-tier}
         CMD=(env TRIAGE_WORKER_METRICS_ADDR=127.0.0.1:$((9471 + n)) TRIAGE_WORKER_NATS__URL="$TRIAGE_NATS_URL"
-            TRIAGE_WORKER_NATS__PREFIX="${TRIAGE_PREFIX:-}" TRIAGE_WORKER_BACKEND_URLS="$(tier_url "$n")"
+            TRIAGE_WORKER_NATS__PREFIX="${TRIAGE_PREFIX:-}" TRIAGE_WORKER_NATS__STREAMS__REPLICAS="$REPLICAS"
+            TRIAGE_WORKER_BACKEND_URLS="$(tier_url "$n")" TRIAGE_WORKER_SHADOW__FRACTION="${TRIAGE_SHADOW_FRACTION:-0}"
             "$(bin triage-worker)" run --tier "$n")
         HEALTH=http://127.0.0.1:$((9471 + n))/metrics
         ;;
+    shadow)
+        # Shadow answers and their judge (tier 2 by default) for the share
+        # of answers the workers sample: TRIAGE_SHADOW_FRACTION (0-1) when
+        # starting the workers. The model names are the tier servers' own.
+        local m1 m2
+        if [[ $TRIAGE_BACKEND == sim ]]; then m1=sim-tier1 m2=sim-tier2; else m1=$TRIAGE_TIER1_ALIAS m2=$TRIAGE_TIER2_ALIAS; fi
+        CMD=(env TRIAGE_SHADOW_METRICS_ADDR=127.0.0.1:9474 TRIAGE_SHADOW_NATS__URL="$TRIAGE_NATS_URL"
+            TRIAGE_SHADOW_NATS__PREFIX="${TRIAGE_PREFIX:-}" TRIAGE_SHADOW_NATS__STREAMS__REPLICAS="$REPLICAS"
+            TRIAGE_SHADOW_TIER1__URL="$(tier_url 1)" TRIAGE_SHADOW_TIER1__MODEL="${TRIAGE_SHADOW_TIER1_MODEL:-$m1}"
+            TRIAGE_SHADOW_TIER2__URL="$(tier_url 2)" TRIAGE_SHADOW_TIER2__MODEL="${TRIAGE_SHADOW_TIER2_MODEL:-$m2}"
+            "$(bin triage-shadow)" run)
+        HEALTH=http://127.0.0.1:9474/metrics
+        ;;
     ledger)
         CMD=(env TRIAGE_LEDGER_METRICS_ADDR=127.0.0.1:9470 TRIAGE_LEDGER_NATS__PREFIX="${TRIAGE_PREFIX:-}"
+            TRIAGE_LEDGER_NATS__STREAMS__REPLICAS="$REPLICAS"
             "$(bin triage-ledger)" run)
         HEALTH=http://127.0.0.1:9470/metrics
         ;;
@@ -105,10 +129,19 @@ component() {
         local listen=${TRIAGE_GATEWAY_LISTEN:-127.0.0.1:8080}
         CMD=(env "TRIAGE_GATEWAY_LISTEN=$listen" TRIAGE_GATEWAY_METRICS_ADDR="${TRIAGE_GATEWAY_METRICS_ADDR:-127.0.0.1:9102}"
             TRIAGE_GATEWAY_NATS__URL="$TRIAGE_NATS_URL" TRIAGE_GATEWAY_NATS__PREFIX="${TRIAGE_PREFIX:-}"
+            TRIAGE_GATEWAY_NATS__STREAMS__REPLICAS="$REPLICAS"
             "$(bin triage-gateway)" run)
         HEALTH=http://$listen/health
         ;;
-    *) fail "unknown component '$1' (known: ${COMPONENTS[*]})" ;;
+    nats-1 | nats-2 | nats-3)
+        # The node's own file; only the store directory comes from here.
+        # Alive is healthy for one node: /healthz needs a quorum (see cluster_healthy).
+        local server
+        server=$(command -v nats-server || echo /usr/sbin/nats-server)
+        CMD=("$server" -c "$TRIAGE_ROOT/deploy/nats/cluster/$1.conf" -sd "$TRIAGE_RUN/$1")
+        HEALTH=http://127.0.0.1:$((8230 + ${1#nats-}))/varz
+        ;;
+    *) fail "unknown component '$1' (known: ${COMPONENTS[*]} nats-cluster)" ;;
     esac
 }
 
@@ -188,6 +221,42 @@ stop() {
     echo "$name: stopped (pid $pid)"
 }
 
+kill_() {
+    local name=$1 pid
+    if pid=$(running_pid "$name"); then
+        kill -KILL "$pid" 2>/dev/null || true
+        echo "$name: killed (SIGKILL, pid $pid)"
+    fi
+    rm -f "$(pidfile "$name")"
+}
+
+CLUSTER=(nats-1 nats-2 nats-3)
+
+# cluster_healthy: all three nodes answer /healthz (so a meta leader exists).
+cluster_healthy() {
+    local n
+    for n in 1 2 3; do healthy "http://127.0.0.1:$((8230 + n))/healthz" || return 1; done
+}
+
+start_cluster() {
+    local n deadline
+    for n in "${CLUSTER[@]}"; do start "$n"; done
+    deadline=$(($(date +%s) + ${TRIAGE_START_TIMEOUT:-180}))
+    until cluster_healthy; do
+        (($(date +%s) < deadline)) || fail "nats-cluster: no JetStream meta leader after ${TRIAGE_START_TIMEOUT:-180} s"
+        sleep 0.5
+    done
+    echo "nats-cluster: healthy (URLs $TRIAGE_NATS_CLUSTER_URL)"
+}
+
+# expand NAME...: nats-cluster stands for its three nodes.
+expand() {
+    local n
+    for n in "$@"; do
+        if [[ $n == nats-cluster ]]; then printf '%s\n' "${CLUSTER[@]}"; else printf '%s\n' "$n"; fi
+    done
+}
+
 status() {
     local name=$1 pid
     if pid=$(running_pid "$name"); then
@@ -202,16 +271,25 @@ shift || true
 names=("$@")
 case $action in
 start)
-    ((${#names[@]})) || fail "start which component? (${COMPONENTS[*]})"
-    for n in "${names[@]}"; do start "$n"; done
+    ((${#names[@]})) || fail "start which component? (${COMPONENTS[*]} nats-cluster)"
+    for n in "${names[@]}"; do
+        if [[ $n == nats-cluster ]]; then start_cluster; else start "$n"; fi
+    done
     ;;
 stop)
     ((${#names[@]})) || names=("${COMPONENTS[@]}")
-    for n in "${names[@]}"; do stop "$n"; done
+    while read -r n; do stop "$n"; done < <(expand "${names[@]}")
+    ;;
+kill)
+    ((${#names[@]})) || fail "kill which component?"
+    while read -r n; do kill_ "$n"; done < <(expand "${names[@]}")
     ;;
 status)
     ((${#names[@]})) || names=("${COMPONENTS[@]}")
-    for n in "${names[@]}"; do status "$n"; done
+    while read -r n; do status "$n"; done < <(expand "${names[@]}")
+    if [[ " ${names[*]} " == *" nats-cluster "* ]]; then
+        if cluster_healthy; then echo "nats-cluster     healthy"; else echo "nats-cluster     not healthy"; fi
+    fi
     ;;
 log)
     ((${#names[@]} == 1)) || fail "log takes one component"
@@ -219,7 +297,7 @@ log)
     echo
     ;;
 *)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     [[ -z $action || $action == -h || $action == --help ]] || exit 2
     ;;
 esac

@@ -4,7 +4,9 @@
 # test; doc tests with cargo test; it includes the gateway's end-to-end tests,
 # which drive the official `openai` package from the venv and `curl -N`), the
 # Python and JavaScript clients' tests, a short run of every fuzz target
-# (scripts/fuzz.sh) and a lint of these scripts (when
+# (scripts/fuzz.sh), the chaos suite's short form (scripts/chaos.sh --short:
+# last, so no other suite shares the machine with its kills; it restarts
+# its own private Postgres once) and a lint of these scripts (when
 # the shellcheck tool is installed). Runs all
 # suites even when one fails, prints a summary, exits non-zero on any failure.
 #
@@ -58,6 +60,7 @@ fi
 suite "fuzz targets, short form (RUNS=${TRIAGE_FUZZ_RUNS:-20000} each)" env RUNS="${TRIAGE_FUZZ_RUNS:-20000}" scripts/fuzz.sh
 suite "Python client tests" "$TRIAGE_VENV/bin/python" -m unittest discover -s clients/python/tests -v
 suite "JavaScript client tests" node --test clients/js/test/
+suite "chaos suite, short form (300 requests under SIGKILLs, Postgres restarted once)" scripts/chaos.sh --short
 
 print_summary "Test summary ($(awk -v ms=$(($(_now_ms) - total_start)) 'BEGIN { printf "%.0f", ms / 1000 }') s in all)"
 if ((${#failed[@]})); then

@@ -31,8 +31,133 @@ enum Command {
     Record(RecordArgs),
     /// Score a dataset with the router's own scoring (no generation, no
     /// NATS) and sweep the threshold: tier-2 share, routing accuracy, PGR
-    /// and cost relative to all tier 2 per threshold.
+    /// and cost relative to all tier 2 per threshold; for rows with tier
+    /// 1's recorded answer (`small_response`), also the pre-hoc,
+    /// verify-only and combined policies' quality at cost.
     Score(ScoreArgs),
+    /// Make outcome labels for a tier pair: answer each prompt on both
+    /// tiers (temperature 0, logprobs requested), grade each answer against
+    /// the row's gold `answer` (option letter, final number, `answer_regex`
+    /// or text) or with --judge, and append rows in the routing-dev.jsonl
+    /// format (small_ok, large_ok, label_tier, both responses, tier 1's
+    /// token confidence) to --out. Resumes: ids already in --out are skipped.
+    Outcomes(OutcomesArgs),
+    /// The chaos suite: start a 3-node NATS cluster, two simulators and the
+    /// services, replay open loop while SIGKILLing and restarting routers,
+    /// workers, ledger writers and a NATS node at seeded random times, then
+    /// check every request got exactly one final reply and the ledger booked
+    /// every attempt exactly once. Exits 1 when a target fails.
+    Chaos(ChaosArgs),
+}
+
+#[derive(Args)]
+struct OutcomesArgs {
+    /// JSONL of prompts (routing-dev.jsonl format; `answer`, `answer_regex` used).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output JSONL (appended to; rows already there are skipped).
+    #[arg(long)]
+    out: PathBuf,
+    /// Tier 1's OpenAI-compatible server.
+    #[arg(long)]
+    tier1: String,
+    /// Tier 1's model (default: the first of its /v1/models).
+    #[arg(long)]
+    tier1_model: Option<String>,
+    /// Tier 2's OpenAI-compatible server.
+    #[arg(long)]
+    tier2: String,
+    /// Tier 2's model (default: the first of its /v1/models).
+    #[arg(long)]
+    tier2_model: Option<String>,
+    /// A judge for rows without a gold answer (single-answer 1-10 grade, good at 7).
+    /// Without it such rows are left out.
+    #[arg(long)]
+    judge: Option<String>,
+    /// The judge's model (default: the first of its /v1/models).
+    #[arg(long)]
+    judge_model: Option<String>,
+    /// Completion token limit per answer.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: u32,
+    /// A system message before each prompt (e.g. how to state the answer).
+    #[arg(long)]
+    system: Option<String>,
+    /// Only the first N gradable rows.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Prompts answered at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+}
+
+#[derive(Args)]
+struct ChaosArgs {
+    /// JSONL of prompts (reused when fewer than --requests).
+    #[arg(long, default_value_os_t = triage_complexity::dataset::data_dir().join("routing-dev.jsonl"))]
+    input: PathBuf,
+    /// Requests to send.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Mean rate (Poisson arrivals), requests/s.
+    #[arg(long, default_value_t = 25.0)]
+    rate: f64,
+    /// Seed of the fault times and targets and of the arrivals.
+    #[arg(long, default_value_t = 14)]
+    seed: u64,
+    /// max_tokens of every request.
+    #[arg(long, default_value_t = 32)]
+    max_tokens: u32,
+    /// Router replicas.
+    #[arg(long, default_value_t = 2)]
+    routers: usize,
+    /// Workers per tier.
+    #[arg(long, default_value_t = 2)]
+    workers_per_tier: usize,
+    /// Ledger writers.
+    #[arg(long, default_value_t = 1)]
+    ledgers: usize,
+    /// SIGKILLs per class of target (routers, tier-1 workers, tier-2
+    /// workers, ledger writers, NATS nodes).
+    #[arg(long, default_value_t = 3)]
+    kills: usize,
+    /// Shortest time a killed process stays down.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pause_min: Duration,
+    /// Longest time a killed process stays down.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "4s")]
+    pause_max: Duration,
+    /// Restart Postgres once mid-run with this shell command (e.g.
+    /// `pg_ctlcluster 15 main restart`); not given: Postgres is left alone.
+    #[arg(long, value_name = "COMMAND")]
+    postgres_restart: Option<String>,
+    /// Ack wait of every consumer: how soon a killed process's work is
+    /// redelivered. Keep it above the cluster's failover time (durable
+    /// writes retry for about 9 s), or a slow write loses its message.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    ack_wait: Duration,
+    /// After the last request, how long to wait for final replies.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+    drain: Duration,
+    /// Where the service binaries are (default: next to this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Logs and the cluster's store (default: a new directory under the system temp dir).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// A Postgres URL that may create and drop the run's private database.
+    #[arg(
+        long,
+        env = "TRIAGE_TEST_ADMIN_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    admin_database_url: String,
+    /// Keep the database and run directory afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Directory for chaos.json and chaos.md.
+    #[arg(long, default_value = "chaos-out")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -181,7 +306,13 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_none() {
         std::env::set_var("RUST_LOG", "warn");
     }
-    triage_runtime::telemetry::init("triage-replay", triage_runtime::telemetry::LogFormat::Text);
+    // Its requests' client spans are exported when OTEL_EXPORTER_OTLP_ENDPOINT
+    // is set, so a replay's traces start at the client; kept to the end of main.
+    let _telemetry = triage_runtime::telemetry::install(
+        "triage-replay",
+        triage_runtime::telemetry::LogFormat::Text,
+        &triage_runtime::telemetry::TelemetryConfig::default(),
+    )?;
     let cancel = tokio_util::sync::CancellationToken::new();
     {
         let cancel = cancel.clone();
@@ -194,6 +325,21 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(args, cancel).await,
         Command::Score(args) => score_command(args).await,
+        Command::Outcomes(a) => {
+            triage_replay::labelling::run(&triage_replay::labelling::LabelOptions {
+                input: a.input,
+                out: a.out,
+                tier1: (a.tier1, a.tier1_model),
+                tier2: (a.tier2, a.tier2_model),
+                judge: a.judge.map(|j| (j, a.judge_model)),
+                max_tokens: a.max_tokens,
+                system: a.system,
+                limit: a.limit,
+                concurrency: a.concurrency,
+            })
+            .await
+        }
+        Command::Chaos(args) => chaos_command(args, cancel).await,
         Command::Record(args) => {
             let (client, ns) = connect(&args.target).await?;
             let (n, bad) = record::record(
@@ -212,6 +358,71 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn chaos_command(
+    args: ChaosArgs,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use triage_replay::chaos;
+    anyhow::ensure!(
+        args.rate > 0.0,
+        "--rate must be positive, got {}",
+        args.rate
+    );
+    anyhow::ensure!(args.requests > 0, "--requests must be at least 1");
+    anyhow::ensure!(
+        args.pause_min <= args.pause_max,
+        "--pause-min must not exceed --pause-max"
+    );
+    let bin_dir = match args.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .context("this binary's directory")?
+            .to_path_buf(),
+    };
+    let run_dir = args.run_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("triage-chaos-{}", std::process::id()))
+    });
+    let spec = chaos::ChaosSpec {
+        seed: args.seed,
+        rows: dataset::load(&args.input)?,
+        requests: args.requests,
+        rate: args.rate,
+        max_tokens: args.max_tokens,
+        routers: args.routers,
+        workers_per_tier: args.workers_per_tier,
+        ledgers: args.ledgers,
+        kills: args.kills,
+        pause: (args.pause_min, args.pause_max),
+        postgres_restart: args.postgres_restart,
+        ack_wait: args.ack_wait,
+        drain: args.drain,
+        bin_dir,
+        run_dir: run_dir.clone(),
+        admin_database_url: args.admin_database_url,
+        keep: args.keep,
+    };
+    println!("chaos: logs in {}", run_dir.join("logs").display());
+    // Interrupted: dropping the run kills every process it started.
+    let report = tokio::select! {
+        r = chaos::run(&spec) => r?,
+        _ = cancel.cancelled() => anyhow::bail!("interrupted; every process it started was killed"),
+    };
+    let table = chaos::table(&report);
+    println!("\n{table}");
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(
+        args.out.join("chaos.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(args.out.join("chaos.md"), &table)?;
+    println!("wrote {}", args.out.join("chaos.json").display());
+    if !report.passed() {
+        anyhow::bail!("chaos targets failed: {}", report.failures.join(", "));
+    }
+    Ok(())
 }
 
 async fn connect(
@@ -269,7 +480,7 @@ async fn score_command(args: ScoreArgs) -> anyhow::Result<()> {
     let router = score::build_router(&config)?;
     eprintln!("scoring {} rows ...", rows.len());
     let (scored, seconds) = score::score_timed(&router, &rows, args.batch).await;
-    let report = score::build_report(
+    let mut report = score::build_report(
         &args.input.display().to_string(),
         args.sample.map(|n| (n, args.seed)),
         &scored,
@@ -283,6 +494,7 @@ async fn score_command(args: ScoreArgs) -> anyhow::Result<()> {
         },
         seconds,
     );
+    report.policies = score::policies(&router, &config.verify, &scored, args.price_ratio)?;
     print!("{}", score::render_text(&report));
     if let Some(dir) = &args.out {
         score::write_out(dir, &report, &scored)?;

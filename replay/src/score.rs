@@ -17,9 +17,13 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::json;
 use triage_complexity::calibration::{self, PgrCurve, Summary, SweepRow};
+use triage_complexity::dataset::PromptRow;
 use triage_complexity::scorer::{Scorer, DEFAULT_THRESHOLD};
+use triage_complexity::verifier::{Verifier, VerifyConfig};
 use triage_protocol::{Request, RoutingDecision, Tier};
 use triage_router::config::{RouterConfig, ENV_PREFIX};
+use triage_router::offline_verify::{self, Answered};
+use triage_router::policy_report::PolicyReport;
 use triage_router::self_rating::{LlmSelfRater, SelfRater};
 use triage_router::tenancy::Binding;
 use triage_router::validation::validate;
@@ -236,6 +240,9 @@ pub struct ScoreReport {
     pub seconds: f64,
     /// The sweep.
     pub sweep: Vec<MarkedRow>,
+    /// Pre-hoc, verify-only and combined policies at cost, over the rows
+    /// with tier 1's recorded answer (`small_response`) and both outcomes.
+    pub policies: Option<PolicyReport>,
 }
 
 /// Options of the sweep.
@@ -333,7 +340,47 @@ pub fn build_report(
         max_accuracy_threshold: max_acc,
         seconds,
         sweep,
+        policies: None,
     }
+}
+
+/// The three policies' report over the scored rows that carry tier 1's
+/// recorded answer and a label (`None` when there are none): the router's
+/// scores as decided, the verify scores of the configured verifier (the
+/// worker's), costs at `price_ratio`.
+pub fn policies(
+    router: &Router,
+    verify: &VerifyConfig,
+    scored: &[Scored],
+    price_ratio: f64,
+) -> anyhow::Result<Option<PolicyReport>> {
+    let (rows, scores): (Vec<PromptRow>, Vec<f64>) = scored
+        .iter()
+        .filter_map(|s| {
+            let d = s.decision.as_ref().ok()?;
+            s.row.prompt.small_response.as_ref()?;
+            s.row.prompt.outcome()?;
+            Some((s.row.prompt.clone(), d.score))
+        })
+        .unzip();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let Some(scorer) = router.scorer() else {
+        anyhow::bail!("the verifier's report needs the router's scorer, which did not load");
+    };
+    let outcomes: Vec<_> = rows.iter().filter_map(PromptRow::outcome).collect();
+    let answered = Answered::of(&rows, &outcomes);
+    let verifier = Verifier::from_config(verify).context("loading the verifier")?;
+    let (report, _, _) = offline_verify::evaluate_policies(
+        scorer,
+        &verifier,
+        &answered,
+        &scores,
+        None,
+        price_ratio,
+    )?;
+    Ok(Some(report))
 }
 
 fn pct(x: f64) -> String {
@@ -441,6 +488,9 @@ pub fn render_text(r: &ScoreReport) -> String {
                 format!("  <- {}", m.marks.join(", "))
             }
         );
+    }
+    if let Some(p) = &r.policies {
+        s.push_str(&p.render());
     }
     s
 }

@@ -184,6 +184,29 @@ async fn score_sweep_is_consistent_and_equals_the_routers_scores() {
     }
     let routed = jsonl(&routed_path);
     assert_eq!(routed.len(), lines.len());
+
+    // The three policies over the rows with tier 1's recorded answer: the
+    // same rows the router's `score` gives a verify score.
+    let answered = routed
+        .iter()
+        .filter(|l| l.get("verify_score").is_some())
+        .count();
+    assert!(answered > 0, "the sample has rows with small_response");
+    let policies = &report["policies"];
+    assert_eq!(policies["answered"], answered, "{policies}");
+    let rows = policies["policies"].as_array().unwrap();
+    assert_eq!(rows[0]["policy"], "pre-hoc (router score)");
+    assert_eq!(rows[1]["policy"], "verify only");
+    assert!(rows.len() > 2 && rows[2..].iter().all(|r| r["hard_threshold"].is_number()));
+    for r in rows {
+        if let Some(a) = r["area"].as_f64() {
+            assert!((0.0..=1.0).contains(&a), "{r}");
+        }
+    }
+    assert!(
+        stdout.contains("verify only") && stdout.contains("configured policy"),
+        "{stdout}"
+    );
     for (mine, theirs) in lines.iter().zip(&routed) {
         for key in ["id", "score", "tier", "confidence", "reasons"] {
             assert_eq!(mine[key], theirs[key], "{key}: {mine} vs {theirs}");

@@ -4,6 +4,8 @@
 //! with their own inbox prefix, as compose configures them; a client of
 //! tenant `acme` gets an answer and its usage is booked under `acme`, the
 //! tenant the subject bound; a body claiming another tenant is refused.
+//! Every answer is sampled for a shadow answer (`shadow.fraction = 1`), so
+//! triage-shadow, as its own user, books the shadow and judge calls too.
 
 #[allow(dead_code)]
 #[path = "../../services/bus/tests/support/auth_nats.rs"]
@@ -75,7 +77,7 @@ fn service(
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(logs.join(format!("{user}.log"))).unwrap())
         .stderr(std::fs::File::create(logs.join(format!("{user}.err"))).unwrap());
-    for kind in ["REQUESTS", "TIERS", "USAGE", "DEAD", "RESULTS"] {
+    for kind in ["REQUESTS", "TIERS", "USAGE", "DEAD", "RESULTS", "SHADOW"] {
         cmd.env(
             format!("{env}NATS__STREAMS__{kind}__MAX_BYTES"),
             (64u64 << 20).to_string(),
@@ -125,13 +127,9 @@ fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> String {
 }
 
 /// [`http`] off the test's thread: the simulators run on it.
-async fn fetch(
-    port: u16,
-    method: &'static str,
-    path: &'static str,
-    body: Option<&'static str>,
-) -> String {
-    tokio::task::spawn_blocking(move || http(port, method, path, body))
+async fn fetch(port: u16, method: &'static str, path: &'static str, body: Option<&str>) -> String {
+    let body = body.map(str::to_string);
+    tokio::task::spawn_blocking(move || http(port, method, path, body.as_deref()))
         .await
         .unwrap()
 }
@@ -191,7 +189,10 @@ async fn every_service_runs_with_its_own_nats_user_and_the_tenant_comes_from_the
             &["run", "--tier", "1"],
             "TRIAGE_WORKER_",
             "worker-tier1",
-            &[("TRIAGE_WORKER_BACKEND_URLS", sims.0.url().to_string())],
+            &[
+                ("TRIAGE_WORKER_BACKEND_URLS", sims.0.url().to_string()),
+                ("TRIAGE_WORKER_SHADOW__FRACTION", "1".into()),
+            ],
         ),
         service(
             &server,
@@ -200,7 +201,24 @@ async fn every_service_runs_with_its_own_nats_user_and_the_tenant_comes_from_the
             &["run", "--tier", "2"],
             "TRIAGE_WORKER_",
             "worker-tier2",
-            &[("TRIAGE_WORKER_BACKEND_URLS", sims.1.url().to_string())],
+            &[
+                ("TRIAGE_WORKER_BACKEND_URLS", sims.1.url().to_string()),
+                ("TRIAGE_WORKER_SHADOW__FRACTION", "1".into()),
+            ],
+        ),
+        service(
+            &server,
+            logs.path(),
+            "triage-shadow",
+            &["run"],
+            "TRIAGE_SHADOW_",
+            "shadow",
+            &[
+                ("TRIAGE_SHADOW_TIER1__URL", sims.0.url().to_string()),
+                ("TRIAGE_SHADOW_TIER1__MODEL", "sim-small".into()),
+                ("TRIAGE_SHADOW_TIER2__URL", sims.1.url().to_string()),
+                ("TRIAGE_SHADOW_TIER2__MODEL", "sim-large".into()),
+            ],
         ),
         service(
             &server,
@@ -252,7 +270,9 @@ async fn every_service_runs_with_its_own_nats_user_and_the_tenant_comes_from_the
         Some("acme"),
         "booked under the subject's tenant"
     );
+    shadow_calls_are_booked(&pool, &id, logs.path()).await;
     pool.close().await;
+    acme_rates_its_answer(&server, &id).await;
 
     exporter_reads_queues(&server, logs.path(), exporter_port, &db_url).await;
     gateway_answers(&server, logs.path()).await;
@@ -268,6 +288,34 @@ async fn every_service_runs_with_its_own_nats_user_and_the_tenant_comes_from_the
         .execute(&admin)
         .await
         .unwrap();
+}
+
+/// The answer was shadowed: triage-shadow (user `shadow`) answered it on
+/// the other tier and had both answers judged, and the ledger booked the
+/// three calls under acme (the simulator judge gives no rating, so no
+/// grade is stored; the tokens are booked all the same).
+async fn shadow_calls_are_booked(pool: &sqlx::PgPool, id: &str, logs: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT status, tenant FROM ledger_entries
+             WHERE request_id = $1 AND status IN ('shadow', 'judge') ORDER BY attempt",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        let acme = |s: &str| (s.to_string(), Some("acme".to_string()));
+        if rows == vec![acme("shadow"), acme("judge"), acme("judge")] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shadow and judge calls of {id} not booked within 60 s: {rows:?}\n{}",
+            logs_tail(logs)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// On its own subject, acme's body may not claim another tenant: the
@@ -353,6 +401,40 @@ async fn exporter_reads_queues(server: &AuthNats, logs: &std::path::Path, port: 
 
 /// The gateway, as its own user: publishes on plain llm.requests, reads its
 /// answers on `_GW.>`, looks the streams up for `/health`.
+/// acme rates its own answer on its own subject (`nats req
+/// llm.feedback.acme`): the ledger answers on acme's inbox; an id acme
+/// never sent is refused.
+async fn acme_rates_its_answer(server: &AuthNats, id: &str) {
+    let (acme, _errors) = server.probe("acme", "_INBOX.acme").await;
+    let rate = |id: String| {
+        let acme = acme.clone();
+        async move {
+            let body = serde_json::json!({"id": id, "rating": "good"}).to_string();
+            // An unknown id is refused only after the ledger's booking wait
+            // (5 s), longer than the probe's 2 s request timeout.
+            let request = async_nats::Request::new()
+                .payload(body.into())
+                .timeout(Some(Duration::from_secs(20)));
+            let reply = tokio::time::timeout(
+                Duration::from_secs(30),
+                acme.send_request("llm.feedback.acme", request),
+            )
+            .await
+            .expect("a feedback answer within 30 s")
+            .expect("the ledger answers acme's rating");
+            serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
+        }
+    };
+    let receipt = rate(id.to_string()).await;
+    assert_eq!(
+        (receipt["type"].as_str(), receipt["tenant"].as_str()),
+        (Some("feedback"), Some("acme")),
+        "{receipt}"
+    );
+    let refused = rate("never-sent-by-acme".into()).await;
+    assert_eq!(refused["code"], "unknown_request", "{refused}");
+}
+
 async fn gateway_answers(server: &AuthNats, logs: &std::path::Path) {
     let port = free_port();
     let _gateway = service(
@@ -370,6 +452,19 @@ async fn gateway_answers(server: &AuthNats, logs: &std::path::Path) {
         let answer = fetch(port, "POST", "/v1/chat/completions", Some(BODY)).await;
         if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
             assert!(answer.contains("chat.completion"), "{answer}");
+            // POST /v1/feedback with the response's id reaches the ledger
+            // through the gateway's own NATS user.
+            let id = answer
+                .split("\"id\":\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .expect("the completion's id");
+            let rating = format!(r#"{{"id": "{id}", "rating": 8}}"#);
+            let receipt = fetch(port, "POST", "/v1/feedback", Some(&rating)).await;
+            assert!(
+                receipt.contains(" 200 ") && receipt.contains(r#""object":"feedback""#),
+                "{receipt}"
+            );
             break;
         }
         assert!(
