@@ -2,6 +2,9 @@
 //! ledger's rows and rollup, and the kept results of requests whose final
 //! reply the observer did not see.
 
+use std::future::Future;
+use std::time::Duration;
+
 use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
 use sqlx::Row;
 use triage_protocol::{decode, headers, Encoding, Namespace, RequestKey, StreamKind, UsageEvent};
@@ -22,6 +25,32 @@ pub enum EvidenceError {
     /// A query failed.
     #[error("ledger query: {0}")]
     Db(#[from] sqlx::Error),
+}
+
+/// How long a read of the evidence is retried: a NATS node restarted near
+/// the end of the load can leave a stream electing its leader, and
+/// Postgres restarting, for seconds after the last request.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs `read` until it succeeds or [`PATIENCE`] has passed, a second apart,
+/// saying on stderr what failed; the last error is returned.
+pub async fn patiently<T, E, F, Fut>(what: &str, mut read: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        match read().await {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() < PATIENCE => {
+                eprintln!("chaos: reading {what} failed ({e}); trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn nats(op: impl Into<String>, e: impl std::fmt::Display) -> EvidenceError {

@@ -162,12 +162,12 @@ async fn run_in(
     );
 
     let js = async_nats::jetstream::new(client.clone());
-    let db = sqlx::PgPool::connect(db_url)
+    let db = evidence::patiently("the ledger database", || sqlx::PgPool::connect(db_url))
         .await
         .map_err(|e| setup("connect to the ledger database")(e.to_string()))?;
     let (events, bad_usage) = wait_ledger(&js, &ns, &db, Duration::from_secs(90)).await?;
-    let rows = evidence::ledger_rows(&db).await?;
-    let rollup = evidence::rollup_totals(&db).await?;
+    let rows = evidence::patiently("ledger rows", || evidence::ledger_rows(&db)).await?;
+    let rollup = evidence::patiently("the rollup", || evidence::rollup_totals(&db)).await?;
     let ledger = verdict::ledger(&events, &rows, rollup);
     let fates = fates(&js, &ns, &observer, &accepted).await?;
     let booked: HashSet<(String, u32)> = events.iter().map(|e| (e.id.clone(), e.attempt)).collect();
@@ -534,7 +534,8 @@ async fn wait_ledger(
 ) -> Result<(Vec<triage_protocol::UsageEvent>, usize), ChaosError> {
     let deadline = Instant::now() + limit;
     loop {
-        let (events, bad) = evidence::usage_events(js, ns).await?;
+        let (events, bad) =
+            evidence::patiently("llm.usage", || evidence::usage_events(js, ns)).await?;
         let distinct: HashSet<(Option<&str>, &str, u32)> = events
             .iter()
             .map(|e| (e.tenant.as_deref(), e.id.as_str(), e.attempt))
@@ -553,8 +554,8 @@ async fn fates(
     observer: &Observer,
     accepted: &[String],
 ) -> Result<Vec<(String, Fate)>, ChaosError> {
-    let results = js
-        .get_stream(ns.stream_name(StreamKind::Results))
+    let name = ns.stream_name(StreamKind::Results);
+    let results = evidence::patiently("the results stream", || js.get_stream(&name))
         .await
         .map_err(|e| setup("results stream")(e.to_string()))?;
     let seen = observer.seen();
@@ -562,7 +563,11 @@ async fn fates(
     for id in accepted {
         let s = seen.lock().unwrap().get(id).cloned();
         let no_final = s.as_ref().is_none_or(|s| s.finals.is_empty());
-        let kept = no_final && evidence::has_kept_result(&results, ns, id).await?;
+        let kept = no_final
+            && evidence::patiently("kept results", || {
+                evidence::has_kept_result(&results, ns, id)
+            })
+            .await?;
         out.push((id.clone(), verdict::fate(s.as_ref(), kept)));
     }
     Ok(out)
