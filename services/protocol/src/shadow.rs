@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::{Request, Tier};
+use crate::message::{ChatMessage, Request, Tier};
 use crate::SCHEMA_VERSION;
 
 fn schema_version() -> u32 {
@@ -127,6 +127,21 @@ pub struct Judged {
     pub score: f64,
     /// Whether the score is a good one (7 or more).
     pub good: bool,
+    /// The conversation and the graded answer, only when the shadow
+    /// service stores learning text (`learning.store_text`, off by
+    /// default): the ledger keeps them in `outcome_texts` for training
+    /// and purges them after its retention period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<JudgedText>,
+}
+
+/// The text of a judged answer, for training on a deployment's own traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JudgedText {
+    /// The request's conversation as the client sent it.
+    pub messages: Vec<ChatMessage>,
+    /// The graded answer.
+    pub answer: String,
 }
 
 /// The rubric's good-answer threshold (the rule of the shipped data).
