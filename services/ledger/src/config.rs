@@ -16,6 +16,7 @@ use triage_runtime::telemetry::{LogFormat, TelemetryConfig};
 
 use crate::feedback::FeedbackConfig;
 use crate::price::{Price, PriceBook, PriceError};
+use crate::retention::LearningConfig;
 use crate::writer::WriterConfig;
 
 /// The environment prefix of the ledger's settings.
@@ -63,6 +64,8 @@ pub struct LedgerConfig {
     pub writer: WriterConfig,
     /// Clients' ratings on `llm.feedback`.
     pub feedback: FeedbackConfig,
+    /// How long prompt, answer and comment text is kept.
+    pub learning: LearningConfig,
     /// Prices stored at start when missing (effective-dated; a stored
     /// price is never changed — add one with a later `effective_from`).
     pub prices: Vec<Price>,
@@ -114,6 +117,7 @@ impl Default for LedgerConfig {
             nats,
             writer: WriterConfig::default(),
             feedback: FeedbackConfig::default(),
+            learning: LearningConfig::default(),
             prices: reference_prices(),
             migrate_on_start: true,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9470)),
@@ -166,6 +170,12 @@ impl LedgerConfig {
         if w.ack_wait.as_secs() < 5 {
             return Err(ConfigCheckError::Range(
                 "writer.ack_wait must be at least 5s".into(),
+            ));
+        }
+        if self.learning.text_retention.is_zero() {
+            return Err(ConfigCheckError::Range(
+                "learning.text_retention must be more than 0 (it would delete text as it arrives)"
+                    .into(),
             ));
         }
         if self.database.max_connections == 0 {

@@ -15,6 +15,8 @@
 //! - [`outcomes`] — judged outcomes of answered requests in Postgres;
 //! - [`feedback`] — `llm.feedback`, clients' ratings of their answers;
 //! - [`judged`] — judge calls' grades (from their usage events) in `outcomes`;
+//! - [`training`] — judged outcomes with their text, as training rows;
+//! - [`retention`] — the purge of learning text past its retention;
 //! - [`config`] — the service's configuration.
 
 pub mod config;
@@ -24,8 +26,10 @@ pub mod judged;
 pub mod outcomes;
 pub mod price;
 pub mod report;
+pub mod retention;
 pub mod snapshot;
 pub mod store;
+pub mod training;
 pub mod writer;
 
 pub use entry::{LedgerEntry, Rejection};

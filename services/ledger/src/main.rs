@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use triage_ledger::config::LedgerConfig;
 use triage_ledger::feedback;
 use triage_ledger::report::{self, Dimension, Format, ReportSpec};
+use triage_ledger::retention;
 use triage_ledger::writer::{Writer, WriterMetrics};
 use triage_ledger::{Price, Store};
 use triage_protocol::Tier;
@@ -47,6 +48,15 @@ enum Command {
     /// List or add prices.
     #[command(subcommand)]
     Prices(PricesCommand),
+    /// Delete learning text (outcome_texts, feedback comments) older than
+    /// `learning.text_retention` — or --older-than — once, and exit.
+    /// `run` does the same every `learning.purge_interval`.
+    Purge {
+        /// Retention for this run instead of learning.text_retention
+        /// (e.g. 7d, 12h; 0s deletes all learning text).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+    },
     /// Print the effective configuration (secrets masked) and exit.
     Config,
 }
@@ -140,6 +150,21 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Report(args) => report_command(config, args).await,
         Command::Prices(cmd) => prices_command(config, cmd).await,
+        Command::Purge { older_than } => {
+            let store = config.database.store()?;
+            let retention = older_than.unwrap_or(config.learning.text_retention);
+            let before = retention::cutoff(Utc::now(), retention);
+            let purged = retention::purge(store.pool(), before)
+                .await
+                .context("purging learning text (has `triage-ledger migrate` been run?)")?;
+            println!(
+                "purged text recorded before {}: {} outcome texts deleted, {} comments cleared",
+                before.to_rfc3339(),
+                purged.texts,
+                purged.comments
+            );
+            Ok(())
+        }
         Command::Config => {
             println!("{}", triage_runtime::masked(&config));
             Ok(())
@@ -181,6 +206,8 @@ async fn run(config: LedgerConfig) -> anyhow::Result<()> {
     metrics.register(&mut registry);
     let feedback_metrics = feedback::FeedbackMetrics::default();
     feedback_metrics.register(&mut registry);
+    let purge_metrics = retention::PurgeMetrics::default();
+    purge_metrics.register(&mut registry);
     let streams = vec![ns.stream_name(triage_protocol::StreamKind::Usage)];
     let readiness = triage_runtime::Readiness::new()
         .check(
@@ -214,9 +241,16 @@ async fn run(config: LedgerConfig) -> anyhow::Result<()> {
     } else {
         None
     };
+    let purging = tokio::spawn(retention::run_purge_loop(
+        store.pool().clone(),
+        config.learning.clone(),
+        purge_metrics,
+        shutdown.clone(),
+    ));
     Writer::new(store, client, ns, config.writer.clone(), metrics)
         .run(shutdown)
         .await?;
+    purging.await.context("the retention purge")?;
     if let Some(ratings) = ratings {
         ratings.await.context("the feedback responder")?;
     }

@@ -300,6 +300,7 @@ async fn judge_grades_are_recorded_once_with_the_call() {
             },
             score,
             good: score >= 7.0,
+            text: None,
         });
         e
     };
