@@ -5,7 +5,7 @@
 //! job books the same keys: the stream drops the repeats within its
 //! duplicate window and the ledger's `ON CONFLICT DO NOTHING` after it.
 
-use triage_protocol::shadow::{Judged, JudgedRole};
+use triage_protocol::shadow::{Judged, JudgedRole, JudgedText};
 use triage_protocol::{ShadowJob, Tier, UsageEvent, UsageStatus};
 
 use crate::call::Answer;
@@ -57,6 +57,9 @@ pub struct Graded<'a> {
     pub attempt: u32,
     /// The rating read from the judge's reply, if any.
     pub score: Option<f64>,
+    /// The graded answer's text, carried with the grade only when the
+    /// service stores learning text (`learning.store_text`).
+    pub text: Option<&'a str>,
 }
 
 /// A judge call's event, carrying its grade when the judge gave one.
@@ -76,6 +79,10 @@ pub fn judge(job: &ShadowJob, judge: Caller<'_>, call: &Answer, graded: Graded<'
         attempt: graded.attempt,
         score,
         good: crate::rubric::is_good(score),
+        text: graded.text.map(|answer| JudgedText {
+            messages: job.request.chat_messages(),
+            answer: answer.to_string(),
+        }),
     });
     e
 }
@@ -128,6 +135,7 @@ mod tests {
             by: small,
             attempt: 2,
             score,
+            text: None,
         };
         let events = [
             shadow(&job(), large, &call()),
@@ -156,5 +164,26 @@ mod tests {
         );
         let again = shadow(&job(), large, &call());
         assert_eq!(again, events[0]);
+    }
+
+    #[test]
+    fn the_text_rides_with_the_grade_only_when_given() {
+        let small = Caller {
+            tier: Tier::Small,
+            model: "small",
+        };
+        let graded = |text| Graded {
+            role: JudgedRole::Answer,
+            by: small,
+            attempt: 2,
+            score: Some(3.0),
+            text,
+        };
+        let without = judge(&job(), small, &call(), graded(None));
+        assert_eq!(without.judged.unwrap().text, None);
+        let with = judge(&job(), small, &call(), graded(Some("the answer")));
+        let text = with.judged.unwrap().text.unwrap();
+        assert_eq!(text.answer, "the answer");
+        assert_eq!(text.messages, job().request.chat_messages());
     }
 }

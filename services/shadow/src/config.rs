@@ -117,6 +117,17 @@ impl ConsumerConfig {
     }
 }
 
+/// What is kept for training a deployment's own router head.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LearningConfig {
+    /// Send the conversation and both graded answers with the judge's
+    /// grades, for the ledger to keep in `outcome_texts` (until its
+    /// `learning.text_retention` purge) so that `triage-router train
+    /// --from-db` can fit heads on them. Off: only grades are stored.
+    pub store_text: bool,
+}
+
 /// Everything `triage-shadow run` needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -131,6 +142,8 @@ pub struct ShadowConfig {
     pub tier2: ModelEndpoint,
     /// The judge.
     pub judge: JudgeConfig,
+    /// Text storage for training.
+    pub learning: LearningConfig,
     /// Longest single model call.
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
@@ -156,6 +169,7 @@ impl Default for ShadowConfig {
             tier1: ModelEndpoint::new("http://127.0.0.1:8101", "tier1"),
             tier2: ModelEndpoint::new("http://127.0.0.1:8102", "tier2"),
             judge: JudgeConfig::default(),
+            learning: LearningConfig::default(),
             call_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(30),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9474)),
@@ -244,6 +258,7 @@ CONFIGURATION (TOML key = default; env TRIAGE_SHADOW_<KEY> with `__` for `.`)
   judge.api_key                  bearer token (masked); default tier2.api_key with tier2.url
   judge.tier = 2                 whose prices the judge's tokens are booked at
   judge.max_tokens = 512         most tokens of the judge's explanation and rating
+  learning.store_text = false    also send prompt and answer text with the grades (kept by the ledger for train --from-db, purged after its learning.text_retention)
   call_timeout = \"5m\"            longest single model call
   consumer.name = \"shadow\"       durable consumer on llm.shadow
   consumer.max_in_flight = 4     jobs handled at once by this replica

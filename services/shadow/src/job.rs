@@ -79,6 +79,7 @@ pub struct Shadower {
     judge: (BackendClient, ModelEndpoint),
     judge_tier: Tier,
     judge_max_tokens: u32,
+    store_text: bool,
     js: jetstream::Context,
     ns: Namespace,
     metrics: ShadowMetrics,
@@ -103,6 +104,7 @@ impl Shadower {
             judge: (client(&judge, config)?, judge),
             judge_tier: config.judge.tier,
             judge_max_tokens: config.judge.max_tokens,
+            store_text: config.learning.store_text,
             js,
             ns,
             metrics,
@@ -146,6 +148,7 @@ impl Shadower {
                     by: answer_by,
                     attempt: job.attempt,
                     score: answer_score,
+                    text: self.store_text.then_some(job.answer.as_str()),
                 },
             ),
             booking::judge(
@@ -157,6 +160,7 @@ impl Shadower {
                     by: shadow_by,
                     attempt: job.attempts().shadow,
                     score: shadow_score,
+                    text: self.store_text.then_some(shadow.text.as_str()),
                 },
             ),
         ];

@@ -70,6 +70,10 @@ async fn sampling_everything_books_shadow_and_judge_rows_and_judged_outcomes() {
     assert!(cost > rust_decimal::Decimal::ZERO);
     assert_eq!(savings, rust_decimal::Decimal::ZERO);
     assert_eq!(world.shadow_metrics.jobs_with("judged"), 1);
+    assert!(
+        world.texts("req-1").await.is_empty(),
+        "no text is stored unless learning.store_text is on"
+    );
 
     // The same job delivered again (a lost ack) books nothing twice.
     let mut request = Request::from_prompt("Why is the sky blue?");
@@ -100,6 +104,32 @@ async fn sampling_everything_books_shadow_and_judge_rows_and_judged_outcomes() {
     assert_eq!(world.ledger_statuses("req-1").await, expected_rows());
     assert_eq!(world.judged("req-1").await.len(), 2);
 
+    stop.cancel();
+    worker.await.unwrap();
+    world.teardown().await;
+}
+
+/// With `learning.store_text` the grades carry the conversation and both
+/// answers, which the ledger keeps in `outcome_texts` for training.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn storing_text_keeps_the_prompt_and_both_answers_with_the_grades() {
+    let world = World::storing_text().await;
+    let (stop, worker) = world.worker(Tier::Small, 1.0).await;
+    world.ask(Tier::Small, "req-t", "acme").await;
+    world
+        .eventually("both texts stored", WAIT, || async {
+            world.texts("req-t").await.len() == 2
+        })
+        .await;
+    let prompt = "Why is the sky blue?".to_string();
+    assert_eq!(
+        world.texts("req-t").await,
+        vec![
+            ("answer".into(), prompt.clone(), SMALL_ANSWER.into()),
+            ("shadow".into(), prompt, LARGE_ANSWER.into())
+        ]
+    );
+    assert_eq!(world.judged("req-t").await.len(), 2);
     stop.cancel();
     worker.await.unwrap();
     world.teardown().await;

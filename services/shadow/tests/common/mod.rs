@@ -89,6 +89,15 @@ fn database_url(db: &str) -> String {
 impl World {
     /// NATS namespace, database, ledger writer, simulators and the shadow service.
     pub async fn new() -> Self {
+        Self::build(false).await
+    }
+
+    /// [`World::new`] with the shadow service storing learning text.
+    pub async fn storing_text() -> Self {
+        Self::build(true).await
+    }
+
+    async fn build(store_text: bool) -> Self {
         triage_runtime::telemetry::init("shadow-test", triage_runtime::telemetry::LogFormat::Text);
         let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
         let ns = Namespace::new(prefix.clone()).unwrap();
@@ -150,7 +159,8 @@ impl World {
 
         let mut registry = Registry::default();
         let shadow_metrics = ShadowMetrics::register(&mut registry);
-        let config = shadow_config(&prefix, &tier1, &tier2, &judge);
+        let mut config = shadow_config(&prefix, &tier1, &tier2, &judge);
+        config.learning.store_text = store_text;
         let consumer = triage_bus::consumer::durable(
             &js,
             &ns,
@@ -284,6 +294,18 @@ impl World {
         sqlx::query_as(
             "SELECT judged, tier, good, score FROM outcomes
              WHERE request_id = $1 AND source = 'judge' ORDER BY judged",
+        )
+        .bind(id)
+        .fetch_all(&self.db)
+        .await
+        .unwrap()
+    }
+
+    /// Stored text of `id`'s judged answers: (judged, last message, answer).
+    pub async fn texts(&self, id: &str) -> Vec<(String, String, String)> {
+        sqlx::query_as(
+            "SELECT judged, messages->-1->>'content', answer FROM outcome_texts
+             WHERE request_id = $1 ORDER BY judged",
         )
         .bind(id)
         .fetch_all(&self.db)
