@@ -12,6 +12,7 @@
 //! - [`heads`]: heads promoted to a KV bucket and followed without a restart;
 //! - [`metrics`]: its Prometheus metrics;
 //! - [`offline`]: `train`, `score` and `calibrate`;
+//! - [`offline_db`]: `train --from-db`, on the ledger's judged traffic;
 //! - [`offline_verify`]: `train-verifier` and the verify scores of
 //!   recorded answers;
 //! - [`policy_report`]: the cost-honest table of the pre-hoc,
@@ -21,6 +22,7 @@ pub mod config;
 pub mod heads;
 pub mod metrics;
 pub mod offline;
+pub mod offline_db;
 pub mod offline_verify;
 pub mod policy;
 pub mod policy_report;

@@ -10,6 +10,7 @@ use triage_complexity::verifier::Verifier;
 use triage_router::config::{RouterConfig, ENV_PREFIX};
 use triage_router::heads;
 use triage_router::offline::{self, CalibrateOptions, TrainOptions};
+use triage_router::offline_db;
 use triage_router::offline_verify::{self, TrainVerifierOptions};
 use triage_router::self_rating::{LlmSelfRater, SelfRater};
 use triage_router::{service, Router};
@@ -58,47 +59,10 @@ enum Command {
     /// Fit the embedding head from a labelled JSONL (fields `prompt` or
     /// `messages`, `label_tier`, `small_ok`, `large_ok`), choosing the L2
     /// penalty by cross-validated APGR, and write the weights file (JSON).
-    /// Deterministic: the same input gives the same file.
-    Train {
-        /// Labelled JSONL, e.g. data/routing-dev.jsonl.
-        #[arg(long)]
-        input: PathBuf,
-        /// Weights file to write (the shipped one is
-        /// services/complexity/heads/minilm-head.json).
-        #[arg(long)]
-        output: PathBuf,
-        /// Cross-validation folds (stratified by label).
-        #[arg(long, default_value_t = 5)]
-        folds: usize,
-        /// Cross-validation repeats with different fold seeds, averaged.
-        #[arg(long, default_value_t = 3)]
-        repeats: usize,
-        /// Seed of the folds.
-        #[arg(long, default_value_t = 20261124)]
-        seed: u64,
-        /// L2 penalties to try, comma-separated.
-        #[arg(long, value_delimiter = ',', default_values_t = vec![0.01, 0.03, 0.1, 0.3, 1.0])]
-        l2: Vec<f64>,
-        /// Also train the static-embedding first stage and write its head
-        /// here (the static token table is distilled into $TRIAGE_CACHE
-        /// first if absent); prints its quality and speed against the full
-        /// model.
-        #[arg(long)]
-        first_stage_output: Option<PathBuf>,
-        /// MiniLM vectors of the input written by the `export_embeddings`
-        /// example, used instead of running the model (checked against the
-        /// ids and the truncation).
-        #[arg(long)]
-        vectors: Option<PathBuf>,
-        /// Train the transformer head on the first N rows only (the first
-        /// stage always uses every row).
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Leave the prompt-form features out of both heads (the heads of
-        /// before, on vectors alone).
-        #[arg(long)]
-        no_form: bool,
-    },
+    /// Deterministic: the same input gives the same file. With --from-db,
+    /// also (or only) on the ledger's judged traffic, comparing the
+    /// candidate with the live head on the most recent judged slice.
+    Train(TrainArgs),
 
     /// Fit the verifier of tier 1's answers from a labelled JSONL with
     /// `small_response` (P(small_ok is false) from the answer's form and the
@@ -225,6 +189,84 @@ enum Command {
     Rollback,
 }
 
+#[derive(Debug, clap::Args)]
+struct TrainArgs {
+    /// Labelled JSONL, e.g. data/routing-train.jsonl (exactly one without
+    /// --from-db; any number with it, trained on besides the database).
+    #[arg(long)]
+    input: Vec<PathBuf>,
+    /// Weights file to write (the shipped one is
+    /// services/complexity/heads/minilm-head.json).
+    #[arg(long)]
+    output: PathBuf,
+    /// Cross-validation folds (stratified by label).
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Cross-validation repeats with different fold seeds, averaged.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Seed of the folds.
+    #[arg(long, default_value_t = 20261124)]
+    seed: u64,
+    /// L2 penalties to try, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.01, 0.03, 0.1, 0.3, 1.0])]
+    l2: Vec<f64>,
+    /// Also train the static-embedding first stage and write its head
+    /// here (the static token table is distilled into $TRIAGE_CACHE
+    /// first if absent); prints its quality and speed against the full
+    /// model.
+    #[arg(long)]
+    first_stage_output: Option<PathBuf>,
+    /// MiniLM vectors of the input written by the `export_embeddings`
+    /// example, used instead of running the model (checked against the
+    /// ids and the truncation).
+    #[arg(long, conflicts_with = "from_db")]
+    vectors: Option<PathBuf>,
+    /// Train the transformer head on the first N rows only (the first
+    /// stage always uses every row).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Leave the prompt-form features out of both heads (the heads of
+    /// before, on vectors alone).
+    #[arg(long)]
+    no_form: bool,
+    /// Train on the ledger's judged outcomes that have text (the shadow
+    /// service with learning.store_text), holding out the most recently
+    /// judged --holdout share, and print candidate against live on it.
+    #[arg(long)]
+    from_db: bool,
+    /// The ledger's database (with --from-db).
+    #[arg(
+        long,
+        env = "TRIAGE_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/triage"
+    )]
+    database_url: String,
+    /// Only outcomes judged since then: RFC 3339 (2026-11-01T00:00:00Z)
+    /// or a duration ago (30d, 12h). Default: all.
+    #[arg(long, value_parser = parse_since, requires = "from_db")]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Share of the database rows, the most recent, held out for the
+    /// comparison and never trained on.
+    #[arg(long, default_value_t = 0.2, requires = "from_db")]
+    holdout: f64,
+    /// With --from-db: also fit the verifier on the same rows and write it
+    /// here (as `train-verifier` does).
+    #[arg(long, requires = "from_db")]
+    verifier_output: Option<PathBuf>,
+}
+
+/// `--since`: a time, or a duration before now.
+fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let ago = humantime::parse_duration(s)
+        .map_err(|_| format!("{s:?} is neither an RFC 3339 time nor a duration like 30d"))?;
+    let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+    Ok(chrono::Utc::now() - ago)
+}
+
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<RouterConfig> {
     let config: RouterConfig = triage_runtime::load(path, ENV_PREFIX)?;
     config.validate()?;
@@ -278,37 +320,7 @@ async fn main() -> anyhow::Result<()> {
                 None => anyhow::bail!("nothing to roll back: no promoted head is in force"),
             }
         }
-        Command::Train {
-            input,
-            output,
-            folds,
-            repeats,
-            seed,
-            l2,
-            first_stage_output,
-            vectors,
-            limit,
-            no_form,
-        } => {
-            let mut scoring = config.scoring.clone();
-            // The head being trained must not need the one it replaces.
-            scoring.cache_capacity = 0;
-            scoring.first_stage.enabled = false;
-            let scorer = Scorer::new(scoring)?;
-            let opts = TrainOptions {
-                input,
-                output,
-                folds,
-                repeats,
-                seed,
-                l2_grid: l2,
-                first_stage: first_stage_output,
-                vectors,
-                limit,
-                form: !no_form,
-            };
-            tokio::task::spawn_blocking(move || offline::train(&scorer, &opts)).await?
-        }
+        Command::Train(args) => train_command(&config, args).await,
         Command::TrainVerifier {
             input,
             output,
@@ -402,4 +414,86 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+async fn train_command(config: &RouterConfig, args: TrainArgs) -> anyhow::Result<()> {
+    if !args.from_db && args.input.len() != 1 {
+        anyhow::bail!("train needs exactly one --input (or --from-db, with any number)");
+    }
+    if !(0.0..1.0).contains(&args.holdout) || args.holdout == 0.0 {
+        anyhow::bail!(
+            "--holdout must be above 0 and below 1, got {}",
+            args.holdout
+        );
+    }
+    let mut scoring = config.scoring.clone();
+    // The head being trained must not need the one it replaces; the
+    // verifier needs the first stage for the router's score.
+    scoring.cache_capacity = 0;
+    scoring.first_stage.enabled = args.verifier_output.is_some();
+    let scorer = Scorer::new(scoring)?;
+    let train = TrainOptions {
+        input: args.input.first().cloned().unwrap_or_default(),
+        output: args.output,
+        folds: args.folds,
+        repeats: args.repeats,
+        seed: args.seed,
+        l2_grid: args.l2.clone(),
+        first_stage: args.first_stage_output,
+        vectors: args.vectors,
+        limit: args.limit,
+        form: !args.no_form,
+    };
+    if !args.from_db {
+        return tokio::task::spawn_blocking(move || offline::train(&scorer, &train)).await?;
+    }
+    let verifier = args.verifier_output.map(|output| TrainVerifierOptions {
+        input: PathBuf::new(),
+        output,
+        answer_vectors: None,
+        folds: args.folds,
+        seed: args.seed,
+        l2_grid: args.l2,
+        embedding: true,
+        target_cost: 0.5,
+        price_ratio: 8.0,
+        limit: None,
+        rescuable: false,
+    });
+    let opts = offline_db::FromDbOptions {
+        database_url: args.database_url,
+        since: args.since,
+        holdout: args.holdout,
+        inputs: args.input,
+        train,
+        verifier,
+        live: live_head(config).await,
+    };
+    offline_db::train_from_db(scorer, opts).await
+}
+
+/// The live head to compare against: the promoted one when the heads
+/// bucket answers, else the configured file, else the shipped head.
+async fn live_head(config: &RouterConfig) -> Option<Vec<u8>> {
+    // Read only: an absent bucket is not created for a comparison.
+    let promoted = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let client = triage_bus::connect(&config.nats).await.ok()?;
+        let js = async_nats::jetstream::new(client);
+        let bucket = config.nats.namespace().ok()?.heads_bucket();
+        let store = js.get_key_value(bucket).await.ok()?;
+        store.get(heads::KEY).await.ok().flatten()
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some(json) = promoted {
+        println!("live head: the promoted one (heads bucket)");
+        return Some(json.to_vec());
+    }
+    if let Some(path) = &config.scoring.head_path {
+        println!("live head: {} (scoring.head_path)", path.display());
+        return std::fs::read(path).ok();
+    }
+    println!("live head: the shipped one");
+    None
 }

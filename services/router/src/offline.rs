@@ -138,7 +138,7 @@ fn head_inputs(input: HeadInput, vectors: &[Vec<f32>], prepared: &[Prepared]) ->
 }
 
 /// Embeds every prepared text with the full model, showing progress.
-fn embed_all(model: &MiniLm, prepared: &[Prepared]) -> anyhow::Result<Vec<Vec<f32>>> {
+pub(crate) fn embed_all(model: &MiniLm, prepared: &[Prepared]) -> anyhow::Result<Vec<Vec<f32>>> {
     let started = Instant::now();
     let mut out = Vec::with_capacity(prepared.len());
     for chunk in prepared.chunks(OFFLINE_CHUNK) {
@@ -193,7 +193,7 @@ fn mean_summary(all: &[Summary]) -> Summary {
 }
 
 /// Rule-forced prompts score 1 (they go to tier 2 whatever the head says).
-fn with_rules(scores: &[f64], prepared: &[Prepared]) -> Vec<f64> {
+pub(crate) fn with_rules(scores: &[f64], prepared: &[Prepared]) -> Vec<f64> {
     scores
         .iter()
         .zip(prepared)
