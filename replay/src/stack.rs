@@ -1,5 +1,5 @@
 //! The pipeline's services as child processes of the built binaries — the
-//! ledger writer, tier workers and router — set up for one private NATS
+//! ledger writer, tier workers, router and shadow service — set up for one private NATS
 //! namespace and Postgres database: what the end-to-end tests and the chaos
 //! suite start. Also the set-up and clean-up around them (the database,
 //! the namespace's streams) and the wait until the pipeline answers.
@@ -54,6 +54,24 @@ impl Stack {
     pub fn router(&self, name: &str) -> ProcessSpec {
         self.service(name, "triage-router", &["run"], "TRIAGE_ROUTER_")
             .env("TRIAGE_ROUTER_POLICY__ALLOW_TIER_OVERRIDE", "true")
+    }
+
+    /// The shadow service `name`: the other tier's answers from `tier1` or
+    /// `tier2` (base URL, model), graded by the judge at `judge`.
+    pub fn shadow(
+        &self,
+        name: &str,
+        tier1: (&str, &str),
+        tier2: (&str, &str),
+        judge: (&str, &str),
+    ) -> ProcessSpec {
+        self.service(name, "triage-shadow", &["run"], "TRIAGE_SHADOW_")
+            .env("TRIAGE_SHADOW_TIER1__URL", tier1.0)
+            .env("TRIAGE_SHADOW_TIER1__MODEL", tier1.1)
+            .env("TRIAGE_SHADOW_TIER2__URL", tier2.0)
+            .env("TRIAGE_SHADOW_TIER2__MODEL", tier2.1)
+            .env("TRIAGE_SHADOW_JUDGE__URL", judge.0)
+            .env("TRIAGE_SHADOW_JUDGE__MODEL", judge.1)
     }
 
     fn service(&self, name: &str, bin: &str, args: &[&str], env_prefix: &str) -> ProcessSpec {

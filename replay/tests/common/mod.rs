@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use triage_replay::process::Supervised;
+use triage_replay::process::{ProcessSpec, Supervised};
 use triage_replay::stack::{self, Stack};
 use triage_vllm_sim::{spawn, SimConfig, SimHandle};
 
@@ -35,7 +35,7 @@ pub struct Pipeline {
     pub prefix: String,
     pub db_url: String,
     pub db_name: String,
-    /// Ledger, worker1, worker2, router, in that order.
+    /// Ledger, worker1, worker2, router, in that order, then any extra.
     pub services: Vec<Supervised>,
     pub sims: (SimHandle, SimHandle),
     /// Each service's output, as `<name>.log`.
@@ -50,21 +50,32 @@ pub async fn start() -> Pipeline {
 /// The pipeline with `env(prefix)` added to the environment of the service
 /// whose variables start with `prefix` (e.g. `TRIAGE_WORKER_`).
 pub async fn start_with(env: impl Fn(&str) -> Vec<(String, String)>) -> Pipeline {
-    let prefix = format!("t{}", &uuid_like()[..16]);
-    let db_name = format!("triage_replay_{prefix}");
-    let db_url = stack::create_database(&admin_db_url(), &db_name)
-        .await
-        .expect("Postgres must be running (scripts/setup.sh)");
     let sim = |model: &str| {
         let mut c = SimConfig::instant(model, 12);
         c.ttft_ms = 5;
         c.itl_ms = 1;
         c
     };
-    let sims = (
-        spawn(sim("sim-small")).await.unwrap(),
-        spawn(sim("sim-large")).await.unwrap(),
-    );
+    start_custom((sim("sim-small"), sim("sim-large")), env, |_, _, _| {
+        Vec::new()
+    })
+    .await
+}
+
+/// [`start_with`] on simulators of the given configurations, with the
+/// services `extra(stack, tier-1 URL, tier-2 URL)` adds, started after the
+/// router.
+pub async fn start_custom(
+    sims: (SimConfig, SimConfig),
+    env: impl Fn(&str) -> Vec<(String, String)>,
+    extra: impl Fn(&Stack, &str, &str) -> Vec<ProcessSpec>,
+) -> Pipeline {
+    let prefix = format!("t{}", &uuid_like()[..16]);
+    let db_name = format!("triage_replay_{prefix}");
+    let db_url = stack::create_database(&admin_db_url(), &db_name)
+        .await
+        .expect("Postgres must be running (scripts/setup.sh)");
+    let sims = (spawn(sims.0).await.unwrap(), spawn(sims.1).await.unwrap());
     let logs = std::env::temp_dir().join(format!("triage-pipeline-{prefix}"));
     std::fs::create_dir_all(&logs).unwrap();
     let stack = Stack {
@@ -85,8 +96,10 @@ pub async fn start_with(env: impl Fn(&str) -> Vec<(String, String)>) -> Pipeline
     .into_iter()
     .map(|(mut spec, env_prefix)| {
         spec.env.extend(env(env_prefix));
-        Supervised::start(spec).unwrap()
+        spec
     })
+    .chain(extra(&stack, &u1, &u2))
+    .map(|spec| Supervised::start(spec).unwrap())
     .collect();
     Pipeline {
         prefix,
