@@ -52,6 +52,13 @@ pub mod vector_file;
 pub mod verifier;
 
 pub use blend::{Blend, BlendWeights, Decision};
+
+/// Whether the int8 encoder (`scoring.precision = "int8"`) runs its
+/// AVX-512 VNNI kernel on this CPU; without it, a portable scalar loop
+/// that gives the same sums but is several times slower than f32.
+pub fn int8_has_fast_kernel() -> bool {
+    int8_dense::has_vnni()
+}
 pub use cache::ScoreCache;
 pub use embedding::{EmbedError, MiniLm, Precision, EMBEDDING_DIM};
 pub use head::LogisticHead;
