@@ -62,7 +62,7 @@ fn scripted(model: &str, replies: &[(&str, &str)]) -> SimConfig {
 }
 
 fn question(i: usize) -> (String, String) {
-    let (kind, text) = if i % 2 == 0 {
+    let (kind, text) = if i.is_multiple_of(2) {
         let t = TOPICS[i / 2 % TOPICS.len()];
         ("hard", format!("HARD-Q: Explain in depth how the economy of {t} worked, its causes and consequences."))
     } else {

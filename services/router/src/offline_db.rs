@@ -48,7 +48,7 @@ pub fn split_by_time(rows: Vec<TrainingRow>, holdout: f64) -> (Vec<TrainingRow>,
     let n = rows.len();
     let held = ((holdout.clamp(0.0, 1.0) * n as f64).ceil() as usize).min(n);
     let mut rows = rows;
-    rows.sort_by(|a, b| a.judged_at.cmp(&b.judged_at));
+    rows.sort_by_key(|r| r.judged_at);
     let recent = rows.split_off(n - held);
     (rows, recent)
 }
