@@ -303,10 +303,23 @@ async fn shadow_judge_train_promote_rollback_and_purge() {
     assert!(String::from_utf8_lossy(&rolled.stdout).contains("rolled back"));
     until_head(&triage, &shipped, "after-rollback").await;
 
-    // 5. Purge every text; the grades stay.
+    // 5. Purge every text; the grades stay. (The requests of steps 3 and
+    // 4 are still being shadowed: their texts may arrive after the purge.)
+    let before: String = sqlx::query_scalar("SELECT now()::text")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     let purged = run_bin(&p, "triage-ledger", &["purge", "--older-than", "0s"]);
     assert!(String::from_utf8_lossy(&purged.stdout).contains("outcome texts deleted"));
-    assert_eq!(count(&db, "SELECT count(*) FROM outcome_texts").await, 0);
+    assert_eq!(count(&db, texts).await, 0, "the loop's texts are gone");
+    let old: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outcome_texts WHERE recorded_at < $1::timestamptz",
+    )
+    .bind(before)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(old, 0, "nothing recorded before the purge is left");
     assert!(count(&db, "SELECT count(*) FROM outcomes WHERE source = 'judge'").await >= 80);
 
     db.close().await;
