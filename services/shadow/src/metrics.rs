@@ -1,5 +1,8 @@
 //! The shadow service's Prometheus metrics, names `triage_shadow_*`.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -48,6 +51,34 @@ pub struct TokenLabels {
     pub tenant: String,
 }
 
+/// Distinct tenants given a label of their own; later ones share
+/// [`OTHER_TENANTS`], so a deployment with many tenants (or a client
+/// inventing them) cannot grow the series without bound.
+pub const MAX_TENANT_LABELS: usize = 100;
+
+/// The `tenant` label of tenants beyond [`MAX_TENANT_LABELS`].
+pub const OTHER_TENANTS: &str = "_other";
+
+/// First come, first labelled: the tenants that have a label of their own.
+#[derive(Clone, Default)]
+struct TenantLabels {
+    seen: Arc<Mutex<HashSet<String>>>,
+}
+
+impl TenantLabels {
+    fn label(&self, tenant: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(tenant) {
+            return tenant.to_string();
+        }
+        if seen.len() < MAX_TENANT_LABELS {
+            seen.insert(tenant.to_string());
+            return tenant.to_string();
+        }
+        OTHER_TENANTS.to_string()
+    }
+}
+
 /// Every metric of the service.
 #[derive(Clone)]
 pub struct ShadowMetrics {
@@ -64,6 +95,7 @@ pub struct ShadowMetrics {
     pub judge_seconds: Histogram,
     /// One shadow generation, seconds.
     pub shadow_seconds: Histogram,
+    tenants: TenantLabels,
 }
 
 impl ShadowMetrics {
@@ -94,6 +126,7 @@ impl ShadowMetrics {
                 "Latency of one shadow generation",
                 latency(),
             ),
+            tenants: TenantLabels::default(),
         }
     }
 
@@ -125,7 +158,7 @@ impl ShadowMetrics {
                 .get_or_create(&TokenLabels {
                     call: call.into(),
                     kind: kind.into(),
-                    tenant: tenant.into(),
+                    tenant: self.tenants.label(tenant),
                 })
                 .inc_by(u64::from(n));
         }
@@ -136,7 +169,7 @@ impl ShadowMetrics {
         self.labels
             .get_or_create(&LabelLabels {
                 source: "judge".into(),
-                tenant: tenant.into(),
+                tenant: self.tenants.label(tenant),
                 tier,
                 good: good.to_string(),
             })
@@ -153,9 +186,24 @@ impl ShadowMetrics {
         };
         self.agreement
             .get_or_create(&AgreementLabels {
-                tenant: tenant.into(),
+                tenant: self.tenants.label(tenant),
                 agreement: agreement.into(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_beyond_the_cap_share_one_label() {
+        let t = TenantLabels::default();
+        for i in 0..MAX_TENANT_LABELS {
+            assert_eq!(t.label(&format!("t{i}")), format!("t{i}"));
+        }
+        assert_eq!(t.label("one-too-many"), OTHER_TENANTS);
+        assert_eq!(t.label("t0"), "t0", "a labelled tenant keeps its label");
     }
 }
