@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::{bin_dir, start_custom, wait_ready, wait_within, Pipeline};
 use triage_bus::TriageClient;
 use triage_protocol::{Namespace, Request};
-use triage_vllm_sim::{ScriptedReply, SimConfig};
+use triage_vllm_sim::SimConfig;
 
 const TOPICS: [&str; 20] = [
     "the Roman empire",
@@ -50,15 +50,7 @@ const NAMES: [&str; 20] = [
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn scripted(model: &str, replies: &[(&str, &str)]) -> SimConfig {
-    let mut c = SimConfig::instant(model, 16);
-    c.replies = replies
-        .iter()
-        .map(|(contains, reply)| ScriptedReply {
-            contains: contains.to_string(),
-            reply: reply.to_string(),
-        })
-        .collect();
-    c
+    SimConfig::instant(model, 16).with_replies(replies)
 }
 
 fn question(i: usize) -> (String, String) {

@@ -121,6 +121,19 @@ impl SimConfig {
         }
     }
 
+    /// This configuration answering with scripted `(contains, reply)` rules
+    /// (see [`SimConfig::replies`]), e.g. a judge with fixed grades.
+    pub fn with_replies(mut self, replies: &[(&str, &str)]) -> Self {
+        self.replies = replies
+            .iter()
+            .map(|(contains, reply)| ScriptedReply {
+                contains: contains.to_string(),
+                reply: reply.to_string(),
+            })
+            .collect();
+        self
+    }
+
     /// Checks ranges that would otherwise fail later in confusing ways.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.model.trim().is_empty() {

@@ -26,7 +26,7 @@ use triage_shadow::job::Shadower;
 use triage_shadow::metrics::ShadowMetrics;
 use triage_shadow::service::{self, Settler};
 use triage_shadow::ShadowConfig;
-use triage_vllm_sim::{ScriptedReply, SimConfig, SimHandle};
+use triage_vllm_sim::{SimConfig, SimHandle};
 use triage_worker::config::{BackendSpec, WorkerConfig};
 use triage_worker::Worker;
 
@@ -53,14 +53,7 @@ pub fn streams() -> StreamsConfig {
 }
 
 async fn sim(model: &str, replies: &[(&str, &str)]) -> SimHandle {
-    let mut c = SimConfig::instant(model, 8);
-    c.replies = replies
-        .iter()
-        .map(|(contains, reply)| ScriptedReply {
-            contains: contains.to_string(),
-            reply: reply.to_string(),
-        })
-        .collect();
+    let c = SimConfig::instant(model, 8).with_replies(replies);
     triage_vllm_sim::spawn(c).await.unwrap()
 }
 
