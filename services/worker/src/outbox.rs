@@ -240,6 +240,12 @@ impl Outbox<'_> {
         self.progress.record(progress);
     }
 
+    /// Waits (at most `limit`) until the progress record of `attempt`, if
+    /// one was made, is durable; false when it is not by then.
+    pub async fn progress_durable(&self, attempt: u32, limit: std::time::Duration) -> bool {
+        self.progress.durable(attempt, limit).await
+    }
+
     /// Ends this delivery's progress records: deleted once their attempt's
     /// usage is durable, kept for the next delivery otherwise.
     pub async fn close_progress(&self) {

@@ -162,17 +162,20 @@ impl ProgressLog {
         }
     }
 
-    async fn put(&self, key: &str, progress: &Progress) {
+    /// Writes the record; whether it is durable.
+    async fn put(&self, key: &str, progress: &Progress) -> bool {
         let value = serde_json::to_vec(progress).expect("a progress record serializes");
         let m = &self.metrics;
         match self.store.put(key, value.into()).await {
             Ok(_) => {
                 m.progress_writes.get_or_create(&m.tier()).inc();
+                true
             }
             Err(e) => {
                 m.progress_write_failures.get_or_create(&m.tier()).inc();
-                tracing::warn!(error = %e, "progress record not written");
+                tracing::warn!(error = %e, "progress record not written; trying again");
                 triage_bus::failover::suspect(&e.to_string()).await;
+                false
             }
         }
     }
@@ -195,9 +198,17 @@ pub struct Recorder {
     state: Mutex<RecorderState>,
 }
 
+/// The background writer of one delivery's records.
+struct Writer {
+    latest: watch::Sender<Progress>,
+    task: JoinHandle<()>,
+    /// The attempt of the last record that is durable.
+    durable: watch::Receiver<Option<u32>>,
+}
+
 #[derive(Default)]
 struct RecorderState {
-    writer: Option<(watch::Sender<Progress>, JoinHandle<()>)>,
+    writer: Option<Writer>,
     /// The attempt last recorded.
     written: Option<u32>,
     /// The highest attempt whose usage event was published.
@@ -211,15 +222,38 @@ impl Recorder {
         let mut state = self.state.lock().expect("recorder lock");
         state.written = Some(progress.attempt);
         match &state.writer {
-            Some((tx, _)) => {
-                let _ = tx.send(progress);
+            Some(w) => {
+                let _ = w.latest.send(progress);
             }
             None => {
-                let (tx, rx) = watch::channel(progress);
-                let task = tokio::spawn(write_latest(self.log.clone(), self.key.clone(), rx));
-                state.writer = Some((tx, task));
+                let (latest, rx) = watch::channel(progress);
+                let (done, durable) = watch::channel(None);
+                let task = tokio::spawn(write_latest(self.log.clone(), self.key.clone(), rx, done));
+                state.writer = Some(Writer {
+                    latest,
+                    task,
+                    durable,
+                });
             }
         }
+    }
+
+    /// Waits, at most `limit`, until a record of `attempt` is durable;
+    /// true at once when none of it was recorded (nothing to wait for).
+    /// The worker sends an attempt's first chunk only after this, so an
+    /// attempt whose text reached the client always leaves a record for
+    /// the next delivery to book if this worker dies.
+    pub async fn durable(&self, attempt: u32, limit: Duration) -> bool {
+        let mut durable = {
+            let state = self.state.lock().expect("recorder lock");
+            match (&state.writer, state.written) {
+                (Some(w), Some(a)) if a == attempt => w.durable.clone(),
+                _ => return true,
+            }
+        };
+        let wait = durable.wait_for(|d| d.is_some_and(|a| a >= attempt));
+        let landed = matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(_)));
+        landed
     }
 
     /// Notes that `attempt`'s usage event is durable.
@@ -236,10 +270,10 @@ impl Recorder {
             let mut state = self.state.lock().expect("recorder lock");
             (state.writer.take(), state.written, state.booked)
         };
-        let Some((tx, task)) = writer else {
+        let Some(Writer { latest, task, .. }) = writer else {
             return;
         };
-        drop(tx);
+        drop(latest);
         let _ = task.await;
         if written <= booked {
             self.log.delete(&self.key).await;
@@ -247,11 +281,32 @@ impl Recorder {
     }
 }
 
-/// Writes the latest snapshot until the sender is dropped.
-async fn write_latest(log: ProgressLog, key: String, mut rx: watch::Receiver<Progress>) {
+/// A failed write is tried again after this (with the latest snapshot).
+const RETRY: Duration = Duration::from_millis(200);
+
+/// Writes the latest snapshot until the sender is dropped, trying a failed
+/// write again until it lands (a stream electing its leader after a NATS
+/// node died refuses writes for a few seconds); says which attempt is
+/// durable on `done`.
+async fn write_latest(
+    log: ProgressLog,
+    key: String,
+    mut rx: watch::Receiver<Progress>,
+    done: watch::Sender<Option<u32>>,
+) {
     loop {
         let progress = rx.borrow_and_update().clone();
-        log.put(&key, &progress).await;
+        if log.put(&key, &progress).await {
+            done.send_replace(Some(progress.attempt));
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY) => continue,
+                changed = rx.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => return,
+                },
+            }
+        }
         if rx.changed().await.is_err() {
             return;
         }

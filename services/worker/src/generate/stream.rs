@@ -20,6 +20,11 @@ use crate::pool::Backend;
 use crate::progress::{Cadence, Clock, Progress};
 use crate::tokens::{attempt_usage, TokenCounter};
 
+/// Longest an attempt's first chunk waits for its first progress record to
+/// be durable (a JetStream stream elects a new leader within a few seconds
+/// after a NATS node dies).
+const FIRST_RECORD_WAIT: Duration = Duration::from_secs(5);
+
 /// How one backend call ended, and what it spent.
 pub(super) struct AttemptEnd {
     /// The ending itself.
@@ -361,6 +366,19 @@ impl<'a> Reader<'a> {
     }
 
     async fn send(&mut self, text: String) {
+        // No text reaches the client before the attempt's first progress
+        // record is durable: if this worker dies now, the next delivery
+        // books what was generated. Bounded: past the wait, availability
+        // wins over bookkeeping.
+        if self.seq == 0
+            && !self
+                .call
+                .outbox
+                .progress_durable(self.call.attempt, FIRST_RECORD_WAIT)
+                .await
+        {
+            tracing::warn!("first progress record not durable in time; streaming anyway");
+        }
         // The logprobs of every token received so far go with the text sent.
         let logprobs = self.streamed_logprobs.as_mut().map(std::mem::take);
         self.call
