@@ -78,10 +78,10 @@ impl MiniLm {
 
     /// Loads the model with its dense layers in `precision`.
     pub fn load_with(files: &ModelFiles, precision: Precision) -> Result<Self, EmbedError> {
-        if precision == Precision::Int8 && !crate::int8_dense::has_vnni() {
+        if precision == Precision::Int8 && !crate::int8_has_fast_kernel() {
             tracing::warn!(
-                "precision int8 without AVX-512 VNNI on this CPU: computed in plain code, \
-                 slower than f32"
+                "precision int8 without AVX-512 VNNI or AVX2 on this CPU: computed in plain \
+                 code, slower than f32"
             );
         }
         files.check()?;

@@ -12,8 +12,11 @@
 //! - Each row is computed alone, in the same order whatever the other rows
 //!   are, so a text's vector does not depend on its batch companions.
 //!
-//! CPUs without VNNI run the same integer arithmetic in scalar code (the
-//! reference the unit tests compare against), bit for bit the same result.
+//! CPUs with AVX2 but not VNNI run the same sums with `vpmaddubsw` on
+//! signed activations (`|x|` times `w` signed by `x`, which cannot
+//! saturate: |x|, |w| ≤ 127) and `vpmaddwd`, adding the shift back; others
+//! run scalar code (the reference the unit tests compare against). All
+//! three give bit for bit the same result.
 
 use rayon::prelude::*;
 
@@ -95,7 +98,7 @@ impl Int8Dense {
         let m = x.len() / k;
         let n = self.outputs();
         let mut y = vec![0f32; m * n];
-        let vnni = has_vnni();
+        let (vnni, avx2) = (has_vnni(), has_avx2());
         y.par_chunks_mut(TILE_ROWS * n)
             .zip(x.par_chunks(TILE_ROWS * k))
             .for_each(|(y, x)| {
@@ -103,6 +106,9 @@ impl Int8Dense {
                 let sums = if vnni {
                     // SAFETY: the CPU has AVX-512F, BW and VNNI (checked above).
                     unsafe { self.sums_vnni(&q, row_scale.len()) }
+                } else if avx2 {
+                    // SAFETY: the CPU has AVX2 (checked above).
+                    unsafe { self.sums_avx2(&q, row_scale.len()) }
                 } else {
                     self.sums_scalar(&q, row_scale.len())
                 };
@@ -236,6 +242,77 @@ impl Int8Dense {
     unsafe fn sums_vnni(&self, q: &[u8], rows: usize) -> Vec<i32> {
         self.sums_scalar(q, rows)
     }
+
+    /// The same sums with AVX2: per block of 16 outputs (two registers),
+    /// up to 4 rows of accumulators sharing each weight load. `x - 128`
+    /// (a sign flip of the top bit) is the signed activation; `|x|` times
+    /// `w` signed by `x` is `x·w` in `vpmaddubsw`, whose pair sums stay
+    /// within `i16` (2 × 127 × 127); the shift `128 · Σw` is added back so
+    /// the sums are those of the unsigned activations, as in the others.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn sums_avx2(&self, q: &[u8], rows: usize) -> Vec<i32> {
+        let mut sums = vec![0i32; TILE_ROWS * self.outputs_padded];
+        match rows {
+            1 => self.tile_avx2::<1>(q, &mut sums),
+            2 => self.tile_avx2::<2>(q, &mut sums),
+            3 => self.tile_avx2::<3>(q, &mut sums),
+            _ => self.tile_avx2::<TILE_ROWS>(q, &mut sums),
+        }
+        for r in 0..rows.min(TILE_ROWS) {
+            let row = &mut sums[r * self.outputs_padded..][..self.outputs_padded];
+            for (s, shift) in row.iter_mut().zip(&self.shift) {
+                *s += shift;
+            }
+        }
+        sums
+    }
+
+    /// [`Self::sums_avx2`] for `R` rows, before the shift.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile_avx2<const R: usize>(&self, q: &[u8], sums: &mut [i32]) {
+        use std::arch::x86_64::*;
+        let groups = self.inputs_padded / GROUP;
+        let block_bytes = groups * BLOCK * GROUP;
+        let ones = _mm256_set1_epi16(1);
+        let top_bit = _mm256_set1_epi8(i8::MIN);
+        let x = q.as_ptr();
+        for block in 0..self.outputs_padded / BLOCK {
+            let w = self.packed.as_ptr().add(block * block_bytes);
+            let mut acc = [[_mm256_setzero_si256(); 2]; R];
+            for g in 0..groups {
+                let at = w.add(g * BLOCK * GROUP);
+                let wv = [
+                    _mm256_loadu_si256(at as *const __m256i),
+                    _mm256_loadu_si256(at.add(32) as *const __m256i),
+                ];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let xr = x.add(r * self.inputs_padded + g * GROUP) as *const i32;
+                    let signed = _mm256_xor_si256(_mm256_set1_epi32(xr.read_unaligned()), top_bit);
+                    let magnitude = _mm256_abs_epi8(signed);
+                    for h in 0..2 {
+                        let pairs =
+                            _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(wv[h], signed));
+                        acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (h, v) in acc.iter().enumerate() {
+                    let at = sums
+                        .as_mut_ptr()
+                        .add(r * self.outputs_padded + block * BLOCK + h * 8);
+                    _mm256_storeu_si256(at as *mut __m256i, *v);
+                }
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn sums_avx2(&self, q: &[u8], rows: usize) -> Vec<i32> {
+        self.sums_scalar(q, rows)
+    }
 }
 
 /// The largest magnitude in `xs`, in 16 lanes so that it vectorises.
@@ -250,6 +327,18 @@ fn max_abs(xs: &[f32]) -> f32 {
         }
     }
     tail.iter().chain(&lanes).fold(0f32, |m, x| m.max(x.abs()))
+}
+
+/// Whether this CPU runs [`Int8Dense::sums_avx2`].
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether this CPU runs [`Int8Dense::sums_vnni`].
@@ -293,6 +382,29 @@ mod tests {
             let (q, _) = layer.quantise_rows(&values(rows * k, 3 + rows as u32));
             // SAFETY: checked has_vnni above.
             let fast = unsafe { layer.sums_vnni(&q, rows) };
+            assert_eq!(fast, layer.sums_scalar(&q, rows), "{rows} rows");
+        }
+    }
+
+    #[test]
+    fn avx2_and_scalar_sums_are_identical() {
+        if !has_avx2() {
+            return; // nothing to compare on this CPU
+        }
+        // Extreme weights and activations too: pair sums at the i16 edge.
+        let (k, n) = (37, 70);
+        let mut w = values(k * n, 1);
+        w[..k].fill(1.0);
+        let layer = Int8Dense::from_torch(&w, values(n, 2));
+        for rows in 1..=TILE_ROWS {
+            let mut x = values(rows * k, 3 + rows as u32);
+            x[..k]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = if i % 2 == 0 { 1.0 } else { -1.0 });
+            let (q, _) = layer.quantise_rows(&x);
+            // SAFETY: checked has_avx2 above.
+            let fast = unsafe { layer.sums_avx2(&q, rows) };
             assert_eq!(fast, layer.sums_scalar(&q, rows), "{rows} rows");
         }
     }

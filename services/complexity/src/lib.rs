@@ -53,11 +53,11 @@ pub mod verifier;
 
 pub use blend::{Blend, BlendWeights, Decision};
 
-/// Whether the int8 encoder (`scoring.precision = "int8"`) runs its
-/// AVX-512 VNNI kernel on this CPU; without it, a portable scalar loop
-/// that gives the same sums but is several times slower than f32.
+/// Whether the int8 encoder (`scoring.precision = "int8"`) runs a SIMD
+/// kernel on this CPU (AVX-512 VNNI, else AVX2); without either, a
+/// portable scalar loop with the same sums, several times slower.
 pub fn int8_has_fast_kernel() -> bool {
-    int8_dense::has_vnni()
+    int8_dense::has_vnni() || int8_dense::has_avx2()
 }
 pub use cache::ScoreCache;
 pub use embedding::{EmbedError, MiniLm, Precision, EMBEDDING_DIM};

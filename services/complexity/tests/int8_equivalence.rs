@@ -15,9 +15,9 @@ use triage_complexity::Precision;
 /// Transformer-path prompts compared (all of them take minutes unoptimised).
 const TRANSFORMER_PROMPTS: usize = 300;
 
-/// Without VNNI the int8 kernel is a scalar loop (the same integer sums,
-/// several times slower): the comparison then takes a smaller sample so it
-/// fits the test time limit. The full set runs wherever VNNI is present.
+/// Without AVX-512 VNNI or AVX2 the int8 kernel is a scalar loop (the same
+/// integer sums, several times slower): the comparison then takes a
+/// smaller sample so it fits the test time limit.
 const SCALAR_SHIPPED_PROMPTS: usize = 400;
 const SCALAR_TRANSFORMER_PROMPTS: usize = 100;
 
@@ -72,7 +72,7 @@ fn int8_gives_the_same_tier_and_auc_as_f32_on_dev_prompts() {
     let (shipped, transformer) = if triage_complexity::int8_has_fast_kernel() {
         (texts.len(), TRANSFORMER_PROMPTS)
     } else {
-        println!("no AVX-512 VNNI here: the scalar int8 kernel, on a sample");
+        println!("no AVX-512 VNNI or AVX2 here: the scalar int8 kernel, on a sample");
         (SCALAR_SHIPPED_PROMPTS, SCALAR_TRANSFORMER_PROMPTS)
     };
     let s = shipped.min(texts.len());
