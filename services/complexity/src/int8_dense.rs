@@ -391,17 +391,22 @@ mod tests {
         if !has_avx2() {
             return; // nothing to compare on this CPU
         }
-        // Extreme weights and activations too: pair sums at the i16 edge.
+        // Extreme weights and activations too: outputs 0 and 1 have every
+        // weight at +127 and -127, rows 0 and 1 every activation at
+        // +127 and -127 (after the shift), so every pair sum is ±2·127·127,
+        // the largest vpmaddubsw can hold: an unsigned-times-signed
+        // product of the shifted bytes (up to 255·127 each) would saturate.
         let (k, n) = (37, 70);
         let mut w = values(k * n, 1);
         w[..k].fill(1.0);
+        w[k..2 * k].fill(-1.0);
         let layer = Int8Dense::from_torch(&w, values(n, 2));
         for rows in 1..=TILE_ROWS {
             let mut x = values(rows * k, 3 + rows as u32);
-            x[..k]
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v = if i % 2 == 0 { 1.0 } else { -1.0 });
+            x[..k].fill(1.0);
+            if rows > 1 {
+                x[k..2 * k].fill(-1.0);
+            }
             let (q, _) = layer.quantise_rows(&x);
             // SAFETY: checked has_avx2 above.
             let fast = unsafe { layer.sums_avx2(&q, rows) };
