@@ -96,12 +96,13 @@ impl Default for ConsumerConfig {
     }
 }
 
-/// Micro-batching: messages are collected until `max_batch` or `max_wait`,
-/// then scored in one model pass.
+/// Micro-batching: messages are pulled until `max_batch` or `max_wait`;
+/// what needs the transformer joins the model queue, whose passes take
+/// everything waiting (up to `max_batch`) when the model is free.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatchingConfig {
-    /// Most messages per model pass.
+    /// Most messages per pull and texts per model pass.
     pub max_batch: usize,
     /// Longest wait for a batch to fill after its first message.
     #[serde(with = "humantime_serde")]
@@ -109,8 +110,8 @@ pub struct BatchingConfig {
     /// Batches in flight at once (scoring of one overlaps publishing of
     /// the previous).
     pub concurrency: usize,
-    /// Model passes at once; the model uses every core for one pass, so 1
-    /// is right on small machines.
+    /// Model workers, each running one pass at a time; the model uses
+    /// every core for one pass, so 1 is right on small machines.
     pub model_threads: usize,
     /// Longest a batch may take to score; past it the batch goes to tier 2
     /// with `router_failure`.

@@ -8,6 +8,7 @@
 //! - [`policy`]: tier overrides, tenant pins, shadow mode, failure fallback;
 //! - [`self_rating`]: the optional LLM complexity rating;
 //! - [`routing`]: the scoring of a batch, shared by service and offline;
+//! - [`model_queue`]: texts waiting for the transformer, taken a pass at a time;
 //! - [`service`]: the NATS JetStream service (`triage-router run`);
 //! - [`heads`]: heads promoted to a KV bucket and followed without a restart;
 //! - [`metrics`]: its Prometheus metrics;
@@ -21,6 +22,7 @@
 pub mod config;
 pub mod heads;
 pub mod metrics;
+pub mod model_queue;
 pub mod offline;
 pub mod offline_db;
 pub mod offline_verify;

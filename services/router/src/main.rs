@@ -367,7 +367,8 @@ async fn main() -> anyhow::Result<()> {
                 config.batching.model_threads,
                 config.policy.clone(),
                 std::time::Duration::from_secs(600),
-            );
+            )
+            .with_max_batch(batch);
             offline::score(&router, &verifier, &input, &output, batch).await
         }
         Command::Calibrate {

@@ -41,6 +41,9 @@ pub struct RouterMetrics {
     pub routing_delay: Histogram,
     /// `batch_size`: messages per micro-batch.
     pub batch_size: Histogram,
+    /// `model_pass_size`: texts per transformer pass (the model queue
+    /// takes everything waiting, so this grows with the load).
+    pub model_pass_size: Histogram,
     /// `cache_lookups_total{kind=hit|miss}`.
     pub cache: Family<KindLabel, Counter>,
     /// `self_rating_failures_total{kind=timeout|error|unparsable}`.
@@ -92,6 +95,11 @@ impl RouterMetrics {
                 "batch_size",
                 "Messages per micro-batch",
                 Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            ),
+            model_pass_size: r.add(
+                "model_pass_size",
+                "Texts per transformer pass (everything waiting when the model was free)",
+                crate::routing::pass_size_histogram(),
             ),
             cache: r.add(
                 "cache_lookups",

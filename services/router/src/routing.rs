@@ -3,18 +3,28 @@
 //! shadow. The service and the offline `score` command both use this, so
 //! offline and live decisions agree.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::join_all;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::Semaphore;
 use triage_complexity::prompt_text::text_to_score;
 use triage_complexity::scorer::{EmbeddingScore, LlmScore, Prepared, Scorer, Source};
 use triage_protocol::{Request, RoutingDecision};
 
 use crate::config::PolicyConfig;
+use crate::model_queue::ModelQueue;
 use crate::policy::{self, Plan};
 use crate::self_rating::SelfRater;
+
+/// Texts per model pass unless [`Router::with_max_batch`] says otherwise.
+const DEFAULT_MAX_BATCH: usize = 16;
+
+/// The buckets of `model_pass_size` (1 to 128 texts).
+pub fn pass_size_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 8))
+}
 
 /// What happened inside routing one request, for metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -46,7 +56,11 @@ pub struct Router {
     scorer: Result<Arc<Scorer>, String>,
     rater: Option<Arc<dyn SelfRater>>,
     rating_slots: Arc<Semaphore>,
-    model_slots: Arc<Semaphore>,
+    model_threads: usize,
+    max_batch: usize,
+    pass_sizes: Histogram,
+    /// Started on the first text that needs the model (inside a runtime).
+    queue: Arc<OnceLock<ModelQueue>>,
     policy: PolicyConfig,
     score_timeout: Duration,
 }
@@ -66,10 +80,27 @@ impl Router {
             scorer,
             rater,
             rating_slots: Arc::new(Semaphore::new(rating_concurrency.max(1))),
-            model_slots: Arc::new(Semaphore::new(model_threads.max(1))),
+            model_threads: model_threads.max(1),
+            max_batch: DEFAULT_MAX_BATCH,
+            pass_sizes: pass_size_histogram(),
+            queue: Arc::new(OnceLock::new()),
             policy,
             score_timeout,
         }
+    }
+
+    /// Model passes take at most `max_batch` texts (before the first
+    /// scored request; the queue starts then).
+    pub fn with_max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch.max(1);
+        self
+    }
+
+    /// Observe each model pass's size in `pass_sizes` (before the first
+    /// scored request; the queue starts then).
+    pub fn with_pass_sizes(mut self, pass_sizes: Histogram) -> Self {
+        self.pass_sizes = pass_sizes;
+        self
     }
 
     /// The scorer, when loaded.
@@ -133,46 +164,24 @@ impl Router {
             }
         };
         let n = texts.len();
-        // Truncation, rules and the model pass are CPU work: off the async
-        // threads, one pass at a time (a pass already uses every core).
-        let permit = self.model_slots.clone().acquire_owned().await;
-        let blocking_scorer = Arc::clone(&scorer);
-        let work = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let prepared: Vec<Result<Prepared, String>> = texts
-                .iter()
-                .map(|t| blocking_scorer.prepare(t).map_err(|e| e.to_string()))
-                .collect();
-            let ok: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
-            let scores = blocking_scorer
-                .embedding_scores(&ok)
-                .map_err(|e| e.to_string());
-            (prepared, scores)
-        });
-        let (prepared, scores) = match tokio::time::timeout(self.score_timeout, work).await {
+        let queue = self
+            .queue
+            .get_or_init(|| {
+                ModelQueue::start(
+                    Arc::clone(&scorer),
+                    self.model_threads,
+                    self.max_batch,
+                    self.pass_sizes.clone(),
+                )
+            });
+        let items = match tokio::time::timeout(self.score_timeout, queue.score(texts)).await {
             Err(_) => {
                 return (0..n)
                     .map(|_| failure("scoring timed out".into()))
                     .collect()
             }
-            Ok(Err(join)) if join.is_panic() => {
-                return (0..n).map(|_| failure("scoring panicked".into())).collect()
-            }
-            Ok(Err(join)) => {
-                return (0..n)
-                    .map(|_| failure(format!("scoring task: {join}")))
-                    .collect()
-            }
-            Ok(Ok((_, Err(e)))) => {
-                return (0..n).map(|_| failure(format!("embedding: {e}"))).collect()
-            }
-            Ok(Ok((prepared, Ok(scores)))) => (prepared, scores),
+            Ok(items) => items,
         };
-        let mut scores = scores.into_iter();
-        let items: Vec<Result<(Prepared, Option<EmbeddingScore>), String>> = prepared
-            .into_iter()
-            .map(|p| p.map(|p| (p, scores.next().flatten())))
-            .collect();
         let scorer_ref: &Scorer = &scorer;
         let ratings = join_all(items.iter().map(|item| async move {
             match item {
@@ -185,7 +194,7 @@ impl Router {
             .into_iter()
             .zip(ratings)
             .map(|(item, llm)| match item {
-                Err(e) => failure(format!("truncation: {e}")),
+                Err(e) => failure(e),
                 Ok((p, e)) => finish(&scorer, &p, e, llm),
             })
             .collect()

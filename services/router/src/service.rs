@@ -3,7 +3,9 @@
 //! One durable pull consumer on `llm.requests` (and the tenant-bound
 //! `llm.requests.<tenant>`, see [`crate::tenancy`]), shared by every replica.
 //! Messages are collected into micro-batches (up to `max_batch` or
-//! `max_wait`), scored together, and republished to `llm.tier1` /
+//! `max_wait`); what needs the transformer joins the model queue
+//! ([`crate::model_queue`]), whose passes take everything waiting; each is
+//! republished to `llm.tier1` /
 //! `llm.tier2`; each original is acked only after JetStream confirmed its
 //! republish, so a crash at any point loses nothing (the message comes back
 //! after `ack_wait`, and the republish's `Nats-Msg-Id` makes a repeat a
@@ -123,7 +125,8 @@ pub async fn build_router(config: &RouterConfig) -> anyhow::Result<Router> {
         config.batching.model_threads,
         config.policy.clone(),
         config.batching.score_timeout,
-    ))
+    )
+    .with_max_batch(config.batching.max_batch))
 }
 
 /// Admits, routes and republishes one micro-batch at a time; what every
@@ -187,6 +190,7 @@ pub async fn serve(
         ),
         _ => None,
     };
+    let router = router.with_pass_sizes(metrics.model_pass_size.clone());
     let slots = Arc::new(Semaphore::new(config.batching.concurrency));
     let processor = Arc::new(BatchProcessor {
         client,

@@ -282,3 +282,45 @@ async fn routing_without_the_model_agrees_with_the_full_path_and_leaves_the_rest
         .is_some_and(|r| r.decision.tier == Tier::Small));
     assert!(decided >= 3, "only {decided} decided without the model");
 }
+
+/// `_count` and `_sum` of a histogram, read the way Prometheus would.
+fn count_and_sum(h: &prometheus_client::metrics::histogram::Histogram) -> (u64, f64) {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("pass", "passes", h.clone());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+    };
+    (value("pass_count ") as u64, value("pass_sum "))
+}
+
+// The default current-thread runtime polls every route call, and so queues
+// every text, before the model worker first runs: the passes are then
+// exactly "everything waiting, up to max_batch".
+#[tokio::test]
+async fn a_model_pass_takes_everything_waiting_up_to_max_batch() {
+    let sizes = triage_router::routing::pass_size_histogram();
+    let r = router(None, PolicyConfig::default())
+        .with_max_batch(8)
+        .with_pass_sizes(sizes.clone());
+    let texts: Vec<String> = (0..12)
+        .map(|i| format!("Explain step {i} of a proof that there are infinitely many primes."))
+        .collect();
+    let r = &r;
+    let together = futures::future::join_all(
+        texts
+            .iter()
+            .map(|t| async move { r.route(&[Request::from_prompt(t)]).await.remove(0) }),
+    )
+    .await;
+    assert_eq!(count_and_sum(&sizes), (2, 12.0), "one pass of 8, one of 4");
+    let alone = router(None, PolicyConfig::default());
+    for (t, routed) in texts.iter().zip(&together) {
+        let single = alone.route(&[Request::from_prompt(t)]).await.remove(0);
+        assert_eq!(routed.decision, single.decision, "{t}");
+    }
+}
