@@ -378,6 +378,27 @@ impl Scorer {
         self.settle_without_model(p, &self.head())
     }
 
+    /// The first stage's score whatever its band: what decides a text the
+    /// transformer cannot take in time (the router's `model_budget`).
+    /// `None` without a first stage or when a rule fired. Not cached, so
+    /// the text gets the transformer next time if there is time.
+    pub fn first_stage_score(&self, p: &Prepared) -> Option<EmbeddingScore> {
+        if p.rule.is_some() {
+            return None;
+        }
+        let score = self
+            .first_stage
+            .as_ref()?
+            .score(&p.tokens.ids, &p.tokens.text);
+        Some(EmbeddingScore {
+            score,
+            source: Source::FirstStage,
+            cached: false,
+            cached_llm: None,
+            head: None,
+        })
+    }
+
     /// [`Self::score_without_model`] with the batch's head: a cached score
     /// of another head is not reused.
     fn settle_without_model(&self, p: &Prepared, head: &HeadSlot) -> Option<EmbeddingScore> {

@@ -4,7 +4,10 @@
 //!
 //! `cargo bench -p triage-router --bench router_speed` (needs NATS at
 //! TRIAGE_NATS_URL and the model in $TRIAGE_CACHE). Options via env:
-//! BENCH_REQUESTS (default 256), TRIAGE_DATA_DIR (default: the repository's data/).
+//! BENCH_REQUESTS (default 256), TRIAGE_DATA_DIR (default: the repository's data/),
+//! BENCH_MAX_TOKENS (the service's `scoring.max_tokens`, default as shipped),
+//! BENCH_ONLY_DEV=1 (skip the short and long synthetic cases),
+//! BENCH_MODEL_BUDGET_MS (the service's `batching.model_budget`; default off).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -71,6 +74,7 @@ struct Path {
     sent: Arc<Mutex<HashMap<String, Instant>>>,
     delays: Arc<Mutex<Vec<f64>>>,
     arrived: Arc<std::sync::atomic::AtomicUsize>,
+    over_budget: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn start_path(url: &str, batch: usize, two_stage: bool) -> Path {
@@ -90,11 +94,15 @@ async fn start_path(url: &str, batch: usize, two_stage: bool) -> Path {
             } else {
                 transformer_only()
             },
+            max_tokens: env_usize("BENCH_MAX_TOKENS", ScorerConfig::default().max_tokens),
             ..ScorerConfig::default()
         },
         ..RouterConfig::default()
     };
     config.batching.max_batch = batch;
+    config.batching.model_budget = std::env::var("BENCH_MODEL_BUDGET_MS")
+        .ok()
+        .map(|ms| Duration::from_millis(ms.parse().expect("BENCH_MODEL_BUDGET_MS: milliseconds")));
     let ns = Namespace::new(&prefix).unwrap();
     let client = async_nats::connect(url).await.expect("NATS");
     let js = async_nats::jetstream::new(client.clone());
@@ -123,9 +131,11 @@ async fn start_path(url: &str, batch: usize, two_stage: bool) -> Path {
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let delays: Arc<Mutex<Vec<f64>>> = Arc::default();
     let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let over_budget = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for tier in [Tier::Small, Tier::Large] {
         let mut sub = client.subscribe(ns.tier(tier)).await.unwrap();
         let (sent, delays, arrived) = (sent.clone(), delays.clone(), arrived.clone());
+        let over_budget = over_budget.clone();
         tokio::spawn(async move {
             while let Some(m) = sub.next().await {
                 let now = Instant::now();
@@ -135,6 +145,9 @@ async fn start_path(url: &str, batch: usize, two_stage: bool) -> Path {
                         .lock()
                         .await
                         .push(now.duration_since(*t0).as_secs_f64() * 1000.0);
+                }
+                if routed.decision.reasons.iter().any(|r| r == "model_budget") {
+                    over_budget.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
@@ -150,6 +163,7 @@ async fn start_path(url: &str, batch: usize, two_stage: bool) -> Path {
         sent,
         delays,
         arrived,
+        over_budget,
     }
 }
 
@@ -220,6 +234,7 @@ async fn delay_at_rate(
     path.send(&format!("{tag}-warm"), &texts[0]).await;
     path.wait_for(1).await;
     path.delays.lock().await.clear();
+    path.over_budget.store(0, std::sync::atomic::Ordering::SeqCst);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for (i, t) in texts.iter().enumerate() {
@@ -231,7 +246,14 @@ async fn delay_at_rate(
     for d in path.delays.lock().await.iter() {
         h.record((d * 1000.0) as u64).unwrap();
     }
+    let over_budget = path.over_budget.load(std::sync::atomic::Ordering::SeqCst);
     path.stop().await;
+    if over_budget > 0 {
+        println!(
+            "  {over_budget} of {} decided by the first stage over the model budget",
+            texts.len()
+        );
+    }
     (
         h.value_at_quantile(0.5) as f64 / 1000.0,
         h.value_at_quantile(0.99) as f64 / 1000.0,
@@ -309,7 +331,9 @@ async fn main() {
         "router speed, {} cores, {n} prompts per case",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    for (label, tokens) in [("short (32 tokens)", 32usize), ("long (302 tokens)", 302)] {
+    let only_dev = std::env::var("BENCH_ONLY_DEV").is_ok_and(|v| v == "1");
+    let cases = [("short (32 tokens)", 32usize), ("long (302 tokens)", 302)];
+    for (label, tokens) in cases.into_iter().filter(|_| !only_dev) {
         let t = Truncator::from_file(
             &triage_complexity::ModelFiles::default_minilm().tokenizer(),
             tokens,

@@ -117,6 +117,13 @@ pub struct BatchingConfig {
     /// with `router_failure`.
     #[serde(with = "humantime_serde")]
     pub score_timeout: Duration,
+    /// A text the transformer could not score within this (the tokens
+    /// queued ahead and its own, at the measured time per token) is
+    /// decided by the first stage instead (reason `model_budget`): routing
+    /// delay stays bounded under load. Off (`None`) by default; needs the
+    /// first stage.
+    #[serde(with = "humantime_serde")]
+    pub model_budget: Option<Duration>,
 }
 
 impl Default for BatchingConfig {
@@ -127,6 +134,7 @@ impl Default for BatchingConfig {
             concurrency: 4,
             model_threads: 1,
             score_timeout: Duration::from_secs(10),
+            model_budget: None,
         }
     }
 }

@@ -17,7 +17,8 @@ pub struct DecisionLabels {
     /// `1` or `2`: where the request was sent.
     pub tier: String,
     /// What decided it: `score`, `first_stage`, `rule:<name>`, `override`,
-    /// `tenant_pin`, `router_failure`.
+    /// `tenant_pin`, `router_failure`, `model_budget` (the first stage
+    /// decided because the transformer had no time).
     pub reason: String,
 }
 
@@ -191,6 +192,9 @@ pub fn kind_label(kind: &str) -> KindLabel {
 
 /// The reason that decided the tier, with bounded cardinality.
 pub fn deciding_reason(decision: &RoutingDecision) -> String {
+    if decision.reasons.iter().any(|r| r == crate::routing::MODEL_BUDGET) {
+        return crate::routing::MODEL_BUDGET.into();
+    }
     for r in &decision.reasons {
         if r == "router_failure" {
             return "router_failure".into();
@@ -230,6 +234,8 @@ mod tests {
         assert_eq!(deciding_reason(&d), "override");
         d.reasons = vec!["router_failure".into(), "error:x".into()];
         assert_eq!(deciding_reason(&d), "router_failure");
+        d.reasons = vec!["first_stage=0.5".into(), "model_budget".into()];
+        assert_eq!(deciding_reason(&d), "model_budget");
     }
 
     #[test]

@@ -8,20 +8,35 @@
 //! delay 74 ms for short prompts at half the batched throughput). Now a
 //! pass takes what queued during the previous one, so passes grow with
 //! the load instead of the queue.
+//!
+//! With a time budget (`batching.model_budget`), a text whose pass could
+//! not finish within it — the tokens already waiting plus its own, at the
+//! model's measured time per token — is not queued: the caller decides it
+//! with the first stage instead, so routing delay stays bounded.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use triage_complexity::scorer::{EmbeddingScore, Prepared, Scorer};
 
-/// A text's outcome: prepared (truncated, rules checked) with its
-/// embedding score, or why it could not be scored.
-pub type Scored = Result<(Prepared, Option<EmbeddingScore>), String>;
+/// What became of a queued text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Scored (`None` when a rule fired: no score needed).
+    Scored(Option<EmbeddingScore>),
+    /// Its pass would not finish within the budget; it was not queued.
+    OverBudget,
+    /// Why it could not be scored.
+    Failed(String),
+}
 
 struct Job {
-    text: String,
-    reply: oneshot::Sender<Scored>,
+    text: Arc<Prepared>,
+    tokens: usize,
+    reply: oneshot::Sender<Outcome>,
 }
 
 type Jobs = Arc<Mutex<mpsc::UnboundedReceiver<Job>>>;
@@ -33,49 +48,127 @@ type Jobs = Arc<Mutex<mpsc::UnboundedReceiver<Job>>>;
 #[derive(Clone)]
 pub struct ModelQueue {
     jobs: mpsc::UnboundedSender<Job>,
+    load: Arc<Load>,
 }
 
 impl ModelQueue {
     /// Starts `workers` model workers (one pass each at a time) on the
     /// current tokio runtime; each pass takes at most `max_batch` texts,
-    /// and its size is observed in `pass_sizes`.
+    /// and its size is observed in `pass_sizes`. With a `budget`, texts
+    /// that could not be scored within it are refused ([`Outcome::OverBudget`]).
     pub fn start(
         scorer: Arc<Scorer>,
         workers: usize,
         max_batch: usize,
         pass_sizes: Histogram,
+        budget: Option<Duration>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx: Jobs = Arc::new(Mutex::new(rx));
+        let load = Arc::new(Load::new(budget));
         for _ in 0..workers.max(1) {
             let worker = Worker {
                 scorer: Arc::clone(&scorer),
                 jobs: Arc::clone(&rx),
                 max_batch: max_batch.max(1),
                 pass_sizes: pass_sizes.clone(),
+                load: Arc::clone(&load),
             };
             tokio::spawn(worker.run());
         }
-        Self { jobs: tx }
+        Self { jobs: tx, load }
     }
 
-    /// Queues `texts` and waits for their outcomes, in order. A dropped
-    /// future leaves its texts to be skipped by the worker if not started.
-    pub async fn score(&self, texts: Vec<String>) -> Vec<Scored> {
-        let waiting: Vec<oneshot::Receiver<Scored>> = texts
+    /// Queues `texts` (those within the budget) and waits for their
+    /// outcomes, in order. A dropped future leaves its texts to be skipped
+    /// by the worker if not started.
+    pub async fn score(&self, texts: Vec<Arc<Prepared>>) -> Vec<Outcome> {
+        let waiting: Vec<Option<oneshot::Receiver<Outcome>>> = texts
             .into_iter()
             .map(|text| {
+                let tokens = text.tokens.ids.len();
+                if !self.load.admit(tokens) {
+                    return None;
+                }
                 let (reply, rx) = oneshot::channel();
                 // A closed queue drops the job; its receiver then says so.
-                let _ = self.jobs.send(Job { text, reply });
-                rx
+                let _ = self.jobs.send(Job {
+                    text,
+                    tokens,
+                    reply,
+                });
+                Some(rx)
             })
             .collect();
         futures::future::join_all(waiting.into_iter().map(|rx| async {
-            rx.await
-                .unwrap_or_else(|_| Err("scoring panicked".to_string()))
+            match rx {
+                None => Outcome::OverBudget,
+                Some(rx) => rx
+                    .await
+                    .unwrap_or_else(|_| Outcome::Failed("scoring panicked".into())),
+            }
         }))
         .await
+    }
+}
+
+/// The work queued and the model's speed, for the budget.
+#[derive(Debug)]
+pub struct Load {
+    budget: Option<Duration>,
+    /// Tokens queued or in a pass.
+    backlog: AtomicUsize,
+    /// Moving average of a pass's nanoseconds per token (0: none yet).
+    ns_per_token: AtomicU64,
+}
+
+impl Load {
+    /// No work and no speed known yet.
+    pub fn new(budget: Option<Duration>) -> Self {
+        Self {
+            budget,
+            backlog: AtomicUsize::new(0),
+            ns_per_token: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a text of `tokens` can be scored within the budget, and if
+    /// so counts it in the backlog. Until a pass was timed, everything is.
+    pub fn admit(&self, tokens: usize) -> bool {
+        let ahead = self.backlog.load(Ordering::Relaxed);
+        let per_token = self.ns_per_token.load(Ordering::Relaxed);
+        if let Some(budget) = self.budget {
+            let expected = Duration::from_nanos(per_token.saturating_mul((ahead + tokens) as u64));
+            if per_token > 0 && expected > budget {
+                return false;
+            }
+        }
+        self.backlog.fetch_add(tokens, Ordering::Relaxed);
+        true
+    }
+
+    /// A pass of `tokens` took `elapsed`: out of the backlog, into the
+    /// speed (each pass weighs a quarter).
+    pub fn passed(&self, tokens: usize, elapsed: Duration) {
+        self.backlog.fetch_sub(tokens, Ordering::Relaxed);
+        let measured = elapsed.as_nanos() as u64 / tokens.max(1) as u64;
+        let old = self.ns_per_token.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            measured
+        } else {
+            (3 * old + measured) / 4
+        };
+        self.ns_per_token.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// Tokens queued but never passed (their caller gave up).
+    pub fn forget(&self, tokens: usize) {
+        self.backlog.fetch_sub(tokens, Ordering::Relaxed);
+    }
+
+    /// Tokens queued or in a pass.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
     }
 }
 
@@ -85,6 +178,7 @@ struct Worker {
     jobs: Jobs,
     max_batch: usize,
     pass_sizes: Histogram,
+    load: Arc<Load>,
 }
 
 impl Worker {
@@ -112,17 +206,21 @@ impl Worker {
                 batch
             };
             // Texts whose caller gave up (score timeout) are not worth a pass.
-            batch.retain(|job| !job.reply.is_closed());
-            if !batch.is_empty() {
-                return Some(batch);
+            let (gone, kept): (Vec<Job>, Vec<Job>) =
+                batch.drain(..).partition(|job| job.reply.is_closed());
+            self.load.forget(gone.iter().map(|j| j.tokens).sum());
+            if !kept.is_empty() {
+                return Some(kept);
             }
         }
     }
 
-    async fn answer(&self, mut batch: Vec<Job>) {
+    async fn answer(&self, batch: Vec<Job>) {
         self.pass_sizes.observe(batch.len() as f64);
-        let texts: Vec<String> = batch.iter_mut().map(|j| std::mem::take(&mut j.text)).collect();
+        let tokens: usize = batch.iter().map(|j| j.tokens).sum();
+        let texts: Vec<Arc<Prepared>> = batch.iter().map(|j| Arc::clone(&j.text)).collect();
         let scorer = Arc::clone(&self.scorer);
+        let started = Instant::now();
         let outcomes = match tokio::task::spawn_blocking(move || pass(&scorer, &texts)).await {
             Ok(outcomes) => outcomes,
             Err(join) => {
@@ -131,30 +229,66 @@ impl Worker {
                 } else {
                     format!("scoring task: {join}")
                 };
-                batch.iter().map(|_| Err(why.clone())).collect()
+                batch.iter().map(|_| Outcome::Failed(why.clone())).collect()
             }
         };
+        self.load.passed(tokens, started.elapsed());
         for (job, outcome) in batch.into_iter().zip(outcomes) {
             let _ = job.reply.send(outcome);
         }
     }
 }
 
-/// Truncation, rules and one model pass over `texts`.
-fn pass(scorer: &Scorer, texts: &[String]) -> Vec<Scored> {
-    let prepared: Vec<Result<Prepared, String>> = texts
-        .iter()
-        .map(|t| scorer.prepare(t).map_err(|e| format!("truncation: {e}")))
-        .collect();
-    let ok: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
-    match scorer.embedding_scores(&ok) {
-        Err(e) => texts.iter().map(|_| Err(format!("embedding: {e}"))).collect(),
-        Ok(scores) => {
-            let mut scores = scores.into_iter();
-            prepared
-                .into_iter()
-                .map(|p| p.map(|p| (p, scores.next().flatten())))
-                .collect()
-        }
+/// One model pass over `texts`.
+fn pass(scorer: &Scorer, texts: &[Arc<Prepared>]) -> Vec<Outcome> {
+    let refs: Vec<&Prepared> = texts.iter().map(|p| p.as_ref()).collect();
+    match scorer.embedding_scores(&refs) {
+        Err(e) => texts
+            .iter()
+            .map(|_| Outcome::Failed(format!("embedding: {e}")))
+            .collect(),
+        Ok(scores) => scores.into_iter().map(Outcome::Scored).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_is_admitted_until_a_pass_was_timed_or_without_a_budget() {
+        let load = Load::new(Some(Duration::from_millis(50)));
+        assert!(load.admit(100_000));
+        assert_eq!(load.backlog(), 100_000);
+        let free = Load::new(None);
+        free.passed(0, Duration::from_secs(1));
+        assert!(free.admit(100_000));
+    }
+
+    #[test]
+    fn a_text_is_refused_when_the_backlog_and_itself_would_overrun_the_budget() {
+        let load = Load::new(Some(Duration::from_millis(50)));
+        assert!(load.admit(100));
+        load.passed(100, Duration::from_millis(10)); // 100 µs a token
+        assert_eq!(load.backlog(), 0);
+        assert!(load.admit(400), "40 ms alone");
+        assert!(load.admit(100), "50 ms with the 400 ahead: at the budget");
+        assert!(!load.admit(1), "50.1 ms");
+        assert_eq!(load.backlog(), 500, "a refused text is not counted");
+        load.passed(500, Duration::from_millis(50));
+        assert!(!load.admit(501), "one text alone can overrun it");
+        assert!(load.admit(500));
+    }
+
+    #[test]
+    fn the_speed_follows_recent_passes() {
+        let load = Load::new(Some(Duration::from_millis(50)));
+        load.admit(100);
+        load.passed(100, Duration::from_millis(10));
+        load.admit(100);
+        load.passed(100, Duration::from_millis(50)); // 500 µs a token
+        // (3 × 100 + 500) / 4 = 200 µs a token: 250 tokens fit, 251 do not.
+        assert!(!load.admit(251));
+        assert!(load.admit(250));
     }
 }

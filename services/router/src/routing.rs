@@ -14,7 +14,7 @@ use triage_complexity::scorer::{EmbeddingScore, LlmScore, Prepared, Scorer, Sour
 use triage_protocol::{Request, RoutingDecision};
 
 use crate::config::PolicyConfig;
-use crate::model_queue::ModelQueue;
+use crate::model_queue::{ModelQueue, Outcome};
 use crate::policy::{self, Plan};
 use crate::self_rating::SelfRater;
 
@@ -24,6 +24,18 @@ const DEFAULT_MAX_BATCH: usize = 16;
 /// The buckets of `model_pass_size` (1 to 128 texts).
 pub fn pass_size_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 8))
+}
+
+/// The reason a text over the model budget carries (with `first_stage=`).
+pub const MODEL_BUDGET: &str = "model_budget";
+
+/// A prepared text and its embedding-stage score.
+struct Embedded {
+    prepared: Arc<Prepared>,
+    /// `None` when a rule fired.
+    score: Option<EmbeddingScore>,
+    /// The transformer could not take it in time; the first stage decided.
+    over_budget: bool,
 }
 
 /// What happened inside routing one request, for metrics.
@@ -39,6 +51,9 @@ pub struct RouteInfo {
     pub rating_failure: Option<&'static str>,
     /// Scoring failed and the request fell back to tier 2.
     pub router_failure: bool,
+    /// The transformer could not score it within `batching.model_budget`:
+    /// the first stage decided.
+    pub over_budget: bool,
 }
 
 /// A routed request.
@@ -59,6 +74,7 @@ pub struct Router {
     model_threads: usize,
     max_batch: usize,
     pass_sizes: Histogram,
+    model_budget: Option<Duration>,
     /// Started on the first text that needs the model (inside a runtime).
     queue: Arc<OnceLock<ModelQueue>>,
     policy: PolicyConfig,
@@ -83,6 +99,7 @@ impl Router {
             model_threads: model_threads.max(1),
             max_batch: DEFAULT_MAX_BATCH,
             pass_sizes: pass_size_histogram(),
+            model_budget: None,
             queue: Arc::new(OnceLock::new()),
             policy,
             score_timeout,
@@ -100,6 +117,14 @@ impl Router {
     /// scored request; the queue starts then).
     pub fn with_pass_sizes(mut self, pass_sizes: Histogram) -> Self {
         self.pass_sizes = pass_sizes;
+        self
+    }
+
+    /// Decide a text with the first stage when the transformer could not
+    /// score it within `budget` (see [`crate::model_queue`]); before the
+    /// first scored request.
+    pub fn with_model_budget(mut self, budget: Option<Duration>) -> Self {
+        self.model_budget = budget;
         self
     }
 
@@ -164,17 +189,8 @@ impl Router {
             }
         };
         let n = texts.len();
-        let queue = self
-            .queue
-            .get_or_init(|| {
-                ModelQueue::start(
-                    Arc::clone(&scorer),
-                    self.model_threads,
-                    self.max_batch,
-                    self.pass_sizes.clone(),
-                )
-            });
-        let items = match tokio::time::timeout(self.score_timeout, queue.score(texts)).await {
+        let items = match tokio::time::timeout(self.score_timeout, self.embed(&scorer, texts)).await
+        {
             Err(_) => {
                 return (0..n)
                     .map(|_| failure("scoring timed out".into()))
@@ -185,7 +201,11 @@ impl Router {
         let scorer_ref: &Scorer = &scorer;
         let ratings = join_all(items.iter().map(|item| async move {
             match item {
-                Ok((p, Some(e))) => self.rate(scorer_ref, p, e).await,
+                Ok(Embedded {
+                    prepared,
+                    score: Some(e),
+                    ..
+                }) => self.rate(scorer_ref, prepared, e).await,
                 _ => LlmScore::Off,
             }
         }))
@@ -195,9 +215,80 @@ impl Router {
             .zip(ratings)
             .map(|(item, llm)| match item {
                 Err(e) => failure(e),
-                Ok((p, e)) => finish(&scorer, &p, e, llm),
+                Ok(e) => {
+                    let mut routed = finish(&scorer, &e.prepared, e.score, llm);
+                    if e.over_budget {
+                        routed.decision.reasons.push(MODEL_BUDGET.into());
+                        routed.info.over_budget = true;
+                    }
+                    routed
+                }
             })
             .collect()
+    }
+
+    /// Truncation, rules, cache and first stage off the async threads,
+    /// then the model queue for the rest; a text over the model budget
+    /// gets the first stage's score instead.
+    async fn embed(&self, scorer: &Arc<Scorer>, texts: Vec<String>) -> Vec<Result<Embedded, String>> {
+        let n = texts.len();
+        let blocking = Arc::clone(scorer);
+        let prepared = tokio::task::spawn_blocking(move || {
+            texts
+                .iter()
+                .map(|t| {
+                    let p = blocking.prepare(t).map_err(|e| format!("truncation: {e}"))?;
+                    let known = blocking.score_without_model(&p);
+                    Ok((Arc::new(p), known))
+                })
+                .collect::<Vec<Result<_, String>>>()
+        })
+        .await
+        .unwrap_or_else(|_| vec![Err("scoring panicked".into()); n]);
+        // A rule decides without a score, a known score needs no pass.
+        let queued: Vec<Arc<Prepared>> = prepared
+            .iter()
+            .filter_map(|p| match p {
+                Ok((p, None)) if p.rule.is_none() => Some(Arc::clone(p)),
+                _ => None,
+            })
+            .collect();
+        let mut outcomes = self.queue(scorer).score(queued).await.into_iter();
+        prepared
+            .into_iter()
+            .map(|p| {
+                let (prepared, known) = p?;
+                let (score, over_budget) = if prepared.rule.is_some() || known.is_some() {
+                    (known, false)
+                } else {
+                    match outcomes.next() {
+                        Some(Outcome::Scored(score)) => (score, false),
+                        Some(Outcome::OverBudget) => (scorer.first_stage_score(&prepared), true),
+                        Some(Outcome::Failed(why)) => return Err(why),
+                        None => return Err("scoring lost a text".into()),
+                    }
+                };
+                Ok(Embedded {
+                    prepared,
+                    score,
+                    over_budget,
+                })
+            })
+            .collect()
+    }
+
+    /// The model queue, started on first use (inside a runtime). The budget
+    /// applies only with a first stage to decide what it refuses.
+    fn queue(&self, scorer: &Arc<Scorer>) -> &ModelQueue {
+        self.queue.get_or_init(|| {
+            ModelQueue::start(
+                Arc::clone(scorer),
+                self.model_threads,
+                self.max_batch,
+                self.pass_sizes.clone(),
+                self.model_budget.filter(|_| scorer.first_stage().is_some()),
+            )
+        })
     }
 
     /// Routes what needs neither the transformer nor an LLM call — policy
@@ -279,6 +370,7 @@ fn finish(scorer: &Scorer, p: &Prepared, e: Option<EmbeddingScore>, llm: LlmScor
                 .is_some_and(|e| e.source == Source::Model && !e.cached),
             rating_failure: rating_failure_kind(&llm),
             router_failure: false,
+            over_budget: false,
         },
     }
 }

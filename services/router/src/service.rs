@@ -126,7 +126,8 @@ pub async fn build_router(config: &RouterConfig) -> anyhow::Result<Router> {
         config.policy.clone(),
         config.batching.score_timeout,
     )
-    .with_max_batch(config.batching.max_batch))
+    .with_max_batch(config.batching.max_batch)
+    .with_model_budget(config.batching.model_budget))
 }
 
 /// Admits, routes and republishes one micro-batch at a time; what every

@@ -11,6 +11,8 @@ use triage_complexity::ModelFiles;
 use triage_protocol::{Request, Tier};
 use triage_router::config::PolicyConfig;
 use triage_router::self_rating::{RatingError, RatingFuture, SelfRater};
+use triage_complexity::scorer::Prepared;
+use triage_router::model_queue::{ModelQueue, Outcome};
 use triage_router::Router;
 
 fn scorer() -> Arc<Scorer> {
@@ -298,29 +300,68 @@ fn count_and_sum(h: &prometheus_client::metrics::histogram::Histogram) -> (u64, 
     (value("pass_count ") as u64, value("pass_sum "))
 }
 
-// The default current-thread runtime polls every route call, and so queues
+// The default current-thread runtime polls every caller, and so queues
 // every text, before the model worker first runs: the passes are then
-// exactly "everything waiting, up to max_batch".
+// exactly "everything waiting, up to max_batch", whoever queued it.
 #[tokio::test]
 async fn a_model_pass_takes_everything_waiting_up_to_max_batch() {
     let sizes = triage_router::routing::pass_size_histogram();
-    let r = router(None, PolicyConfig::default())
-        .with_max_batch(8)
-        .with_pass_sizes(sizes.clone());
-    let texts: Vec<String> = (0..12)
-        .map(|i| format!("Explain step {i} of a proof that there are infinitely many primes."))
+    let queue = ModelQueue::start(scorer(), 1, 8, sizes.clone(), None);
+    let texts: Vec<Arc<Prepared>> = (0..12)
+        .map(|i| {
+            let t = format!("Explain step {i} of a proof that there are infinitely many primes.");
+            Arc::new(scorer().prepare(&t).unwrap())
+        })
         .collect();
-    let r = &r;
-    let together = futures::future::join_all(
-        texts
-            .iter()
-            .map(|t| async move { r.route(&[Request::from_prompt(t)]).await.remove(0) }),
-    )
-    .await;
+    let callers = texts.chunks(4).map(|c| queue.score(c.to_vec()));
+    let outcomes: Vec<Outcome> = futures::future::join_all(callers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     assert_eq!(count_and_sum(&sizes), (2, 12.0), "one pass of 8, one of 4");
-    let alone = router(None, PolicyConfig::default());
-    for (t, routed) in texts.iter().zip(&together) {
-        let single = alone.route(&[Request::from_prompt(t)]).await.remove(0);
-        assert_eq!(routed.decision, single.decision, "{t}");
+    let refs: Vec<&Prepared> = texts.iter().map(|p| p.as_ref()).collect();
+    let alone = scorer().embedding_scores(&refs).unwrap();
+    for (outcome, single) in outcomes.iter().zip(alone) {
+        let Outcome::Scored(Some(e)) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(e.score, single.unwrap().score);
     }
+}
+
+#[tokio::test]
+async fn over_the_model_budget_the_first_stage_decides() {
+    // Texts the first stage leaves to the transformer (inside its band).
+    let candidates = (0..40).map(|i| {
+        format!(
+            "Question {i}: which of these best explains the result? (A) inflation (B) tariffs (C) {} (D) none of these. Think step by step.",
+            EVERYDAY[i % EVERYDAY.len()]
+        )
+    });
+    let mut band = candidates.filter(|t| {
+        let p = scorer().prepare(t).unwrap();
+        p.rule.is_none() && scorer().score_without_model(&p).is_none()
+    });
+    let (long, other) = (band.next().unwrap(), band.next().unwrap());
+    let budgeted = router(None, PolicyConfig::default()).with_model_budget(Some(Duration::ZERO));
+    // The first pass times the model; after it nothing fits a zero budget.
+    let first = budgeted.route(&[Request::from_prompt(&long)]).await.remove(0);
+    assert!(!first.info.over_budget && first.info.model, "{:?}", first.decision.reasons);
+    let second = budgeted.route(&[Request::from_prompt(&other)]).await.remove(0);
+    assert!(second.info.over_budget && second.info.first_stage);
+    assert!(second.decision.reasons.iter().any(|r| r == "model_budget"));
+    let expected = scorer()
+        .first_stage_score(&scorer().prepare(&other).unwrap())
+        .unwrap()
+        .score;
+    assert!(
+        second.decision.reasons.contains(&format!("first_stage={expected:.4}")),
+        "{:?}",
+        second.decision.reasons
+    );
+    // Without a budget the same text takes the transformer.
+    let unbudgeted = router(None, PolicyConfig::default());
+    let third = unbudgeted.route(&[Request::from_prompt(&other)]).await.remove(0);
+    assert!(!third.info.over_budget && third.info.model);
 }
