@@ -75,6 +75,82 @@ impl Default for RouterConfig {
     }
 }
 
+/// Every configuration key with its default, for `--help`.
+pub const CONFIG_HELP: &str = "\
+CONFIGURATION (TOML key = default; env TRIAGE_ROUTER_<KEY> with `__` for `.`)
+  consumer.durable = \"router\"    durable consumer on llm.requests; replicas with the same name share the work
+  consumer.ack_wait = \"30s\"      redelivery after this long without ack
+  consumer.max_deliver = 5       deliveries before llm.dead; past half of them a message is not scored (tier 2)
+  consumer.max_ack_pending = 1024  unacked messages across all replicas
+  batching.max_batch = 16        messages per pull and texts per transformer pass
+  batching.max_wait = \"2ms\"      longest wait for a pull batch to fill after its first message
+  batching.concurrency = 4       pulled batches in flight at once
+  batching.model_threads = 1     model workers, one pass each at a time (a pass uses every core)
+  batching.score_timeout = \"10s\" past it the texts go to tier 2 with router_failure
+  batching.model_budget          unset: off. A text the transformer could not score within this
+                                 (tokens queued ahead and its own, at the measured time per token)
+                                 is decided by the first stage instead (reason model_budget)
+  scoring.model_dir = $TRIAGE_CACHE/models/all-MiniLM-L6-v2  model.safetensors, tokenizer.json, config.json
+  scoring.head_path = (shipped)  the transformer's head (JSON from `train`)
+  scoring.max_tokens = 512       model tokens scored, [CLS]/[SEP] included (3..=512)
+  scoring.precision = \"f32\"      f32 or int8 (faster with AVX-512 VNNI or AVX2; see the README)
+  scoring.threshold = 0.65       tier 2 at or above this blended score
+  scoring.weights.embedding = 0.6  blend weight of the embedding score
+  scoring.weights.llm = 0.4      blend weight of the self-rating
+  scoring.cache_capacity = 10000 scores remembered for repeated texts (0: off)
+  scoring.rules.code_fence = true   markdown code fences force tier 2
+  scoring.rules.code_syntax = true  code-like syntax forces tier 2
+  scoring.rules.math = true      math notation forces tier 2
+  scoring.rules.keywords = []    extra rules: [{ name = \"...\", pattern = \"regex\" }]
+  scoring.first_stage.enabled = true  settle clear-cut texts with static vectors, no transformer
+  scoring.first_stage.lower = 0.35    settled below this first-stage score ...
+  scoring.first_stage.upper = 0.65    ... and at or above this
+  scoring.first_stage.table_path = <model dir>/static-token-embeddings.bin  the token table
+  scoring.first_stage.head_path = (shipped)  the first stage's head
+  self_rating.enabled = false    ask an LLM to rate each prompt the first stage leaves open
+  self_rating.backend.base_url = \"http://127.0.0.1:8000\"  its OpenAI-compatible server
+  self_rating.backend.api_key    bearer token (masked when printed)
+  self_rating.backend.connect_timeout = \"2s\"  TCP connect
+  self_rating.backend.first_byte_timeout = \"30s\"  request sent -> first byte
+  self_rating.backend.idle_timeout = \"15s\"  longest silence
+  self_rating.backend.request_timeout = \"5m\"  whole request
+  self_rating.backend.health_timeout = \"2s\"  /health and /v1/models
+  self_rating.model              model name sent; unset: the server's first
+  self_rating.timeout = \"1.5s\"   past it the embedding score stands alone
+  self_rating.max_concurrency = 32  ratings in flight
+  verify.enabled = false         (the worker's switch; the router's offline commands always verify)
+  verify.head_path = (shipped)   verifier file from `train-verifier`
+  verify.model_dir = $TRIAGE_CACHE/models/all-MiniLM-L6-v2  its embedding model
+  verify.threshold = (file's)    verify score that escalates (score/calibrate's verify_tier)
+  verify.hard_threshold = (file's)  router score sent straight to tier 2 by the combined policy
+  policy.max_prompt_bytes = 262144  larger prompts get prompt_too_large
+  policy.allow_tier_override = false  honour every request's `tier`
+  policy.tier_override_tenants = []  tenants that may choose the tier
+  policy.tier_override_untenanted = false  requests on plain llm.requests may choose the tier
+  policy.tenant_tiers = {}       tenants pinned to a tier, e.g. { \"batch-jobs\" = 1 }
+  policy.shadow = false          decide and record, but send everything to shadow_default_tier
+  policy.shadow_default_tier = 2 where shadow mode sends everything
+  reply.allowed_prefixes = [\"_INBOX.\", \"_GW.\"]  reply subjects that may be answered
+  follow_heads = true            swap in heads promoted to the TRIAGE_HEADS bucket, no restart
+  log_prompts = false            log prompt text (otherwise only ids)
+  metrics_addr = \"127.0.0.1:9101\"  Prometheus /metrics and /health/ready
+  log_format = \"text\"            text or json
+  telemetry.otlp_endpoint        OTLP/HTTP receiver base URL; unset: OTEL_EXPORTER_OTLP_ENDPOINT, else none
+  telemetry.sample_ratio = 1.0   share of traces started here that are exported (0-1)
+  nats.url = \"nats://127.0.0.1:4222\"  (default from TRIAGE_NATS_URL)
+  nats.user, nats.password, nats.token, nats.creds_file  credentials (masked)
+  nats.inbox_prefix = \"_INBOX\"   this connection's inboxes
+  nats.prefix = \"\"               subject/stream prefix of the deployment
+  nats.name = \"triage-router\"    connection name
+  nats.streams.replicas = 1      stream replicas
+  nats.streams.{requests,tiers,usage,dead,results,shadow}.max_age / .max_bytes / .max_msgs  stream limits (-1 = none)
+  nats.streams.duplicate_window = \"2m\"  JetStream de-duplication window
+  nats.streams.finished_ttl = \"1day\"  how long finished ids are remembered
+  nats.streams.finished_max_bytes = 67108864  finished-ids bucket size
+  nats.streams.finished_history = 1  values kept per finished-ids key
+  nats.streams.progress_max_bytes = 16777216  progress bucket size
+";
+
 /// The durable pull consumer all replicas share.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -264,6 +340,45 @@ impl RouterConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_is_in_the_help() {
+        fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) if !m.is_empty() => {
+                    for (k, v) in m {
+                        let path = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        leaves(&path, v, out);
+                    }
+                }
+                _ => out.push(prefix.to_string()),
+            }
+        }
+        let mut keys = Vec::new();
+        leaves(
+            "",
+            &serde_json::to_value(RouterConfig::default()).unwrap(),
+            &mut keys,
+        );
+        for key in keys {
+            let documented = match key.strip_prefix("nats.streams.") {
+                Some(rest) if rest.contains('.') => {
+                    let (stream, limit) = rest.split_once('.').unwrap();
+                    CONFIG_HELP.contains(stream) && CONFIG_HELP.contains(limit)
+                }
+                _ => {
+                    let last = key.rsplit('.').next().unwrap();
+                    CONFIG_HELP.contains(&key)
+                        || (key.starts_with("nats.") && CONFIG_HELP.contains(last))
+                }
+            };
+            assert!(documented, "{key} is not in CONFIG_HELP");
+        }
+    }
 
     #[test]
     fn defaults_are_valid_and_round_trip() {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use triage_complexity::scorer::Scorer;
 use triage_complexity::verifier::Verifier;
-use triage_router::config::{RouterConfig, ENV_PREFIX};
+use triage_router::config::{RouterConfig, CONFIG_HELP, ENV_PREFIX};
 use triage_router::heads;
 use triage_router::offline::{self, CalibrateOptions, TrainOptions};
 use triage_router::offline_db;
@@ -30,10 +30,10 @@ use triage_runtime::telemetry::{self, LogFormat};
 /// Configuration: defaults, then the TOML file given with --config, then
 /// environment variables TRIAGE_ROUTER_<FIELD> (nested with `__`, e.g.
 /// TRIAGE_ROUTER_SCORING__THRESHOLD=0.5, TRIAGE_ROUTER_NATS__URL=...). Every
-/// field is listed in services/router/README.md; `run` prints the effective
-/// configuration (secrets masked) at start.
+/// field is listed below (`--help`) and in services/router/README.md; `run`
+/// prints the effective configuration (secrets masked) at start.
 #[derive(Debug, Parser)]
-#[command(name = "triage-router", version, about, long_about)]
+#[command(name = "triage-router", version, about, long_about, after_long_help = CONFIG_HELP)]
 struct Cli {
     /// TOML configuration file with any RouterConfig fields.
     #[arg(long, short, env = "TRIAGE_ROUTER_CONFIG", global = true)]
@@ -54,6 +54,7 @@ enum Command {
     /// all replicas; validates, scores in micro-batches, publishes to
     /// llm.tier1/llm.tier2 and acks only after JetStream confirmed the
     /// publish. SIGTERM drains in-flight messages.
+    #[command(after_long_help = CONFIG_HELP)]
     Run,
 
     /// Fit the embedding head from a labelled JSONL (fields `prompt` or
