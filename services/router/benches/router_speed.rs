@@ -7,7 +7,7 @@
 //! BENCH_REQUESTS (default 256), TRIAGE_DATA_DIR (default: the repository's data/),
 //! BENCH_MAX_TOKENS (the service's `scoring.max_tokens`, default as shipped),
 //! BENCH_ONLY_DEV=1 (skip the short and long synthetic cases),
-//! BENCH_MODEL_BUDGET_MS (the service's `batching.model_budget`; default off).
+//! BENCH_MODEL_BUDGET_MS (the `batching.model_budget` of the budget rows, default 40).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -77,7 +77,19 @@ struct Path {
     over_budget: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-async fn start_path(url: &str, batch: usize, two_stage: bool) -> Path {
+/// What the service scores with.
+#[derive(Clone, Copy)]
+enum Stages {
+    /// The transformer for every text.
+    TransformerOnly,
+    /// The shipped two-stage path.
+    TwoStage,
+    /// Two-stage with `batching.model_budget`.
+    Budget(Duration),
+}
+
+async fn start_path(url: &str, batch: usize, stages: Stages) -> Path {
+    let two_stage = !matches!(stages, Stages::TransformerOnly);
     let prefix = format!("bench{}", std::process::id());
     let mut config = RouterConfig {
         nats: NatsConfig {
@@ -100,9 +112,9 @@ async fn start_path(url: &str, batch: usize, two_stage: bool) -> Path {
         ..RouterConfig::default()
     };
     config.batching.max_batch = batch;
-    config.batching.model_budget = std::env::var("BENCH_MODEL_BUDGET_MS")
-        .ok()
-        .map(|ms| Duration::from_millis(ms.parse().expect("BENCH_MODEL_BUDGET_MS: milliseconds")));
+    if let Stages::Budget(budget) = stages {
+        config.batching.model_budget = Some(budget);
+    }
     let ns = Namespace::new(&prefix).unwrap();
     let client = async_nats::connect(url).await.expect("NATS");
     let js = async_nats::jetstream::new(client.clone());
@@ -146,7 +158,7 @@ async fn start_path(url: &str, batch: usize, two_stage: bool) -> Path {
                         .await
                         .push(now.duration_since(*t0).as_secs_f64() * 1000.0);
                 }
-                if routed.decision.reasons.iter().any(|r| r == "model_budget") {
+                if routed.routing.reasons.iter().any(|r| r == "model_budget") {
                     over_budget.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -206,8 +218,8 @@ impl Path {
 }
 
 /// Full path throughput: everything published at once, until all routed.
-async fn full_path(url: &str, texts: &[String], tag: &str, batch: usize, two_stage: bool) -> f64 {
-    let path = start_path(url, batch, two_stage).await;
+async fn full_path(url: &str, texts: &[String], tag: &str, batch: usize, stages: Stages) -> f64 {
+    let path = start_path(url, batch, stages).await;
     // Warm-up.
     path.send(&format!("{tag}-warm"), &texts[0]).await;
     path.wait_for(1).await;
@@ -228,13 +240,14 @@ async fn delay_at_rate(
     rate: f64,
     tag: &str,
     batch: usize,
-    two_stage: bool,
+    stages: Stages,
 ) -> (f64, f64, f64) {
-    let path = start_path(url, batch, two_stage).await;
+    let path = start_path(url, batch, stages).await;
     path.send(&format!("{tag}-warm"), &texts[0]).await;
     path.wait_for(1).await;
     path.delays.lock().await.clear();
-    path.over_budget.store(0, std::sync::atomic::Ordering::SeqCst);
+    path.over_budget
+        .store(0, std::sync::atomic::Ordering::SeqCst);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for (i, t) in texts.iter().enumerate() {
@@ -343,7 +356,14 @@ async fn main() {
         let raw1 = raw_model(&scorer, &texts, 1);
         let raw16 = raw_model(&scorer, &texts, 16);
         println!("{label}: raw model {raw1:.1}/s batch 1, {raw16:.1}/s batch 16");
-        let full = full_path(&url, &texts, &format!("full{tokens}"), 16, false).await;
+        let full = full_path(
+            &url,
+            &texts,
+            &format!("full{tokens}"),
+            16,
+            Stages::TransformerOnly,
+        )
+        .await;
         // Measured again after the path, so a change in background load
         // shows up as a difference between the two raw numbers.
         let raw16_after = raw_model(&scorer, &texts, 16);
@@ -359,7 +379,7 @@ async fn main() {
             rate,
             &format!("delay{tokens}"),
             16,
-            false,
+            Stages::TransformerOnly,
         )
         .await;
         println!("{label}: routing delay at {rate:.1}/s: p50 {p50:.1} ms, p99 {p99:.1} ms, mean {mean:.1} ms");
@@ -373,13 +393,32 @@ async fn main() {
         .collect();
     first_stage(&dev);
     // The shipped configuration (first stage on) on real dev prompts.
-    let off = full_path(&url, &dev, "devoff", 16, false).await;
-    let on = full_path(&url, &dev, "devon", 16, true).await;
+    let off = full_path(&url, &dev, "devoff", 16, Stages::TransformerOnly).await;
+    let on = full_path(&url, &dev, "devon", 16, Stages::TwoStage).await;
     println!("dev prompts, full router path: transformer only {off:.1}/s, with the first stage {on:.1}/s");
-    let (p50, p99, mean) =
-        delay_at_rate(&url, &dev[..n.min(200)], on / 2.0, "devdelay", 16, true).await;
+    let budget = Duration::from_millis(env_usize("BENCH_MODEL_BUDGET_MS", 40) as u64);
+    let budgeted = full_path(&url, &dev, "devbudget", 16, Stages::Budget(budget)).await;
     println!(
-        "dev prompts, routing delay with the first stage at {:.1}/s: p50 {p50:.1} ms, p99 {p99:.1} ms, mean {mean:.1} ms",
-        on / 2.0
+        "dev prompts, full router path with model_budget {} ms: {budgeted:.1}/s",
+        budget.as_millis()
     );
+    // Both at the shipped path's half rate, then the budgeted one at its own.
+    for (label, stages, rate) in [
+        ("with the first stage", Stages::TwoStage, on / 2.0),
+        (
+            "with the first stage and the budget",
+            Stages::Budget(budget),
+            on / 2.0,
+        ),
+        (
+            "with the first stage and the budget",
+            Stages::Budget(budget),
+            budgeted / 2.0,
+        ),
+    ] {
+        let (p50, p99, mean) = delay_at_rate(&url, &dev, rate, "devdelay", 16, stages).await;
+        println!(
+            "dev prompts, routing delay {label} at {rate:.1}/s: p50 {p50:.1} ms, p99 {p99:.1} ms, mean {mean:.1} ms"
+        );
+    }
 }

@@ -192,7 +192,11 @@ pub fn kind_label(kind: &str) -> KindLabel {
 
 /// The reason that decided the tier, with bounded cardinality.
 pub fn deciding_reason(decision: &RoutingDecision) -> String {
-    if decision.reasons.iter().any(|r| r == crate::routing::MODEL_BUDGET) {
+    if decision
+        .reasons
+        .iter()
+        .any(|r| r == crate::routing::MODEL_BUDGET)
+    {
         return crate::routing::MODEL_BUDGET.into();
     }
     for r in &decision.reasons {

@@ -287,7 +287,7 @@ mod tests {
         load.passed(100, Duration::from_millis(10));
         load.admit(100);
         load.passed(100, Duration::from_millis(50)); // 500 µs a token
-        // (3 × 100 + 500) / 4 = 200 µs a token: 250 tokens fit, 251 do not.
+                                                     // (3 × 100 + 500) / 4 = 200 µs a token: 250 tokens fit, 251 do not.
         assert!(!load.admit(251));
         assert!(load.admit(250));
     }

@@ -230,14 +230,20 @@ impl Router {
     /// Truncation, rules, cache and first stage off the async threads,
     /// then the model queue for the rest; a text over the model budget
     /// gets the first stage's score instead.
-    async fn embed(&self, scorer: &Arc<Scorer>, texts: Vec<String>) -> Vec<Result<Embedded, String>> {
+    async fn embed(
+        &self,
+        scorer: &Arc<Scorer>,
+        texts: Vec<String>,
+    ) -> Vec<Result<Embedded, String>> {
         let n = texts.len();
         let blocking = Arc::clone(scorer);
         let prepared = tokio::task::spawn_blocking(move || {
             texts
                 .iter()
                 .map(|t| {
-                    let p = blocking.prepare(t).map_err(|e| format!("truncation: {e}"))?;
+                    let p = blocking
+                        .prepare(t)
+                        .map_err(|e| format!("truncation: {e}"))?;
                     let known = blocking.score_without_model(&p);
                     Ok((Arc::new(p), known))
                 })

@@ -5,14 +5,14 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use triage_complexity::scorer::Prepared;
 use triage_complexity::scorer::{Scorer, ScorerConfig};
 use triage_complexity::static_embedding::FirstStageConfig;
 use triage_complexity::ModelFiles;
 use triage_protocol::{Request, Tier};
 use triage_router::config::PolicyConfig;
-use triage_router::self_rating::{RatingError, RatingFuture, SelfRater};
-use triage_complexity::scorer::Prepared;
 use triage_router::model_queue::{ModelQueue, Outcome};
+use triage_router::self_rating::{RatingError, RatingFuture, SelfRater};
 use triage_router::Router;
 
 fn scorer() -> Arc<Scorer> {
@@ -346,9 +346,19 @@ async fn over_the_model_budget_the_first_stage_decides() {
     let (long, other) = (band.next().unwrap(), band.next().unwrap());
     let budgeted = router(None, PolicyConfig::default()).with_model_budget(Some(Duration::ZERO));
     // The first pass times the model; after it nothing fits a zero budget.
-    let first = budgeted.route(&[Request::from_prompt(&long)]).await.remove(0);
-    assert!(!first.info.over_budget && first.info.model, "{:?}", first.decision.reasons);
-    let second = budgeted.route(&[Request::from_prompt(&other)]).await.remove(0);
+    let first = budgeted
+        .route(&[Request::from_prompt(&long)])
+        .await
+        .remove(0);
+    assert!(
+        !first.info.over_budget && first.info.model,
+        "{:?}",
+        first.decision.reasons
+    );
+    let second = budgeted
+        .route(&[Request::from_prompt(&other)])
+        .await
+        .remove(0);
     assert!(second.info.over_budget && second.info.first_stage);
     assert!(second.decision.reasons.iter().any(|r| r == "model_budget"));
     let expected = scorer()
@@ -356,12 +366,18 @@ async fn over_the_model_budget_the_first_stage_decides() {
         .unwrap()
         .score;
     assert!(
-        second.decision.reasons.contains(&format!("first_stage={expected:.4}")),
+        second
+            .decision
+            .reasons
+            .contains(&format!("first_stage={expected:.4}")),
         "{:?}",
         second.decision.reasons
     );
     // Without a budget the same text takes the transformer.
     let unbudgeted = router(None, PolicyConfig::default());
-    let third = unbudgeted.route(&[Request::from_prompt(&other)]).await.remove(0);
+    let third = unbudgeted
+        .route(&[Request::from_prompt(&other)])
+        .await
+        .remove(0);
     assert!(!third.info.over_budget && third.info.model);
 }
