@@ -14,7 +14,7 @@
 //! model's measured time per token — is not queued: the caller decides it
 //! with the first stage instead, so routing delay stays bounded.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -118,8 +118,7 @@ pub struct Load {
     budget: Option<Duration>,
     /// Tokens queued or in a pass.
     backlog: AtomicUsize,
-    /// Moving average of a pass's nanoseconds per token (0: none yet).
-    ns_per_token: AtomicU64,
+    cost: std::sync::Mutex<PassCost>,
 }
 
 impl Load {
@@ -128,18 +127,17 @@ impl Load {
         Self {
             budget,
             backlog: AtomicUsize::new(0),
-            ns_per_token: AtomicU64::new(0),
+            cost: std::sync::Mutex::new(PassCost::default()),
         }
     }
 
     /// Whether a text of `tokens` can be scored within the budget, and if
     /// so counts it in the backlog. Until a pass was timed, everything is.
     pub fn admit(&self, tokens: usize) -> bool {
-        let ahead = self.backlog.load(Ordering::Relaxed);
-        let per_token = self.ns_per_token.load(Ordering::Relaxed);
         if let Some(budget) = self.budget {
-            let expected = Duration::from_nanos(per_token.saturating_mul((ahead + tokens) as u64));
-            if per_token > 0 && expected > budget {
+            let ahead = self.backlog.load(Ordering::Relaxed);
+            let expected = self.cost.lock().map_or(None, |c| c.predict(ahead + tokens));
+            if expected.is_some_and(|e| e > budget) {
                 return false;
             }
         }
@@ -148,17 +146,12 @@ impl Load {
     }
 
     /// A pass of `tokens` took `elapsed`: out of the backlog, into the
-    /// speed (each pass weighs a quarter).
+    /// cost model.
     pub fn passed(&self, tokens: usize, elapsed: Duration) {
         self.backlog.fetch_sub(tokens, Ordering::Relaxed);
-        let measured = elapsed.as_nanos() as u64 / tokens.max(1) as u64;
-        let old = self.ns_per_token.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            measured
-        } else {
-            (3 * old + measured) / 4
-        };
-        self.ns_per_token.store(new.max(1), Ordering::Relaxed);
+        if let Ok(mut cost) = self.cost.lock() {
+            cost.observe(tokens, elapsed);
+        }
     }
 
     /// Tokens queued but never passed (their caller gave up).
@@ -169,6 +162,61 @@ impl Load {
     /// Tokens queued or in a pass.
     pub fn backlog(&self) -> usize {
         self.backlog.load(Ordering::Relaxed)
+    }
+}
+
+/// A pass's time as a fixed part plus a part per token, fitted by least
+/// squares over recent passes (each pass weighs 0.9 of the one after it).
+/// A time per token alone would charge small passes' fixed cost to every
+/// token and refuse texts the model has time for.
+#[derive(Debug, Default, Clone)]
+pub struct PassCost {
+    w: f64,
+    x: f64,
+    y: f64,
+    xx: f64,
+    xy: f64,
+}
+
+impl PassCost {
+    const DECAY: f64 = 0.9;
+
+    /// A pass of `tokens` took `elapsed`.
+    pub fn observe(&mut self, tokens: usize, elapsed: Duration) {
+        let (x, y) = (tokens as f64, elapsed.as_secs_f64());
+        for sum in [
+            &mut self.w,
+            &mut self.x,
+            &mut self.y,
+            &mut self.xx,
+            &mut self.xy,
+        ] {
+            *sum *= Self::DECAY;
+        }
+        self.w += 1.0;
+        self.x += x;
+        self.y += y;
+        self.xx += x * x;
+        self.xy += x * y;
+    }
+
+    /// The expected time of a pass of `tokens`; `None` before any pass.
+    pub fn predict(&self, tokens: usize) -> Option<Duration> {
+        if self.w == 0.0 {
+            return None;
+        }
+        let (mx, my) = (self.x / self.w, self.y / self.w);
+        let var = self.xx / self.w - mx * mx;
+        let cov = self.xy / self.w - mx * my;
+        // Passes of (nearly) one size, or a fit that makes no sense: the
+        // mean time per token.
+        let (fixed, per_token) = if var > 1.0 && cov > 0.0 {
+            let b = cov / var;
+            ((my - b * mx).max(0.0), b)
+        } else {
+            (0.0, my / mx.max(1.0))
+        };
+        Some(Duration::from_secs_f64(fixed + per_token * tokens as f64))
     }
 }
 
@@ -268,27 +316,34 @@ mod tests {
     #[test]
     fn a_text_is_refused_when_the_backlog_and_itself_would_overrun_the_budget() {
         let load = Load::new(Some(Duration::from_millis(50)));
-        assert!(load.admit(100));
-        load.passed(100, Duration::from_millis(10)); // 100 µs a token
+        assert!(load.admit(100) && load.admit(400), "no pass timed yet");
+        load.passed(100, Duration::from_millis(15));
+        load.passed(400, Duration::from_millis(45)); // 5 ms + 0.1 ms a token
         assert_eq!(load.backlog(), 0);
-        assert!(load.admit(400), "40 ms alone");
-        assert!(load.admit(100), "50 ms with the 400 ahead: at the budget");
-        assert!(!load.admit(1), "50.1 ms");
-        assert_eq!(load.backlog(), 500, "a refused text is not counted");
-        load.passed(500, Duration::from_millis(50));
-        assert!(!load.admit(501), "one text alone can overrun it");
-        assert!(load.admit(500));
+        assert!(load.admit(400), "45 ms alone");
+        assert!(load.admit(40), "49 ms with the 400 ahead");
+        assert!(!load.admit(20), "51 ms");
+        assert_eq!(load.backlog(), 440, "a refused text is not counted");
+        load.forget(440);
+        assert!(!load.admit(460), "one text alone can overrun it");
+        assert!(load.admit(440));
     }
 
     #[test]
-    fn the_speed_follows_recent_passes() {
-        let load = Load::new(Some(Duration::from_millis(50)));
-        load.admit(100);
-        load.passed(100, Duration::from_millis(10));
-        load.admit(100);
-        load.passed(100, Duration::from_millis(50)); // 500 µs a token
-                                                     // (3 × 100 + 500) / 4 = 200 µs a token: 250 tokens fit, 251 do not.
-        assert!(!load.admit(251));
-        assert!(load.admit(250));
+    fn the_cost_is_a_fixed_part_and_a_part_per_token_from_recent_passes() {
+        let mut cost = PassCost::default();
+        assert_eq!(cost.predict(10), None);
+        cost.observe(100, Duration::from_millis(15));
+        // One size seen: the mean time per token.
+        assert_eq!(cost.predict(200), Some(Duration::from_millis(30)));
+        cost.observe(400, Duration::from_millis(45));
+        let ms = |c: &PassCost, t| c.predict(t).unwrap().as_secs_f64() * 1e3;
+        assert!((ms(&cost, 300) - 35.0).abs() < 1e-6, "{}", ms(&cost, 300));
+        // The model got twice as slow: recent passes soon dominate.
+        for _ in 0..60 {
+            cost.observe(100, Duration::from_millis(30));
+            cost.observe(400, Duration::from_millis(90));
+        }
+        assert!((ms(&cost, 300) - 70.0).abs() < 0.1, "{}", ms(&cost, 300));
     }
 }
