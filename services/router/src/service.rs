@@ -125,9 +125,7 @@ pub async fn build_router(config: &RouterConfig) -> anyhow::Result<Router> {
         config.batching.model_threads,
         config.policy.clone(),
         config.batching.score_timeout,
-    )
-    .with_max_batch(config.batching.max_batch)
-    .with_model_budget(config.batching.model_budget))
+    ))
 }
 
 /// Admits, routes and republishes one micro-batch at a time; what every
@@ -191,7 +189,11 @@ pub async fn serve(
         ),
         _ => None,
     };
-    let router = router.with_pass_sizes(metrics.model_pass_size.clone());
+    // The model queue starts with the first scored text, so these apply.
+    let router = router
+        .with_max_batch(config.batching.max_batch)
+        .with_model_budget(config.batching.model_budget)
+        .with_pass_sizes(metrics.model_pass_size.clone());
     let slots = Arc::new(Semaphore::new(config.batching.concurrency));
     let processor = Arc::new(BatchProcessor {
         client,

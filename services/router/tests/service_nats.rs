@@ -831,3 +831,72 @@ async fn promoted_heads_switch_a_running_router_without_losing_a_request() {
     stop_router(stop, task).await;
     env.cleanup().await;
 }
+
+/// Prompts the first stage leaves to the transformer (inside its band).
+fn band_prompts(n: usize) -> Vec<String> {
+    let found: Vec<String> = (0..60)
+        .map(|i| {
+            format!(
+                "Question {i}: which of these best explains the result? (A) inflation (B) tariffs (C) {} (D) none of these. Think step by step.",
+                PLAIN[i % PLAIN.len()]
+            )
+        })
+        .filter(|t| {
+            let p = scorer().prepare(t).unwrap();
+            p.rule.is_none() && scorer().score_without_model(&p).is_none()
+        })
+        .take(n)
+        .collect();
+    assert_eq!(found.len(), n, "band prompts");
+    found
+}
+
+#[tokio::test]
+async fn with_a_model_budget_the_first_stage_decides_what_the_transformer_has_no_time_for() {
+    let env = Env::new().await;
+    let mut config = env.config.clone();
+    // Nothing fits a zero budget once the first pass has been timed.
+    config.batching.model_budget = Some(Duration::ZERO);
+    let mut registry = Registry::default();
+    let metrics = Arc::new(RouterMetrics::register(&mut registry));
+    let (stop, task) = env.start_with(&config, scorer(), metrics).await;
+    let texts = band_prompts(2);
+    env.publish(&request("timed", &texts[0])).await;
+    let first = env.all_routed(1).await;
+    assert_eq!(first.len(), 1);
+    env.publish(&request("over", &texts[1])).await;
+    let got = env.all_routed(2).await;
+    stop_router(stop, task).await;
+    let reasons = |id: &str| {
+        got.iter()
+            .find(|g| g.request.id == id)
+            .unwrap_or_else(|| panic!("{id} routed"))
+            .routing
+            .reasons
+            .clone()
+    };
+    assert!(
+        reasons("timed").iter().any(|r| r.starts_with("embedding=")),
+        "{:?}",
+        reasons("timed")
+    );
+    let over = reasons("over");
+    assert!(over.iter().any(|r| r == "model_budget"), "{over:?}");
+    assert!(
+        over.iter().any(|r| r.starts_with("first_stage=")),
+        "{over:?}"
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("triage_router_decisions_total")
+                && l.contains("reason=\"model_budget\"")
+                && l.ends_with(" 1")),
+        "{text}"
+    );
+    assert!(
+        text.contains("triage_router_model_pass_size_count 1"),
+        "one pass, for the first text: {text}"
+    );
+}
