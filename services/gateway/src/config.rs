@@ -212,28 +212,9 @@ impl GatewayConfig {
 mod tests {
     use super::*;
 
-    fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
-        match v {
-            serde_json::Value::Object(m) if !m.is_empty() => {
-                for (k, v) in m {
-                    let path = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    leaves(&path, v, out);
-                }
-            }
-            _ => out.push(prefix.to_string()),
-        }
-    }
-
     #[test]
     fn help_lists_every_key() {
-        let mut keys = Vec::new();
-        let value = serde_json::to_value(GatewayConfig::default()).unwrap();
-        leaves("", &value, &mut keys);
-        for key in keys {
+        for key in triage_runtime::config::keys(&GatewayConfig::default()) {
             let documented = key.starts_with("nats.streams.")
                 || CONFIG_HELP.contains(&format!("  {key} "))
                 || CONFIG_HELP.contains(&format!("  {key}."))

@@ -343,28 +343,7 @@ mod tests {
 
     #[test]
     fn every_key_is_in_the_help() {
-        fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
-            match v {
-                serde_json::Value::Object(m) if !m.is_empty() => {
-                    for (k, v) in m {
-                        let path = if prefix.is_empty() {
-                            k.clone()
-                        } else {
-                            format!("{prefix}.{k}")
-                        };
-                        leaves(&path, v, out);
-                    }
-                }
-                _ => out.push(prefix.to_string()),
-            }
-        }
-        let mut keys = Vec::new();
-        leaves(
-            "",
-            &serde_json::to_value(RouterConfig::default()).unwrap(),
-            &mut keys,
-        );
-        for key in keys {
+        for key in triage_runtime::config::keys(&RouterConfig::default()) {
             let documented = match key.strip_prefix("nats.streams.") {
                 Some(rest) if rest.contains('.') => {
                     let (stream, limit) = rest.split_once('.').unwrap();

@@ -56,6 +56,34 @@ where
         .map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
+/// Every key of a configuration as a dotted path (`batching.max_batch`):
+/// the leaves of its serialised form, an empty table counting as one. The
+/// services' tests check their `--help` text names each.
+pub fn keys<T: Serialize>(config: &T) -> Vec<String> {
+    fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) if !m.is_empty() => {
+                for (k, v) in m {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(&path, v, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let mut out = Vec::new();
+    leaves(
+        "",
+        &serde_json::to_value(config).unwrap_or_default(),
+        &mut out,
+    );
+    out
+}
+
 /// The configuration as pretty JSON with secrets masked: values of keys
 /// that name a secret, and passwords embedded in URLs.
 pub fn masked<T: Serialize>(config: &T) -> String {
@@ -83,6 +111,19 @@ fn mask_value(value: &mut serde_json::Value, secret: bool) {
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn keys_are_the_dotted_leaves_and_an_empty_table_is_one() {
+        let config = serde_json::json!({
+            "a": 1,
+            "b": { "c": "x", "d": { "e": null } },
+            "pins": {},
+            "list": [1, 2],
+        });
+        let mut got = keys(&config);
+        got.sort();
+        assert_eq!(got, ["a", "b.c", "b.d.e", "list", "pins"]);
+    }
 
     #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
     #[serde(default)]

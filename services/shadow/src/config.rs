@@ -309,28 +309,7 @@ mod tests {
 
     #[test]
     fn help_lists_every_key() {
-        fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
-            match v {
-                serde_json::Value::Object(m) => {
-                    for (k, v) in m {
-                        let path = if prefix.is_empty() {
-                            k.clone()
-                        } else {
-                            format!("{prefix}.{k}")
-                        };
-                        leaves(&path, v, out);
-                    }
-                }
-                _ => out.push(prefix.to_string()),
-            }
-        }
-        let mut keys = Vec::new();
-        leaves(
-            "",
-            &serde_json::to_value(ShadowConfig::default()).unwrap(),
-            &mut keys,
-        );
-        for key in keys {
+        for key in triage_runtime::config::keys(&ShadowConfig::default()) {
             let last = key.rsplit('.').next().unwrap();
             let documented = key.starts_with("nats.streams.")
                 || CONFIG_HELP.contains(&key)

@@ -713,26 +713,9 @@ mod tests {
 
     #[test]
     fn help_lists_every_key() {
-        fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
-            match v {
-                serde_json::Value::Object(m) => {
-                    for (k, v) in m {
-                        let path = if prefix.is_empty() {
-                            k.clone()
-                        } else {
-                            format!("{prefix}.{k}")
-                        };
-                        leaves(&path, v, out);
-                    }
-                }
-                _ => out.push(prefix.to_string()),
-            }
-        }
         let mut c = WorkerConfig::default();
         c.backends.push(BackendSpec::new("http://x:1"));
-        let mut keys = Vec::new();
-        leaves("", &serde_json::to_value(&c).unwrap(), &mut keys);
-        for key in keys {
+        for key in triage_runtime::config::keys(&c) {
             let documented = if let Some(rest) = key.strip_prefix("nats.streams.") {
                 rest.contains('.') || CONFIG_HELP.contains(&key)
             } else if key == "backends" {
