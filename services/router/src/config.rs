@@ -309,6 +309,10 @@ impl RouterConfig {
                 "batching.concurrency and batching.model_threads must be at least 1".into(),
             );
         }
+        if self.batching.model_budget.is_some() && !self.scoring.first_stage.enabled {
+            // Nothing else could decide what the budget refuses.
+            return bad("batching.model_budget needs scoring.first_stage.enabled = true".into());
+        }
         if self.self_rating.max_concurrency == 0 {
             return bad("self_rating.max_concurrency must be at least 1".into());
         }
@@ -366,6 +370,16 @@ mod tests {
         let json = serde_json::to_string(&c).unwrap();
         let back: RouterConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn a_model_budget_without_the_first_stage_is_refused() {
+        let mut c = RouterConfig::default();
+        c.batching.model_budget = Some(Duration::from_millis(40));
+        c.validate().unwrap();
+        c.scoring.first_stage.enabled = false;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("batching.model_budget"), "{err}");
     }
 
     #[test]
