@@ -5,38 +5,46 @@
 //! the tokens kept. `triage-router train|calibrate --vectors` read it, and
 //! so does the analysis in services/router/analysis/.
 //!
-//! cargo run --release -p triage-complexity --example export_embeddings -- IN.jsonl OUT.jsonl [--static-only|--answers]
+//! cargo run --release -p triage-complexity --example export_embeddings -- IN.jsonl OUT.jsonl [--static-only|--answers|--answer-form]
 //!
 //! `--static-only` leaves `v` empty: seconds instead of minutes, for the
 //! first stage alone. `--answers` embeds each row's `small_response`
 //! instead, the way the verifier does (its last characters,
 //! [`triage_complexity::verifier::tail_tokens`]), with `s` and `f` empty;
 //! `triage-router train-verifier|calibrate --answer-vectors` read it. Rows
-//! without a response are skipped.
+//! without a response are skipped. `--answer-form` writes in `f` only the
+//! verifier's features that need no model pass (answer form, answer
+//! checks, the question's prompt form), for the analysis scripts.
 
 use triage_complexity::dataset::read_rows;
 use triage_complexity::prompt_form::form_features;
 use triage_complexity::scorer::{Scorer, ScorerConfig};
 use triage_complexity::static_embedding::content;
 use triage_complexity::vector_file::{write_vectors, VectorRow};
-use triage_complexity::verifier::tail_tokens;
+use triage_complexity::verifier::{tail_tokens, VerifierInput};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (input, output, flag) = match args.as_slice() {
         [_, i, o] => (i, o, ""),
-        [_, i, o, flag] if flag == "--static-only" || flag == "--answers" => (i, o, flag.as_str()),
-        _ => {
-            return Err(
-                "usage: export_embeddings IN.jsonl OUT.jsonl [--static-only|--answers]".into(),
-            )
+        [_, i, o, flag]
+            if ["--static-only", "--answers", "--answer-form"].contains(&flag.as_str()) =>
+        {
+            (i, o, flag.as_str())
         }
+        _ => return Err(
+            "usage: export_embeddings IN.jsonl OUT.jsonl [--static-only|--answers|--answer-form]"
+                .into(),
+        ),
     };
     let scorer = Scorer::new(ScorerConfig::default())?;
     let rows = read_rows(std::path::Path::new(input))?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(output)?);
     if flag == "--answers" {
         return export_answers(&scorer, &rows, &mut out);
+    }
+    if flag == "--answer-form" {
+        return export_answer_form(&rows, &mut out);
     }
     let static_only = flag == "--static-only";
     let mut done = 0;
@@ -71,6 +79,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprint!("\rembedded {done}/{}", rows.len());
     }
     eprintln!();
+    Ok(())
+}
+
+/// The verifier's features without a model pass.
+const ANSWER_FEATURES: VerifierInput = VerifierInput {
+    checks: true,
+    question_form: true,
+    logprobs: false,
+    embedding: false,
+};
+
+/// `--answer-form`: the verifier's features without a model pass.
+fn export_answer_form(
+    rows: &[triage_complexity::dataset::PromptRow],
+    out: &mut impl std::io::Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let lines: Vec<VectorRow> = rows
+        .iter()
+        .filter_map(|r| Some((r, r.small_response.as_deref()?)))
+        .map(|(row, answer)| VectorRow {
+            id: row.id.clone(),
+            v: Vec::new(),
+            s: None,
+            f: Some(ANSWER_FEATURES.build(&row.text(), answer, &[], None)),
+            rule: false,
+            ntok: 0,
+        })
+        .collect();
+    write_vectors(out, &lines)?;
     Ok(())
 }
 

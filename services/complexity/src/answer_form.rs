@@ -93,9 +93,18 @@ pub fn last_number(answer: &str) -> Option<String> {
     })
 }
 
+/// The final number the answer states (`#### N`, "the answer is N"), if
+/// any: the last one.
+pub fn final_number(answer: &str) -> Option<f64> {
+    FINAL_NUMBER
+        .captures_iter(answer)
+        .last()
+        .and_then(|c| plain_number(&c[1]).parse().ok())
+}
+
 /// Option lines as the sources render them (`A. text` … `J. text`):
 /// letter and body.
-fn options(question: &str) -> Vec<(char, &str)> {
+pub(crate) fn options(question: &str) -> Vec<(char, &str)> {
     question
         .lines()
         .filter_map(|line| {

@@ -20,13 +20,17 @@
 //!    repeated texts; [`vector_file`] stores computed vectors for
 //!    training and analysis;
 //! 7. after generation, [`verifier`] estimates P(tier 1's answer is poor)
-//!    from [`answer_form`], [`answer_confidence`] (token logprobs) and the
-//!    MiniLM embedding of the answer's end, and [`cascade`] measures
+//!    from [`answer_form`], [`answer_check`] (its sums, checked by
+//!    [`answer_arithmetic`], the option it chose, its final number), the
+//!    question's [`prompt_form`], [`answer_confidence`] (token logprobs)
+//!    and the MiniLM embedding of the answer's end, and [`cascade`] measures
 //!    pre-hoc, verify-only and combined policies at honest cost.
 //!
 //! Everything here is synchronous and free of network I/O: the router
 //! service wires it to NATS, and the offline commands to files.
 
+pub mod answer_arithmetic;
+pub mod answer_check;
 pub mod answer_confidence;
 pub mod answer_form;
 pub(crate) mod attention;

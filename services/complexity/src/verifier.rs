@@ -2,7 +2,10 @@
 //! answer, and the combined policy's two thresholds.
 //!
 //! Its input, named by the head's `features` tag, is the answer-form
-//! features ([`crate::answer_form`]), optionally the token-logprob
+//! features ([`crate::answer_form`]), optionally the answer checks
+//! ([`crate::answer_check`]: its arithmetic, the option it chose, its final
+//! number) and the question's prompt-form features ([`crate::prompt_form`]),
+//! optionally the token-logprob
 //! features ([`crate::answer_confidence`]) and optionally the MiniLM
 //! embedding of the answer's last [`ANSWER_TAIL_CHARS`] characters (where
 //! a chain of thought concludes), computed by the router's own model
@@ -14,10 +17,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::answer_check::{answer_check_features, ANSWER_CHECK_DIM, ANSWER_CHECK_FEATURES};
 use crate::answer_confidence::{logprob_features, LOGPROB_DIM, LOGPROB_FEATURES};
 use crate::answer_form::{answer_form_features, ANSWER_FORM_DIM, ANSWER_FORM_FEATURES};
 use crate::embedding::{EmbedError, MiniLm};
 use crate::head::{HeadError, LogisticHead};
+use crate::prompt_form::{form_features, FORM_DIM, FORM_FEATURES};
 use crate::truncation::{TokenizedText, Truncator};
 
 /// The weights file's format tag.
@@ -64,7 +69,11 @@ pub struct AnswerToVerify<'a> {
 /// What a verifier head is fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VerifierInput {
-    /// The token-logprob features follow the answer-form features.
+    /// The answer checks follow the answer-form features.
+    pub checks: bool,
+    /// Then the question's prompt-form features.
+    pub question_form: bool,
+    /// Then the token-logprob features.
     pub logprobs: bool,
     /// The answer-tail embedding comes last.
     pub embedding: bool,
@@ -74,6 +83,12 @@ impl VerifierInput {
     /// The tag written into a head: the parts joined by `+`.
     pub fn tag(&self) -> String {
         let mut parts = vec![ANSWER_FORM_FEATURES];
+        if self.checks {
+            parts.push(ANSWER_CHECK_FEATURES);
+        }
+        if self.question_form {
+            parts.push(FORM_FEATURES);
+        }
         if self.logprobs {
             parts.push(LOGPROB_FEATURES);
         }
@@ -85,13 +100,12 @@ impl VerifierInput {
 
     /// The layout whose tag is `features`.
     pub fn parse(features: &str) -> Option<Self> {
-        [false, true]
-            .into_iter()
-            .flat_map(|l| {
-                [false, true].map(|e| Self {
-                    logprobs: l,
-                    embedding: e,
-                })
+        (0..16u8)
+            .map(|bits| Self {
+                checks: bits & 1 != 0,
+                question_form: bits & 2 != 0,
+                logprobs: bits & 4 != 0,
+                embedding: bits & 8 != 0,
             })
             .find(|i| i.tag() == features)
     }
@@ -99,6 +113,8 @@ impl VerifierInput {
     /// Input width for an embedding of `embedding_dim`.
     pub fn dim(&self, embedding_dim: usize) -> usize {
         ANSWER_FORM_DIM
+            + if self.checks { ANSWER_CHECK_DIM } else { 0 }
+            + if self.question_form { FORM_DIM } else { 0 }
             + if self.logprobs { LOGPROB_DIM } else { 0 }
             + if self.embedding { embedding_dim } else { 0 }
     }
@@ -114,6 +130,12 @@ impl VerifierInput {
         embedding: Option<&[f32]>,
     ) -> Vec<f32> {
         let mut x = answer_form_features(question, answer).to_vec();
+        if self.checks {
+            x.extend_from_slice(&answer_check_features(question, answer));
+        }
+        if self.question_form {
+            x.extend_from_slice(&form_features(question));
+        }
         if self.logprobs {
             x.extend_from_slice(&logprob_features(logprobs));
         }
@@ -230,7 +252,7 @@ impl Verifier {
             mismatch(
                 file.head.features.clone(),
                 format!(
-                    "{ANSWER_FORM_FEATURES}[+{LOGPROB_FEATURES}][+{ANSWER_EMBEDDING_FEATURES}]"
+                    "{ANSWER_FORM_FEATURES}[+{ANSWER_CHECK_FEATURES}][+{FORM_FEATURES}][+{LOGPROB_FEATURES}][+{ANSWER_EMBEDDING_FEATURES}]"
                 ),
             )
         })?;
@@ -305,21 +327,21 @@ mod tests {
 
     #[test]
     fn tags_parse_back_and_widths_add_up() {
-        for logprobs in [false, true] {
-            for embedding in [false, true] {
-                let i = VerifierInput {
-                    logprobs,
-                    embedding,
-                };
-                assert_eq!(VerifierInput::parse(&i.tag()), Some(i));
-                let x = i.build(
-                    "Q?\nA. 1\nB. 2",
-                    "The answer is (B).",
-                    &[-0.1],
-                    Some(&[0.5; 4]),
-                );
-                assert_eq!(x.len(), i.dim(4));
-            }
+        for bits in 0..16u8 {
+            let i = VerifierInput {
+                checks: bits & 1 != 0,
+                question_form: bits & 2 != 0,
+                logprobs: bits & 4 != 0,
+                embedding: bits & 8 != 0,
+            };
+            assert_eq!(VerifierInput::parse(&i.tag()), Some(i));
+            let x = i.build(
+                "Q?\nA. 1\nB. 2",
+                "The answer is (B).",
+                &[-0.1],
+                Some(&[0.5; 4]),
+            );
+            assert_eq!(x.len(), i.dim(4));
         }
         assert_eq!(VerifierInput::parse("answer-form/0"), None);
         assert_eq!(

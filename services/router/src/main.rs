@@ -96,6 +96,11 @@ enum Command {
         /// Answer form only: no embedding (no model pass at all).
         #[arg(long)]
         no_embedding: bool,
+        /// Without the answer checks (arithmetic, chosen option, final
+        /// number) and the question's prompt-form features: the layout of
+        /// verifiers trained before them.
+        #[arg(long)]
+        no_checks: bool,
         /// Cost relative to all tier 2 the thresholds are chosen for.
         #[arg(long, default_value_t = 0.5)]
         target_cost: f64,
@@ -330,6 +335,7 @@ async fn main() -> anyhow::Result<()> {
             seed,
             l2,
             no_embedding,
+            no_checks,
             target_cost,
             price_ratio,
             limit,
@@ -346,6 +352,7 @@ async fn main() -> anyhow::Result<()> {
                 seed,
                 l2_grid: l2,
                 embedding: !no_embedding,
+                checks: !no_checks,
                 target_cost,
                 price_ratio,
                 limit,
@@ -457,6 +464,7 @@ async fn train_command(config: &RouterConfig, args: TrainArgs) -> anyhow::Result
         seed: args.seed,
         l2_grid: args.l2,
         embedding: true,
+        checks: true,
         target_cost: 0.5,
         price_ratio: 8.0,
         limit: None,

@@ -190,6 +190,8 @@ pub struct TrainVerifierOptions {
     pub l2_grid: Vec<f64>,
     /// Feed the head the answer-tail embedding.
     pub embedding: bool,
+    /// Feed the head the answer checks and the question's prompt form.
+    pub checks: bool,
     /// The cost (relative to all tier 2) the thresholds are chosen for.
     pub target_cost: f64,
     /// Tier-2 price over tier-1 price.
@@ -268,6 +270,8 @@ pub fn train_verifier(scorer: &Scorer, opts: &TrainVerifierOptions) -> anyhow::R
         100.0 * poor.iter().filter(|p| **p).count() as f64 / data.rows.len().max(1) as f64
     );
     let input = VerifierInput {
+        checks: opts.checks,
+        question_form: opts.checks,
         logprobs: false,
         embedding: opts.embedding,
     };
@@ -307,13 +311,14 @@ pub fn train_verifier(scorer: &Scorer, opts: &TrainVerifierOptions) -> anyhow::R
     let mut head = LogisticHead::fit(&xs, &poor, &input.tag(), fit(l2));
     head.training = Some(json!({
         "command": format!(
-            "triage-router train-verifier --input {} --folds {} --seed {} --l2 {} --target-cost {} --price-ratio {}{}{}{}",
+            "triage-router train-verifier --input {} --folds {} --seed {} --l2 {} --target-cost {} --price-ratio {}{}{}{}{}",
             opts.input.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default(),
             opts.folds, opts.seed,
             opts.l2_grid.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
             opts.target_cost, opts.price_ratio,
             opts.limit.map(|l| format!(" --limit {l}")).unwrap_or_default(),
             if opts.embedding { "" } else { " --no-embedding" },
+            if opts.checks { "" } else { " --no-checks" },
             if opts.rescuable { " --rescuable" } else { "" },
         ),
         "label": if opts.rescuable { "rescuable = label_tier is 2" } else { "poor = small_ok is false" },

@@ -112,3 +112,67 @@ async fn the_configured_thresholds_decide_verify_tier() {
     assert_eq!(out[2]["verify_tier"], json!(2));
     assert!(out[1].get("verify_tier").is_none());
 }
+
+/// A labelled file where tier 1 fails exactly the word problems whose
+/// worked sums it got wrong (and tier 2 rescues them).
+fn arithmetic_outcomes(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let (a, b) = (3 + i, 4 + 2 * i);
+            let wrong = i % 2 == 0;
+            let stated = if wrong { a + b + 7 } else { a + b };
+            json!({
+                "id": format!("q{i}"),
+                "prompt": format!("Tom has {a} apples and buys {b} more. How many apples does he have?"),
+                "small_response": format!("He has {a} + {b} = {stated} apples.\n#### {stated}"),
+                "label_tier": if wrong { 2 } else { 1 },
+                "small_ok": !wrong,
+                "large_ok": true,
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+#[test]
+fn train_verifier_fits_the_answer_checks_and_its_file_scores_wrong_sums_as_poor() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("outcomes.jsonl");
+    std::fs::write(&input, arithmetic_outcomes(40)).unwrap();
+    let scorer = Scorer::new(ScorerConfig::default()).unwrap();
+    let train = |checks: bool, name: &str| {
+        let output = dir.path().join(name);
+        let opts = triage_router::offline_verify::TrainVerifierOptions {
+            input: input.clone(),
+            output: output.clone(),
+            answer_vectors: None,
+            folds: 2,
+            seed: 7,
+            l2_grid: vec![0.1],
+            embedding: false,
+            checks,
+            target_cost: 0.5,
+            price_ratio: 8.0,
+            limit: None,
+            rescuable: false,
+        };
+        triage_router::offline_verify::train_verifier(&scorer, &opts).unwrap();
+        Verifier::load(&output).unwrap()
+    };
+    let with_checks = train(true, "checks.json");
+    assert_eq!(
+        with_checks.file().head.features,
+        "answer-form/1+answer-check/1+prompt-form/1"
+    );
+    let question = "Tom has 5 apples and buys 8 more. How many apples does he have?";
+    let right = with_checks.score(question, "He has 5 + 8 = 13 apples.\n#### 13", &[], None);
+    let wrong = with_checks.score(question, "He has 5 + 8 = 20 apples.\n#### 20", &[], None);
+    assert!(
+        wrong > right,
+        "a wrong sum scores as poorer: {wrong} vs {right}"
+    );
+    // Without the checks the layout is the one verifiers had before.
+    let without = train(false, "form.json");
+    assert_eq!(without.file().head.features, "answer-form/1");
+}
