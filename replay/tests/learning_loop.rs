@@ -213,6 +213,7 @@ async fn shadow_judge_train_promote_rollback_and_purge() {
     // 2. Train on them; the candidate against the live (shipped) head.
     let dir = tempfile::tempdir().unwrap();
     let head = dir.path().join("head.json");
+    let verifier = dir.path().join("verifier.json");
     let out = run_bin(
         &p,
         "triage-router",
@@ -231,11 +232,25 @@ async fn shadow_judge_train_promote_rollback_and_purge() {
             "1",
             "--l2",
             "0.1",
+            "--verifier-output",
+            verifier.to_str().unwrap(),
         ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     println!("{stdout}");
     assert!(stdout.contains("live head: the shipped one"), "{stdout}");
+    // The verifier was fitted on tier 1's stored answers, in the shipped
+    // layout, and loads as a verifier.
+    let fitted = triage_complexity::verifier::Verifier::load(&verifier)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(
+        fitted.file().head.features,
+        triage_complexity::verifier::Verifier::shipped()
+            .unwrap()
+            .file()
+            .head
+            .features
+    );
     assert!(stdout.contains("most recent"), "a held-out slice: {stdout}");
     let candidate_auc: f64 = stdout
         .lines()
