@@ -101,7 +101,10 @@ async fn exited(child: &mut tokio::process::Child, what: &str) -> bool {
 #[tokio::test]
 async fn a_worker_killed_mid_stream_is_replaced_and_its_tokens_are_booked_once() {
     let world = World::new().await;
-    let backend = sim("m", 100, 20).await; // 64 tokens: 1.3 s of generation
+    // 64 tokens: 3.8 s of generation, so the kill below lands mid-stream
+    // even on a loaded machine (at 20 ms a token, 1.3 s, attempt 1 once
+    // finished before the kill and its completion was the reply).
+    let backend = sim("m", 100, 60).await;
     let reference = sim("m", 100, 0).await;
     let mut first = spawn_child(&world, &[&backend], &["run", "--tier", "1"]);
 
