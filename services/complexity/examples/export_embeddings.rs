@@ -37,14 +37,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .into(),
         ),
     };
-    let scorer = Scorer::new(ScorerConfig::default())?;
     let rows = read_rows(std::path::Path::new(input))?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(output)?);
-    if flag == "--answers" {
-        return export_answers(&scorer, &rows, &mut out);
-    }
     if flag == "--answer-form" {
         return export_answer_form(&rows, &mut out);
+    }
+    let scorer = Scorer::new(ScorerConfig::default())?;
+    if flag == "--answers" {
+        return export_answers(&scorer, &rows, &mut out);
     }
     let static_only = flag == "--static-only";
     let mut done = 0;
@@ -108,6 +108,7 @@ fn export_answer_form(
         })
         .collect();
     write_vectors(out, &lines)?;
+    out.flush()?;
     Ok(())
 }
 

@@ -11,7 +11,11 @@ services/complexity/src/cascade.rs. The evidence behind the router README's
       $E data/routing-$f.jsonl /tmp/$f.answers.jsonl --answers        # train: ~11 min (release)
     done
     python3 -m venv /tmp/analysis && /tmp/analysis/bin/pip install numpy scikit-learn
-    /tmp/analysis/bin/python services/router/analysis/verifier_signals.py data /tmp
+    /tmp/analysis/bin/python services/router/analysis/verifier_signals.py data /tmp [SCORES]
+
+SCORES, optional, is `triage-router calibrate --input data/routing-dev.jsonl
+--scores-out SCORES` (the shipped router's and verifier's own scores): with
+it the script also prints the per-source table of the README.
 
 The verifier's own features come from the Rust code (`--answer-form`: answer
 form, answer checks, question form); the ideas tried and not kept are
@@ -175,6 +179,14 @@ train, dev = load("train"), load("dev")
 for s in (train, dev):
     s["rescuable"] = s["large"] & ~s["small"]
 
+# How often an answer with a wrong equation (ln_equations_wrong > 0) is
+# rescuable, per source.
+for name, s in (("train", train), ("dev", dev)):
+    for source in ("gsm8k", "mmlu-pro"):
+        rows = np.array([r["source"].startswith(source) for r in s["rows"]])
+        wrong = rows & (s["answer"][:, FORM + 1] > 0)
+        print(f"{name} {source}: {wrong.sum()} answers with a wrong equation, rescuable "
+              f"{s['rescuable'][wrong].mean():.0%} against {s['rescuable'][rows].mean():.0%}")
 router_train = out_of_fold(train["prompt"], train["rescuable"])
 router_dev = fit_predict(train["prompt"], train["rescuable"], dev["prompt"])
 router_train[train["rule"]], router_dev[dev["rule"]] = 1.0, 1.0
@@ -223,3 +235,17 @@ px_train, px_dev = np.hstack([train["prompt"], x_train]), np.hstack([dev["prompt
 report("  expected gain, P(tier 2 right | prompt, answer)",
        poor_train + out_of_fold(px_train, train["large"]),
        poor_dev + fit_predict(px_train, train["large"], px_dev))
+
+if len(sys.argv) > 3:
+    scores = by_id(sys.argv[3])
+    print("per dev source, the shipped scores (calibrate --scores-out):")
+    sources = sorted({r["source"].split("/")[0] for r in dev["rows"]}) + ["all"]
+    for source in sources:
+        rows = [r for r in dev["rows"] if source == "all" or r["source"].startswith(source + "/") or r["source"] == source]
+        poor = np.array([not r["small_ok"] for r in rows])
+        resc = np.array([r["label_tier"] == 2 for r in rows])
+        verify = np.array([scores[r["id"]]["verify"] for r in rows])
+        router = np.array([scores[r["id"]]["score"] for r in rows])
+        print(f"  {source:15s} {len(rows):5d} poor {poor.mean():.0%} rescuable {resc.mean():.0%} "
+              f"verify AUC poor {roc_auc_score(poor, verify):.3f} rescuable {roc_auc_score(resc, verify):.3f} "
+              f"router AUC rescuable {roc_auc_score(resc, router):.3f}")
