@@ -1,6 +1,7 @@
-//! Crash safety and delivery: a worker process killed mid-stream, maximum
-//! deliveries, back-pressure, graceful shutdown (in-process and SIGTERM to
-//! the binary) and a resumed batch job.
+//! Crash safety and delivery: a worker process killed mid-stream, the
+//! first-chunk gate on a durable progress record, maximum deliveries,
+//! back-pressure, graceful shutdown (in-process and SIGTERM to the binary)
+//! and a resumed batch job.
 
 mod common;
 
@@ -10,9 +11,11 @@ use std::time::Duration;
 
 use common::*;
 use triage_bus::consumer;
-use triage_protocol::{headers, ErrorCode, Namespace, StreamKind, Tier, UsageStatus};
+use triage_protocol::{headers, ErrorCode, Namespace, RequestKey, StreamKind, Tier, UsageStatus};
 use triage_vllm_sim::{FaultConfig, SimHandle};
 use triage_worker::batch::{self, BatchOptions, SubmitTo};
+use triage_worker::metrics::WorkerMetrics;
+use triage_worker::progress::{Progress, ProgressLog};
 
 /// The environment that configures a child `triage-worker` like
 /// [`World::config`] does in-process.
@@ -180,6 +183,57 @@ async fn a_worker_killed_mid_stream_is_replaced_and_its_tokens_are_booked_once()
         .unwrap();
     assert!(status.success());
     assert!(exited(&mut third, "the worker after SIGTERM").await);
+    world.teardown().await;
+}
+
+/// A record of attempt `attempt` with `tokens` generated.
+fn progress(attempt: u32, tokens: u32) -> Progress {
+    Progress {
+        attempt,
+        tier: Tier::Small,
+        model: "m".into(),
+        backend: "sim".into(),
+        prompt_tokens: 5,
+        completion_tokens: tokens,
+        started_at_ms: 1,
+        recorded_at_ms: 2,
+    }
+}
+
+/// The gate before an attempt's first chunk (`generate/stream.rs`): it
+/// opens once the attempt's progress record is durable, at once when the
+/// attempt recorded nothing, and not before its limit when the record
+/// cannot be written.
+#[tokio::test]
+async fn the_first_chunk_gate_waits_for_a_durable_progress_record() {
+    let world = World::new().await;
+    let store = triage_bus::streams::progress_bucket(&world.js, &world.ns, &tiny_streams())
+        .await
+        .unwrap();
+    let metrics = WorkerMetrics::register(1, &mut prometheus_client::registry::Registry::default());
+    let log = ProgressLog::new(store, metrics);
+    let key = RequestKey::new(None, "gate");
+    let recorder = log.recorder(key);
+    assert!(
+        recorder.durable(1, LONG).await,
+        "nothing recorded: nothing to wait for"
+    );
+
+    recorder.record(progress(1, 3));
+    assert!(recorder.durable(1, LONG).await);
+    let stored = log.get(key).await.unwrap().expect("durable means stored");
+    assert_eq!((stored.attempt, stored.completion_tokens), (1, 3));
+
+    // Records that cannot land (the bucket is gone) keep the gate shut
+    // until its limit.
+    world
+        .js
+        .delete_key_value(world.ns.progress_bucket())
+        .await
+        .unwrap();
+    recorder.record(progress(2, 1));
+    assert!(!recorder.durable(2, Duration::from_millis(600)).await);
+    drop(recorder);
     world.teardown().await;
 }
 
