@@ -225,14 +225,8 @@ impl LogisticHead {
         } else {
             Self::fit_raw(xs, ys, features, opts)
         };
-        let mut probs: Vec<f64> = xs.iter().map(|x| head.probability(x)).collect();
-        probs.sort_by(|a, b| a.total_cmp(b));
-        if !probs.is_empty() {
-            let last = (probs.len() - 1) as f64;
-            head.calibration = (0..=100)
-                .map(|k| probs[(k as f64 * last / 100.0).round() as usize])
-                .collect();
-        }
+        let probs: Vec<f64> = xs.iter().map(|x| head.probability(x)).collect();
+        head.calibration = percentile_knots(probs);
         head
     }
 
@@ -360,6 +354,19 @@ impl Scaling {
     }
 }
 
+/// The values at quantiles 0, 1, …, 100 % of `values` (a head's
+/// `calibration`); empty for no values.
+pub fn percentile_knots(mut values: Vec<f64>) -> Vec<f64> {
+    values.sort_by(|a, b| a.total_cmp(b));
+    if values.is_empty() {
+        return Vec::new();
+    }
+    let last = (values.len() - 1) as f64;
+    (0..=100)
+        .map(|k| values[(k as f64 * last / 100.0).round() as usize])
+        .collect()
+}
+
 /// Where `p` falls among `knots` (values at quantiles 0..=100 %), in
 /// [0, 1], interpolating linearly; `p` itself when there are no knots.
 pub fn percentile(knots: &[f64], p: f64) -> f64 {
@@ -447,8 +454,19 @@ pub fn cross_validated_scores(
     folds: &[usize],
     opts: FitOptions,
 ) -> Vec<f64> {
+    out_of_fold(xs, ys, folds, opts, LogisticHead::score)
+}
+
+/// Each example's `value` under a head fitted on the other folds.
+pub fn out_of_fold<T: Clone + Default>(
+    xs: &[Vec<f32>],
+    ys: &[bool],
+    folds: &[usize],
+    opts: FitOptions,
+    value: impl Fn(&LogisticHead, &[f32]) -> T,
+) -> Vec<T> {
     let k = folds.iter().copied().max().map_or(0, |m| m + 1);
-    let mut out = vec![0.0; xs.len()];
+    let mut out = vec![T::default(); xs.len()];
     for f in 0..k {
         let (train_x, train_y): (Vec<Vec<f32>>, Vec<bool>) = xs
             .iter()
@@ -459,7 +477,7 @@ pub fn cross_validated_scores(
             .unzip();
         let head = LogisticHead::fit(&train_x, &train_y, "cv", opts);
         for i in (0..xs.len()).filter(|&i| folds[i] == f) {
-            out[i] = head.score(&xs[i]);
+            out[i] = value(&head, &xs[i]);
         }
     }
     out

@@ -48,6 +48,7 @@ pub(crate) mod kernels;
 pub mod model_files;
 pub mod prompt_form;
 pub mod prompt_text;
+pub mod question_kind;
 pub mod rules;
 pub mod scorer;
 pub mod static_embedding;

@@ -11,9 +11,14 @@
 //! a chain of thought concludes), computed by the router's own model
 //! ([`crate::MiniLm`]). The head is the router's logistic head, fitted on
 //! `small_ok = false` by `triage-router train-verifier`, its output mapped
-//! to the training percentile like the router's.
+//! to the training percentile like the router's. A file may also hold a
+//! head per [`QuestionKind`] (multiple choice, numeric, open), all on the
+//! same input and mapping their probabilities through the same pooled
+//! percentiles, so one threshold means the same for every kind.
 
 use std::path::{Path, PathBuf};
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,10 +28,14 @@ use crate::answer_form::{answer_form_features, ANSWER_FORM_DIM, ANSWER_FORM_FEAT
 use crate::embedding::{EmbedError, MiniLm};
 use crate::head::{HeadError, LogisticHead};
 use crate::prompt_form::{form_features, FORM_DIM, FORM_FEATURES};
+use crate::question_kind::QuestionKind;
 use crate::truncation::{TokenizedText, Truncator};
 
-/// The weights file's format tag.
-pub const VERIFIER_FORMAT: &str = "triage-verifier/1";
+/// The weights file's format tag (`/2` added the per-kind heads).
+pub const VERIFIER_FORMAT: &str = "triage-verifier/2";
+
+/// The format before per-kind heads; still read.
+const VERIFIER_FORMAT_1: &str = "triage-verifier/1";
 
 /// Characters of the answer's end that are embedded.
 pub const ANSWER_TAIL_CHARS: usize = 512;
@@ -156,8 +165,13 @@ pub struct VerifierFile {
     pub hard_threshold: f64,
     /// Verify scores at or above this escalate a tier-1 answer.
     pub verify_threshold: f64,
-    /// The head; its `features` is a [`VerifierInput`] tag.
+    /// The head of every question whose kind has none of its own in
+    /// `kind_heads`; its `features` is a [`VerifierInput`] tag.
     pub head: LogisticHead,
+    /// Heads of their own for some question kinds, on `head`'s input and
+    /// with the same calibration (pooled over the training answers).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kind_heads: BTreeMap<QuestionKind, LogisticHead>,
 }
 
 /// The `verify` section of a service's configuration.
@@ -245,7 +259,8 @@ impl Verifier {
             found,
             expected,
         };
-        if file.format != VERIFIER_FORMAT {
+        let old_format = file.format == VERIFIER_FORMAT_1 && file.kind_heads.is_empty();
+        if file.format != VERIFIER_FORMAT && !old_format {
             return Err(mismatch(file.format, VERIFIER_FORMAT.into()));
         }
         let input = VerifierInput::parse(&file.head.features).ok_or_else(|| {
@@ -257,9 +272,18 @@ impl Verifier {
             )
         })?;
         let want = input.dim(crate::EMBEDDING_DIM);
-        if file.head.weights.len() != want {
+        for (kind, head) in &file.kind_heads {
+            if head.features != file.head.features {
+                return Err(mismatch(
+                    format!("{} head for {}", kind.name(), head.features),
+                    file.head.features.clone(),
+                ));
+            }
+        }
+        let heads = std::iter::once(&file.head).chain(file.kind_heads.values());
+        if let Some(head) = heads.into_iter().find(|h| h.weights.len() != want) {
             return Err(mismatch(
-                format!("{} weights", file.head.weights.len()),
+                format!("{} weights", head.weights.len()),
                 format!("{want} weights for {}", file.head.features),
             ));
         }
@@ -306,6 +330,14 @@ impl Verifier {
             .collect())
     }
 
+    /// The head that scores answers to `question`.
+    pub fn head_for(&self, question: &str) -> &LogisticHead {
+        self.file
+            .kind_heads
+            .get(&QuestionKind::of(question))
+            .unwrap_or(&self.file.head)
+    }
+
     /// The verify score in [0, 1], higher = more likely poor: the head's
     /// probability as a percentile of the training answers'.
     pub fn score(
@@ -315,8 +347,7 @@ impl Verifier {
         logprobs: &[f32],
         embedding: Option<&[f32]>,
     ) -> f64 {
-        self.file
-            .head
+        self.head_for(question)
             .score(&self.input.build(question, answer, logprobs, embedding))
     }
 }
@@ -378,6 +409,48 @@ mod tests {
             Some(&e),
         );
         assert!(missing > stated, "missing {missing} vs stated {stated}");
+    }
+
+    #[test]
+    fn each_question_kind_is_scored_by_its_own_head_where_the_file_has_one() {
+        let mut file: VerifierFile = serde_json::from_str(SHIPPED_VERIFIER).unwrap();
+        let kinds: Vec<QuestionKind> = file.kind_heads.keys().copied().collect();
+        assert_eq!(
+            kinds,
+            QuestionKind::ALL,
+            "the shipped file has a head per kind"
+        );
+        file.kind_heads.retain(|k, _| *k == QuestionKind::Open);
+        let open = file.kind_heads[&QuestionKind::Open].clone();
+        let v = Verifier::new(file.clone(), "x").unwrap();
+        assert_eq!(v.head_for("Write a poem about the sea."), &open);
+        assert_eq!(
+            v.head_for("What is 6 x 7?"),
+            &file.head,
+            "no numeric head: the general one"
+        );
+        // A version-1 file cannot carry kind heads.
+        file.format = VERIFIER_FORMAT_1.into();
+        assert!(Verifier::new(file.clone(), "x").is_err());
+        file.kind_heads.clear();
+        assert!(
+            Verifier::new(file, "x").is_ok(),
+            "version-1 files still load"
+        );
+    }
+
+    #[test]
+    fn a_kind_head_on_another_input_is_refused() {
+        let mut file: VerifierFile = serde_json::from_str(SHIPPED_VERIFIER).unwrap();
+        let open = file.kind_heads.get_mut(&QuestionKind::Open).unwrap();
+        open.features = "answer-form/1".into();
+        let err = Verifier::new(file.clone(), "x").unwrap_err().to_string();
+        assert!(err.contains("open head"), "{err}");
+        let open = file.kind_heads.get_mut(&QuestionKind::Open).unwrap();
+        open.features = file.head.features.clone();
+        open.weights.pop();
+        let err = Verifier::new(file, "x").unwrap_err().to_string();
+        assert!(err.contains("weights"), "{err}");
     }
 
     #[test]

@@ -178,6 +178,12 @@ def load(split):
 train, dev = load("train"), load("dev")
 for s in (train, dev):
     s["rescuable"] = s["large"] & ~s["small"]
+    # The question kind (question_kind.rs) from the question-form columns:
+    # 0 multiple choice, 1 numeric, 2 open.
+    mc, numbers = s["answer"][:, CHECKS] > 0, s["answer"][:, CHECKS + 6] > 0
+    s["kind"] = np.where(mc, 0, np.where(numbers, 1, 2))
+    s["x_kind"] = np.hstack([s["answer"][:, :FORM] * (s["kind"] == k)[:, None] for k in (1, 2)]
+                            + [(s["kind"] == k)[:, None].astype(float) for k in (1, 2)])
 
 # How often an answer with a wrong equation (ln_equations_wrong > 0) is
 # rescuable, per source.
@@ -229,6 +235,23 @@ poor_head("  + stated letter one-hot", shipped + ["one_hot"])
 poor_head("  + question's static vector and form", shipped + ["prompt"])
 poor_head("  + chosen option nearest the last result", shipped + ["nearest"])
 poor_head("  + chosen option's wording in the reasoning", shipped + ["coverage"])
+poor_head("  + answer form crossed with the question kind, one head", shipped + ["x_kind"])
+
+
+def per_kind(name, columns):
+    """A head per question kind at the fixed L2 (train-verifier also
+    chooses each kind's L2 and keeps a kind's head only where CV says)."""
+    x_train = np.hstack([train[c] if isinstance(c, str) else train["answer"][:, c] for c in columns])
+    x_dev = np.hstack([dev[c] if isinstance(c, str) else dev["answer"][:, c] for c in columns])
+    p_train, p_dev = np.zeros(len(x_train)), np.zeros(len(x_dev))
+    for k in range(3):
+        a, b = train["kind"] == k, dev["kind"] == k
+        p_train[a] = out_of_fold(x_train[a], ~train["small"][a])
+        p_dev[b] = fit_predict(x_train[a], ~train["small"][a], x_dev[b])
+    report(name, p_train, p_dev)
+
+
+per_kind("a head per question kind (shipped: train-verifier's)", shipped)
 # Expected gain of an escalation: P(poor) + P(tier 2 right) - 1.
 poor_train, poor_dev = out_of_fold(x_train, ~train["small"]), fit_predict(x_train, ~train["small"], x_dev)
 px_train, px_dev = np.hstack([train["prompt"], x_train]), np.hstack([dev["prompt"], x_dev])
@@ -249,3 +272,8 @@ if len(sys.argv) > 3:
         print(f"  {source:15s} {len(rows):5d} poor {poor.mean():.0%} rescuable {resc.mean():.0%} "
               f"verify AUC poor {roc_auc_score(poor, verify):.3f} rescuable {roc_auc_score(resc, verify):.3f} "
               f"router AUC rescuable {roc_auc_score(resc, router):.3f}")
+        small = np.array([r["small_ok"] for r in rows], bool)
+        large = np.array([r["large_ok"] for r in rows], bool)
+        for label, direct in (("verify only", np.zeros(len(rows), bool)), ("combined >= 0.75", router >= 0.75)):
+            pts = escalation(direct, verify, small, large)
+            print(f"    {label:17s} PGR@30% {pgr_at(pts, 0.3):.3f} PGR@50% {pgr_at(pts, 0.5):.3f} area {area(pts):.3f}")

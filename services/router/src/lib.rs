@@ -33,6 +33,7 @@ pub mod self_rating;
 pub mod service;
 pub mod tenancy;
 pub mod validation;
+pub mod verifier_fit;
 
 pub use config::RouterConfig;
 pub use routing::{Routed, Router};

@@ -114,6 +114,10 @@ enum Command {
         /// escalation can rescue) instead of small_ok = false.
         #[arg(long)]
         rescuable: bool,
+        /// One head for every question, not one per kind (multiple choice,
+        /// numeric, open) beside the general one.
+        #[arg(long)]
+        one_head: bool,
     },
 
     /// Score a JSONL of requests offline (fields as in routing-dev.jsonl:
@@ -340,6 +344,7 @@ async fn main() -> anyhow::Result<()> {
             price_ratio,
             limit,
             rescuable,
+            one_head,
         } => {
             let mut scoring = config.scoring.clone();
             scoring.cache_capacity = 0;
@@ -357,6 +362,7 @@ async fn main() -> anyhow::Result<()> {
                 price_ratio,
                 limit,
                 rescuable,
+                kind_heads: !one_head,
             };
             tokio::task::spawn_blocking(move || offline_verify::train_verifier(&scorer, &opts))
                 .await?
@@ -469,6 +475,7 @@ async fn train_command(config: &RouterConfig, args: TrainArgs) -> anyhow::Result
         price_ratio: 8.0,
         limit: None,
         rescuable: false,
+        kind_heads: true,
     });
     let opts = offline_db::FromDbOptions {
         database_url: args.database_url,

@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::policy_report::{fmt, PolicyReport};
+use crate::verifier_fit::{fit_heads, HeadsToFit};
 use anyhow::{bail, Context};
-use serde_json::json;
-use triage_complexity::calibration::{roc_auc, Outcome};
+use serde_json::{json, Value};
+use triage_complexity::calibration::Outcome;
 use triage_complexity::cascade::{policy_outcome, verify_threshold_for_cost};
 use triage_complexity::dataset::{read_rows, PromptRow};
-use triage_complexity::head::{cross_validated_scores, stratified_folds, FitOptions, LogisticHead};
+use triage_complexity::head::{cross_validated_scores, stratified_folds};
+use triage_complexity::question_kind::QuestionKind;
 use triage_complexity::scorer::{Prepared, Scorer};
 use triage_complexity::vector_file::read_vectors;
 use triage_complexity::verifier::{
@@ -165,14 +167,6 @@ pub fn score_answers(
     Ok(verifier.score_batch(scorer.model(), scorer.truncator(), items)?)
 }
 
-fn fit(l2: f64) -> FitOptions {
-    FitOptions {
-        l2,
-        standardise: true,
-        ..FitOptions::default()
-    }
-}
-
 /// Options of `train-verifier`.
 #[derive(Debug, Clone)]
 pub struct TrainVerifierOptions {
@@ -202,6 +196,9 @@ pub struct TrainVerifierOptions {
     /// Fit on "rescuable" (`label_tier` 2: tier 1 wrong and tier 2 right)
     /// instead of "poor" (tier 1 wrong).
     pub rescuable: bool,
+    /// A head per question kind (multiple choice, numeric, open) where the
+    /// kind has enough answers, beside the general head.
+    pub kind_heads: bool,
 }
 
 /// The router's score on the training file without its own training
@@ -285,33 +282,26 @@ pub fn train_verifier(scorer: &Scorer, opts: &TrainVerifierOptions) -> anyhow::R
         None
     };
     let xs = verifier_inputs(input, &data, vectors.as_deref());
-    let folds = stratified_folds(&poor, opts.folds, opts.seed);
-    let mut best: Option<(f64, f64, Vec<f64>)> = None;
-    let mut grid = Vec::new();
-    for &l2 in &opts.l2_grid {
-        let cv = cross_validated_scores(&xs, &poor, &folds, fit(l2));
-        let auc = roc_auc(&cv, &poor).unwrap_or(0.5);
-        let auc_tier2 = roc_auc(
-            &cv,
-            &data.outcomes.iter().map(|o| o.tier2).collect::<Vec<_>>(),
-        );
-        println!(
-            "  l2={l2}: cross-validated AUC (label fitted) {auc:.4}, AUC (label_tier) {}",
-            fmt(auc_tier2)
-        );
-        grid.push(json!({"l2": l2, "auc_fitted_label": auc, "auc_label_tier": auc_tier2}));
-        if best.as_ref().is_none_or(|(_, b, _)| auc > *b) {
-            best = Some((l2, auc, cv));
-        }
-    }
-    let (l2, _, cv) = best.expect("grid is not empty");
-    println!("chose l2={l2} (best cross-validated AUC)");
+    let tier2: Vec<bool> = data.outcomes.iter().map(|o| o.tier2).collect();
+    let kinds: Vec<QuestionKind> = data.questions.iter().map(|q| QuestionKind::of(q)).collect();
+    let tag = input.tag();
+    let fitted = fit_heads(&HeadsToFit {
+        xs: &xs,
+        ys: &poor,
+        tier2: &tier2,
+        kinds: opts.kind_heads.then_some(kinds.as_slice()),
+        folds: opts.folds,
+        seed: opts.seed,
+        l2_grid: &opts.l2_grid,
+        tag: &tag,
+    });
     let router = router_proxy(scorer, &data, opts.folds, opts.seed)?;
-    let (hard, verify_t, policies) = choose_policy(&router, &cv, &data.outcomes, opts);
-    let mut head = LogisticHead::fit(&xs, &poor, &input.tag(), fit(l2));
-    head.training = Some(json!({
+    let (hard, verify_t, policies) =
+        choose_policy(&router, &fitted.cv_scores, &data.outcomes, opts);
+    let mut head = fitted.head;
+    let mut training = json!({
         "command": format!(
-            "triage-router train-verifier --input {} --folds {} --seed {} --l2 {} --target-cost {} --price-ratio {}{}{}{}{}",
+            "triage-router train-verifier --input {} --folds {} --seed {} --l2 {} --target-cost {} --price-ratio {}{}{}{}{}{}",
             opts.input.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default(),
             opts.folds, opts.seed,
             opts.l2_grid.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
@@ -319,20 +309,24 @@ pub fn train_verifier(scorer: &Scorer, opts: &TrainVerifierOptions) -> anyhow::R
             opts.limit.map(|l| format!(" --limit {l}")).unwrap_or_default(),
             if opts.embedding { "" } else { " --no-embedding" },
             if opts.checks { "" } else { " --no-checks" },
+            if opts.kind_heads { "" } else { " --one-head" },
             if opts.rescuable { " --rescuable" } else { "" },
         ),
         "label": if opts.rescuable { "rescuable = label_tier is 2" } else { "poor = small_ok is false" },
         "rows": data.rows.len(),
-        "chosen_l2": l2,
-        "cross_validation": grid,
         "router_score_for_thresholds": "first stage cross-validated on the input, rules applied",
         "policies_at_target_cost": policies,
-    }));
+    });
+    if let (Value::Object(t), Value::Object(r)) = (&mut training, fitted.report) {
+        t.extend(r);
+    }
+    head.training = Some(training);
     let file = VerifierFile {
         format: VERIFIER_FORMAT.into(),
         hard_threshold: hard,
         verify_threshold: verify_t,
         head,
+        kind_heads: fitted.kind_heads,
     };
     Verifier::new(file.clone(), "trained")?;
     let mut text = serde_json::to_string_pretty(&file)?;

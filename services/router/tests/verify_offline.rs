@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use triage_complexity::question_kind::QuestionKind;
 use triage_complexity::scorer::{Scorer, ScorerConfig};
 use triage_complexity::verifier::{Verifier, VerifyConfig};
 use triage_complexity::ModelFiles;
@@ -156,6 +157,7 @@ fn train_verifier_fits_the_answer_checks_and_its_file_scores_wrong_sums_as_poor(
             price_ratio: 8.0,
             limit: None,
             rescuable: false,
+            kind_heads: true,
         };
         triage_router::offline_verify::train_verifier(&scorer, &opts).unwrap();
         Verifier::load(&output).unwrap()
@@ -175,4 +177,115 @@ fn train_verifier_fits_the_answer_checks_and_its_file_scores_wrong_sums_as_poor(
     // Without the checks the layout is the one verifiers had before.
     let without = train(false, "form.json");
     assert_eq!(without.file().head.features, "answer-form/1");
+}
+
+/// Word problems answered right, where tier 1 fails exactly the ones it
+/// answered at length, and open requests (no options, no numbers) where it
+/// fails exactly the ones it answered in a word: length means "poor" in one
+/// kind and "good" in the other, which one head cannot weigh both ways.
+fn opposite_length_outcomes(problems: usize, requests: usize) -> String {
+    let word = |mut i: usize| {
+        let mut w = String::new();
+        loop {
+            w.push((b'a' + (i % 26) as u8) as char);
+            i /= 26;
+            if i == 0 {
+                return w;
+            }
+        }
+    };
+    let problem = (0..problems).map(|i| {
+        let (a, b, poor) = (3 + i, 4 + 2 * i, i % 2 == 0);
+        let padding = if poor {
+            ", counting each of them carefully one by one as they come into the basket"
+        } else {
+            ""
+        };
+        (
+            format!("p{i}"),
+            format!("Tom has {a} apples and buys {b} more. How many apples does he have?"),
+            format!(
+                "He has {a} + {b} = {} apples{padding}.\n#### {}",
+                a + b,
+                a + b
+            ),
+            poor,
+        )
+    });
+    let request = (0..requests).map(|i| {
+        let (topic, poor) = (word(i), i % 2 == 0);
+        let answer = if poor {
+            "Sure.".to_string()
+        } else {
+            format!("A note about {topic}: it is worth knowing well, and here is why it matters to everyone who meets it.")
+        };
+        (format!("o{i}"), format!("Write a short note about {topic}."), answer, poor)
+    });
+    problem
+        .chain(request)
+        .map(|(id, prompt, answer, poor)| {
+            json!({
+                "id": id,
+                "prompt": prompt,
+                "small_response": answer,
+                "label_tier": if poor { 2 } else { 1 },
+                "small_ok": !poor,
+                "large_ok": true,
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+#[test]
+fn train_verifier_fits_a_head_for_a_kind_the_general_head_ranks_wrongly() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("outcomes.jsonl");
+    std::fs::write(&input, opposite_length_outcomes(200, 120)).unwrap();
+    let scorer = Scorer::new(ScorerConfig::default()).unwrap();
+    let train = |kind_heads: bool, name: &str| {
+        let output = dir.path().join(name);
+        let opts = triage_router::offline_verify::TrainVerifierOptions {
+            input: input.clone(),
+            output: output.clone(),
+            answer_vectors: None,
+            folds: 2,
+            seed: 7,
+            l2_grid: vec![0.1],
+            embedding: false,
+            checks: true,
+            target_cost: 0.5,
+            price_ratio: 8.0,
+            limit: None,
+            rescuable: false,
+            kind_heads,
+        };
+        triage_router::offline_verify::train_verifier(&scorer, &opts).unwrap();
+        Verifier::load(&output).unwrap()
+    };
+    let open = "Write a short note about otters.";
+    let long_note = "A note about otters: they are worth knowing well, and here is why they matter to everyone who meets them.";
+    let problem = "Tom has 5 apples and buys 8 more. How many apples does he have?";
+    let padded = "He has 5 + 8 = 13 apples, counting each of them carefully one by one as they come into the basket.\n#### 13";
+    let plain = "He has 5 + 8 = 13 apples.\n#### 13";
+    let ranks_both = |v: &Verifier| {
+        let open_right = v.score(open, "Sure.", &[], None) > v.score(open, long_note, &[], None);
+        let problem_right =
+            v.score(problem, padded, &[], None) > v.score(problem, plain, &[], None);
+        (open_right, problem_right)
+    };
+    let one = train(false, "one.json");
+    assert!(one.file().kind_heads.is_empty());
+    assert_ne!(
+        ranks_both(&one),
+        (true, true),
+        "one head cannot rank both kinds"
+    );
+    let by_kind = train(true, "kinds.json");
+    // The kind the general head ranks backwards gets a head of its own;
+    // the other stays with the general head (its own would be no better).
+    let kinds: Vec<QuestionKind> = by_kind.file().kind_heads.keys().copied().collect();
+    assert_eq!(kinds.len(), 1, "{kinds:?}");
+    assert_eq!(ranks_both(&by_kind), (true, true));
 }

@@ -485,7 +485,7 @@ CONFIGURATION (TOML key = default; env TRIAGE_WORKER_<KEY> with `__` for `.`)
   early_exit.min_mean_logprob = -1.0  escalate below this mean logprob
   escalate_when_unavailable = true  tier 1: republish to tier 2 when exhausted
   verify.enabled = false         tier 1: verify finished stream=false answers before release
-  verify.threshold = (file's)    escalate at or above this verify score (0-1; shipped 0.816)
+  verify.threshold = (file's)    escalate at or above this verify score (0-1; shipped 0.825)
   verify.head_path = (shipped)   a verifier file written by `triage-router train-verifier`
   verify.model_dir = $TRIAGE_CACHE/models/all-MiniLM-L6-v2  the embedding model's files
   verify.hard_threshold          (router's offline commands only; ignored here)
