@@ -152,9 +152,13 @@ impl MiniLm {
     }
 }
 
-/// Upper bound on tokens per forward pass, which bounds memory (the
-/// feed-forward activations are tokens × 1536 floats).
-pub const MAX_BATCH_TOKENS: usize = 8192;
+/// Upper bound on tokens per forward pass. It bounds memory (the
+/// feed-forward activations are tokens × 1536 floats) and keeps a pass's
+/// activations in the last-level cache: at 2048 tokens they are 12 MiB,
+/// and batches of 32 prompts of 512 tokens ran about 20% faster than in
+/// passes of 8192 tokens (50 MiB) on a 2-core EPYC with 32 MiB of L3,
+/// 128-token batches the same (router README, "Speed").
+pub const MAX_BATCH_TOKENS: usize = 2048;
 
 /// Consecutive runs of inputs of at most [`MAX_BATCH_TOKENS`] tokens (an
 /// input longer than that alone).
