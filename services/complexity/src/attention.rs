@@ -211,7 +211,13 @@ mod tests {
         // Longer than one block, with a ragged last block, beside a short one.
         let (heads, d) = (2, 4);
         let long = QUERY_BLOCK * 2 + 7;
-        let spans = [Span { start: 0, len: 3 }, Span { start: 3, len: long }];
+        let spans = [
+            Span { start: 0, len: 3 },
+            Span {
+                start: 3,
+                len: long,
+            },
+        ];
         let rows = 3 + long;
         let qkv: Vec<f32> = (0..rows * 3 * heads * d)
             .map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0)
