@@ -184,24 +184,40 @@ mod tests {
         out
     }
 
-    #[test]
-    fn matches_the_plain_formula_per_sequence() {
-        let (heads, d) = (3, 4);
-        let spans = [Span { start: 0, len: 5 }, Span { start: 5, len: 2 }];
-        let rows = 7;
-        let qkv: Vec<f32> = (0..rows * 3 * heads * d)
-            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
-            .collect();
-        let got = attention(&qkv, &spans, heads, d);
+    /// Inputs for `rows` tokens: a fixed pattern in [-1, 1).
+    fn pattern(rows: usize, heads: usize, d: usize, step: usize, modulus: usize) -> Vec<f32> {
+        (0..rows * 3 * heads * d)
+            .map(|i| ((i * step % modulus) as f32 / (modulus / 2) as f32) - 1.0)
+            .collect()
+    }
+
+    /// Runs attention over `spans` and checks every sequence against the
+    /// plain formula; returns the output.
+    fn checked(qkv: &[f32], spans: &[Span], heads: usize, d: usize) -> Vec<f32> {
+        let got = attention(qkv, spans, heads, d);
         let w = heads * d;
-        for span in spans {
-            let want = naive(&qkv, span, heads, d);
+        for &span in spans {
+            let want = naive(qkv, span, heads, d);
             let part = &got[span.start * w..(span.start + span.len) * w];
             for (g, x) in part.iter().zip(&want) {
                 assert!((g - x).abs() < 1e-5, "{g} vs {x}");
             }
         }
+        got
+    }
+
+    #[test]
+    fn matches_the_plain_formula_per_sequence() {
+        let (heads, d) = (3, 4);
+        let qkv = pattern(7, heads, d, 37, 101);
+        let got = checked(
+            &qkv,
+            &[Span { start: 0, len: 5 }, Span { start: 5, len: 2 }],
+            heads,
+            d,
+        );
         // A sequence alone gives the same bits as inside the batch.
+        let w = heads * d;
         let alone = attention(&qkv[5 * 3 * w..], &[Span { start: 0, len: 2 }], heads, d);
         assert_eq!(alone, got[5 * w..].to_vec());
     }
@@ -210,26 +226,8 @@ mod tests {
     fn query_blocks_give_the_plain_formula_for_a_long_sequence() {
         // Longer than one block, with a ragged last block, beside a short one.
         let (heads, d) = (2, 4);
-        let long = QUERY_BLOCK * 2 + 7;
-        let spans = [
-            Span { start: 0, len: 3 },
-            Span {
-                start: 3,
-                len: long,
-            },
-        ];
-        let rows = 3 + long;
-        let qkv: Vec<f32> = (0..rows * 3 * heads * d)
-            .map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0)
-            .collect();
-        let got = attention(&qkv, &spans, heads, d);
-        let w = heads * d;
-        for span in spans {
-            let want = naive(&qkv, span, heads, d);
-            let part = &got[span.start * w..(span.start + span.len) * w];
-            for (g, x) in part.iter().zip(&want) {
-                assert!((g - x).abs() < 1e-5, "{g} vs {x}");
-            }
-        }
+        let len = QUERY_BLOCK * 2 + 7;
+        let spans = [Span { start: 0, len: 3 }, Span { start: 3, len }];
+        checked(&pattern(3 + len, heads, d, 53, 97), &spans, heads, d);
     }
 }

@@ -91,6 +91,19 @@ impl Default for FitOptions {
     }
 }
 
+impl FitOptions {
+    /// Standardised inputs at penalty `l2`, the rest default: how `train`
+    /// and `train-verifier` fit, so one penalty suits an embedding's small
+    /// coordinates and the form features alike.
+    pub fn standardised(l2: f64) -> Self {
+        Self {
+            l2,
+            standardise: true,
+            ..Self::default()
+        }
+    }
+}
+
 /// The logistic function, stable for large |z|.
 pub fn sigmoid(z: f64) -> f64 {
     if z >= 0.0 {

@@ -201,16 +201,6 @@ pub(crate) fn with_rules(scores: &[f64], prepared: &[Prepared]) -> Vec<f64> {
         .collect()
 }
 
-/// How `train` fits: on standardised inputs, so one penalty suits the
-/// embedding's small coordinates and the form features alike.
-fn train_fit(l2: f64) -> FitOptions {
-    FitOptions {
-        l2,
-        standardise: true,
-        ..FitOptions::default()
-    }
-}
-
 /// Cross-validated out-of-fold scores for each repeat.
 fn cv_scores(
     xs: &[Vec<f32>],
@@ -223,7 +213,7 @@ fn cv_scores(
     (0..repeats as u64)
         .map(|r| {
             let f = stratified_folds(ys, folds, seed + r);
-            cross_validated_scores(xs, ys, &f, train_fit(l2))
+            cross_validated_scores(xs, ys, &f, FitOptions::standardised(l2))
         })
         .collect()
 }
@@ -345,7 +335,7 @@ fn finish_head(
     scorer: &Scorer,
     data: &Labelled,
 ) -> anyhow::Result<LogisticHead> {
-    let mut head = LogisticHead::fit(xs, ys, features, train_fit(l2));
+    let mut head = LogisticHead::fit(xs, ys, features, FitOptions::standardised(l2));
     let in_sample: Vec<f64> = xs.iter().map(|x| head.score(x)).collect();
     head.training = Some(json!({
         "command": format!(

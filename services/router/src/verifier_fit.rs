@@ -67,14 +67,6 @@ struct Validated {
     grid: Vec<Value>,
 }
 
-fn fit_options(l2: f64) -> FitOptions {
-    FitOptions {
-        l2,
-        standardise: true,
-        ..FitOptions::default()
-    }
-}
-
 /// Cross-validates each L2 of the grid; keeps the best AUC's.
 fn validate(
     xs: &[Vec<f32>],
@@ -87,7 +79,7 @@ fn validate(
     let mut best: Option<(f64, Validated)> = None;
     let mut grid = Vec::new();
     for &l2 in spec.l2_grid {
-        let both = out_of_fold(xs, ys, &folds, fit_options(l2), |h, x| {
+        let both = out_of_fold(xs, ys, &folds, FitOptions::standardised(l2), |h, x| {
             (h.probability(x), h.score(x))
         });
         let (probability, score): (Vec<f64>, Vec<f64>) = both.into_iter().unzip();
@@ -145,7 +137,12 @@ fn pick<T: Clone>(values: &[T], rows: &[usize]) -> Vec<T> {
 pub fn fit_heads(spec: &HeadsToFit) -> FittedHeads {
     let general = validate(spec.xs, spec.ys, spec.tier2, spec, "");
     println!("chose l2={} (best cross-validated AUC)", general.l2);
-    let mut head = LogisticHead::fit(spec.xs, spec.ys, spec.tag, fit_options(general.l2));
+    let mut head = LogisticHead::fit(
+        spec.xs,
+        spec.ys,
+        spec.tag,
+        FitOptions::standardised(general.l2),
+    );
     let mut report = json!({"chosen_l2": general.l2, "cross_validation": general.grid});
     let Some(kinds) = spec.kinds else {
         return FittedHeads {
@@ -186,7 +183,7 @@ pub fn fit_heads(spec: &HeadsToFit) -> FittedHeads {
         for (&i, p) in rows.iter().zip(&cv.probability) {
             probability[i] = *p;
         }
-        let k = LogisticHead::fit(&xs, &ys, spec.tag, fit_options(cv.l2));
+        let k = LogisticHead::fit(&xs, &ys, spec.tag, FitOptions::standardised(cv.l2));
         kind_heads.insert(kind, k);
     }
     if kind_heads.is_empty() {

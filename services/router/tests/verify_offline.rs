@@ -3,6 +3,7 @@
 //! `small_response`, from the shipped combined policy. Needs
 //! all-MiniLM-L6-v2 in $TRIAGE_CACHE (the set-up fetches it).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +115,34 @@ async fn the_configured_thresholds_decide_verify_tier() {
     assert!(out[1].get("verify_tier").is_none());
 }
 
+/// `train-verifier` without the embedding, 2 folds, one L2: the file it
+/// writes to `output`, loaded.
+fn trained(
+    scorer: &Scorer,
+    input: &Path,
+    output: &Path,
+    checks: bool,
+    kind_heads: bool,
+) -> Verifier {
+    let opts = triage_router::offline_verify::TrainVerifierOptions {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        answer_vectors: None,
+        folds: 2,
+        seed: 7,
+        l2_grid: vec![0.1],
+        embedding: false,
+        checks,
+        target_cost: 0.5,
+        price_ratio: 8.0,
+        limit: None,
+        rescuable: false,
+        kind_heads,
+    };
+    triage_router::offline_verify::train_verifier(scorer, &opts).unwrap();
+    Verifier::load(output).unwrap()
+}
+
 /// A labelled file where tier 1 fails exactly the word problems whose
 /// worked sums it got wrong (and tier 2 rescues them).
 fn arithmetic_outcomes(n: usize) -> String {
@@ -142,26 +171,8 @@ fn train_verifier_fits_the_answer_checks_and_its_file_scores_wrong_sums_as_poor(
     let input = dir.path().join("outcomes.jsonl");
     std::fs::write(&input, arithmetic_outcomes(40)).unwrap();
     let scorer = Scorer::new(ScorerConfig::default()).unwrap();
-    let train = |checks: bool, name: &str| {
-        let output = dir.path().join(name);
-        let opts = triage_router::offline_verify::TrainVerifierOptions {
-            input: input.clone(),
-            output: output.clone(),
-            answer_vectors: None,
-            folds: 2,
-            seed: 7,
-            l2_grid: vec![0.1],
-            embedding: false,
-            checks,
-            target_cost: 0.5,
-            price_ratio: 8.0,
-            limit: None,
-            rescuable: false,
-            kind_heads: true,
-        };
-        triage_router::offline_verify::train_verifier(&scorer, &opts).unwrap();
-        Verifier::load(&output).unwrap()
-    };
+    let train =
+        |checks: bool, name: &str| trained(&scorer, &input, &dir.path().join(name), checks, true);
     let with_checks = train(true, "checks.json");
     assert_eq!(
         with_checks.file().head.features,
@@ -245,24 +256,7 @@ fn train_verifier_fits_a_head_for_a_kind_the_general_head_ranks_wrongly() {
     std::fs::write(&input, opposite_length_outcomes(200, 120)).unwrap();
     let scorer = Scorer::new(ScorerConfig::default()).unwrap();
     let train = |kind_heads: bool, name: &str| {
-        let output = dir.path().join(name);
-        let opts = triage_router::offline_verify::TrainVerifierOptions {
-            input: input.clone(),
-            output: output.clone(),
-            answer_vectors: None,
-            folds: 2,
-            seed: 7,
-            l2_grid: vec![0.1],
-            embedding: false,
-            checks: true,
-            target_cost: 0.5,
-            price_ratio: 8.0,
-            limit: None,
-            rescuable: false,
-            kind_heads,
-        };
-        triage_router::offline_verify::train_verifier(&scorer, &opts).unwrap();
-        Verifier::load(&output).unwrap()
+        trained(&scorer, &input, &dir.path().join(name), true, kind_heads)
     };
     let open = "Write a short note about otters.";
     let long_note = "A note about otters: they are worth knowing well, and here is why they matter to everyone who meets them.";
