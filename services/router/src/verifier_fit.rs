@@ -76,7 +76,7 @@ fn validate(
     what: &str,
 ) -> Validated {
     let folds = stratified_folds(ys, spec.folds, spec.seed);
-    let mut best: Option<(f64, Validated)> = None;
+    let mut best: Option<Validated> = None;
     let mut grid = Vec::new();
     for &l2 in spec.l2_grid {
         let both = out_of_fold(xs, ys, &folds, FitOptions::standardised(l2), |h, x| {
@@ -90,21 +90,17 @@ fn validate(
             fmt(auc_tier2)
         );
         grid.push(json!({"l2": l2, "auc_fitted_label": auc, "auc_label_tier": auc_tier2}));
-        if best.as_ref().is_none_or(|(b, _)| auc > *b) {
-            let grid = Vec::new();
-            best = Some((
+        if best.as_ref().is_none_or(|b| auc > b.auc) {
+            best = Some(Validated {
+                l2,
                 auc,
-                Validated {
-                    l2,
-                    auc,
-                    probability,
-                    score,
-                    grid,
-                },
-            ));
+                probability,
+                score,
+                grid: Vec::new(),
+            });
         }
     }
-    let (_, mut chosen) = best.expect("the L2 grid is not empty");
+    let mut chosen = best.expect("the L2 grid is not empty");
     chosen.grid = grid;
     chosen
 }
@@ -133,99 +129,109 @@ fn pick<T: Clone>(values: &[T], rows: &[usize]) -> Vec<T> {
     rows.iter().map(|&i| values[i].clone()).collect()
 }
 
+/// A kind's own head, when it beats the general head on the kind's
+/// answers in cross-validation.
+struct KindHead {
+    head: LogisticHead,
+    rows: Vec<usize>,
+    /// Out-of-fold probabilities of `rows`.
+    probability: Vec<f64>,
+}
+
+/// Cross-validates a head for `kind` against the general head's
+/// out-of-fold scores; records the comparison in `report`.
+fn kind_head(
+    spec: &HeadsToFit,
+    kinds: &[QuestionKind],
+    kind: QuestionKind,
+    general_scores: &[f64],
+    report: &mut serde_json::Map<String, Value>,
+) -> Option<KindHead> {
+    let rows = rows_of_kind(kinds, spec.ys, kind)?;
+    let (xs, ys) = (pick(spec.xs, &rows), pick(spec.ys, &rows));
+    let what = format!("{} ", kind.name());
+    let cv = validate(&xs, &ys, &pick(spec.tier2, &rows), spec, &what);
+    let general_auc = roc_auc(&pick(general_scores, &rows), &ys).unwrap_or(0.5);
+    let keep = cv.auc > general_auc;
+    println!(
+        "  {}: own head AUC {:.4} (l2={}), the general head's {general_auc:.4} on these answers: {}",
+        kind.name(),
+        cv.auc,
+        cv.l2,
+        if keep { "own head" } else { "the general head scores them" }
+    );
+    report.insert(
+        kind.name().into(),
+        json!({"rows": rows.len(), "chosen_l2": cv.l2, "cross_validation": cv.grid,
+               "general_head_auc": general_auc, "own_head": keep}),
+    );
+    keep.then(|| KindHead {
+        head: LogisticHead::fit(&xs, &ys, spec.tag, FitOptions::standardised(cv.l2)),
+        rows,
+        probability: cv.probability,
+    })
+}
+
+/// Percentiles of `probability` among themselves.
+fn ranks(probability: &[f64]) -> Vec<f64> {
+    let knots = percentile_knots(probability.to_vec());
+    probability.iter().map(|p| percentile(&knots, *p)).collect()
+}
+
 /// Fits the general head and the kinds' heads.
 pub fn fit_heads(spec: &HeadsToFit) -> FittedHeads {
     let general = validate(spec.xs, spec.ys, spec.tier2, spec, "");
     println!("chose l2={} (best cross-validated AUC)", general.l2);
-    let mut head = LogisticHead::fit(
-        spec.xs,
-        spec.ys,
-        spec.tag,
-        FitOptions::standardised(general.l2),
-    );
+    let fit = FitOptions::standardised(general.l2);
+    let mut head = LogisticHead::fit(spec.xs, spec.ys, spec.tag, fit);
     let mut report = json!({"chosen_l2": general.l2, "cross_validation": general.grid});
-    let Some(kinds) = spec.kinds else {
-        return FittedHeads {
-            head,
-            kind_heads: BTreeMap::new(),
-            cv_scores: general.score,
-            report,
-        };
+    let mut fitted = FittedHeads {
+        head: head.clone(),
+        kind_heads: BTreeMap::new(),
+        cv_scores: general.score,
+        report: Value::Null,
     };
-    let mut kind_heads = BTreeMap::new();
-    let general_scores = general.score;
-    let mut probability = general.probability;
+    let Some(kinds) = spec.kinds else {
+        fitted.report = report;
+        return fitted;
+    };
     let mut kind_report = serde_json::Map::new();
+    let mut probability = general.probability;
     for kind in QuestionKind::ALL {
-        let Some(rows) = rows_of_kind(kinds, spec.ys, kind) else {
-            continue;
-        };
-        let (xs, ys) = (pick(spec.xs, &rows), pick(spec.ys, &rows));
-        let what = format!("{} ", kind.name());
-        let cv = validate(&xs, &ys, &pick(spec.tier2, &rows), spec, &what);
-        let general_auc = roc_auc(&pick(&general_scores, &rows), &ys).unwrap_or(0.5);
-        let keep = cv.auc > general_auc;
-        println!(
-            "  {}: own head AUC {:.4} (l2={}), the general head's {general_auc:.4} on these answers: {}",
-            kind.name(),
-            cv.auc,
-            cv.l2,
-            if keep { "own head" } else { "the general head scores them" }
-        );
-        kind_report.insert(
-            kind.name().into(),
-            json!({"rows": rows.len(), "chosen_l2": cv.l2, "cross_validation": cv.grid,
-                   "general_head_auc": general_auc, "own_head": keep}),
-        );
-        if !keep {
-            continue;
+        let found = kind_head(spec, kinds, kind, &fitted.cv_scores, &mut kind_report);
+        if let Some(k) = found {
+            for (&i, p) in k.rows.iter().zip(&k.probability) {
+                probability[i] = *p;
+            }
+            fitted.kind_heads.insert(kind, k.head);
         }
-        for (&i, p) in rows.iter().zip(&cv.probability) {
-            probability[i] = *p;
-        }
-        let k = LogisticHead::fit(&xs, &ys, spec.tag, FitOptions::standardised(cv.l2));
-        kind_heads.insert(kind, k);
     }
-    if kind_heads.is_empty() {
-        return FittedHeads {
-            head,
-            kind_heads,
-            cv_scores: general_scores,
-            report,
-        };
-    }
-    let cv_knots = percentile_knots(probability.clone());
-    let cv_scores: Vec<f64> = probability
-        .iter()
-        .map(|p| percentile(&cv_knots, *p))
-        .collect();
-    {
+    report["kind_heads"] = Value::Object(kind_report);
+    if !fitted.kind_heads.is_empty() {
+        // One calibration: every training answer's probability under the
+        // head that scores its kind.
         let served: Vec<f64> = (0..spec.xs.len())
             .map(|i| {
-                kind_heads
-                    .get(&kinds[i])
-                    .unwrap_or(&head)
-                    .probability(&spec.xs[i])
+                let h = fitted.kind_heads.get(&kinds[i]).unwrap_or(&head);
+                h.probability(&spec.xs[i])
             })
             .collect();
         let knots = percentile_knots(served);
-        for h in std::iter::once(&mut head).chain(kind_heads.values_mut()) {
+        head.calibration = knots.clone();
+        for h in fitted.kind_heads.values_mut() {
             h.calibration = knots.clone();
         }
+        fitted.head = head;
+        fitted.cv_scores = ranks(&probability);
         println!(
             "pooled out-of-fold AUC with the kind heads: (label fitted) {}, (label_tier) {}",
-            fmt(roc_auc(&cv_scores, spec.ys)),
-            fmt(roc_auc(&cv_scores, spec.tier2))
+            fmt(roc_auc(&fitted.cv_scores, spec.ys)),
+            fmt(roc_auc(&fitted.cv_scores, spec.tier2))
         );
+        report["pooled_cv_auc_fitted_label"] = json!(roc_auc(&fitted.cv_scores, spec.ys));
     }
-    report["kind_heads"] = Value::Object(kind_report);
-    report["pooled_cv_auc_fitted_label"] = json!(roc_auc(&cv_scores, spec.ys));
-    FittedHeads {
-        head,
-        kind_heads,
-        cv_scores,
-        report,
-    }
+    fitted.report = report;
+    fitted
 }
 
 #[cfg(test)]
