@@ -16,9 +16,8 @@
 //! same input and mapping their probabilities through the same pooled
 //! percentiles, so one threshold means the same for every kind.
 
-use std::path::{Path, PathBuf};
-
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -330,10 +329,14 @@ impl Verifier {
             .collect())
     }
 
-    /// The head that scores answers to `question`.
+    /// The head that scores answers to `question` (the question's kind is
+    /// read only when the file has kind heads).
     pub fn head_for(&self, question: &str) -> &LogisticHead {
-        self.file
-            .kind_heads
+        let heads = &self.file.kind_heads;
+        if heads.is_empty() {
+            return &self.file.head;
+        }
+        heads
             .get(&QuestionKind::of(question))
             .unwrap_or(&self.file.head)
     }
