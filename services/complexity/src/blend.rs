@@ -40,6 +40,9 @@ pub struct Decision {
     pub tier2: bool,
     /// Grows from 0 at the threshold to 1 at either end of the scale.
     pub confidence: f64,
+    /// The threshold the score was compared with (a tracked share's when
+    /// one is kept, see [`crate::share_threshold`]).
+    pub threshold: f64,
     /// Every step's contribution, in order.
     pub reasons: Vec<String>,
 }
@@ -87,6 +90,15 @@ impl Blend {
         score.clamp(0.0, 1.0)
     }
 
+    /// The same weights with another threshold (one kept at a share of
+    /// traffic).
+    pub fn at(&self, threshold: f64) -> Self {
+        Self {
+            weights: self.weights,
+            threshold,
+        }
+    }
+
     /// Distance from the threshold, as a share of the room on that side.
     pub fn confidence(&self, score: f64) -> f64 {
         let t = self.threshold;
@@ -107,6 +119,7 @@ impl Blend {
             score,
             tier2,
             confidence: self.confidence(score),
+            threshold: self.threshold,
             reasons,
         }
     }
@@ -118,6 +131,7 @@ impl Blend {
             score: 1.0,
             tier2: true,
             confidence: 1.0,
+            threshold: self.threshold,
             reasons,
         }
     }

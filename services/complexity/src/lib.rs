@@ -12,7 +12,8 @@
 //!    [`head_input`] joins the two and [`head`] turns that into
 //!    P(needs tier 2);
 //! 4. [`blend`] mixes that with an optional LLM self-rating and compares
-//!    with the threshold;
+//!    with the threshold ([`share_threshold`] keeps it at a share of
+//!    recent traffic when configured);
 //! 5. [`calibration`] measures a score against labelled data (ROC AUC,
 //!    APGR, CPT, threshold sweep) and picks thresholds;
 //! 6. [`static_embedding`] is a cheap first stage (MiniLM token vectors
@@ -51,6 +52,7 @@ pub mod prompt_text;
 pub mod question_kind;
 pub mod rules;
 pub mod scorer;
+pub mod share_threshold;
 pub mod static_embedding;
 pub mod truncation;
 pub mod vector_file;

@@ -17,6 +17,7 @@ use crate::head::{HeadError, LogisticHead};
 use crate::head_input::HeadInput;
 use crate::model_files::ModelFiles;
 use crate::rules::{InvalidRule, RuleConfig, RuleMatch, RuleSet};
+use crate::share_threshold::{ShareConfig, TrackedThreshold};
 use crate::static_embedding::{FirstStage, FirstStageConfig, StaticError};
 use crate::truncation::{TokenizedText, Truncator};
 
@@ -41,6 +42,9 @@ pub struct ScorerConfig {
     pub weights: BlendWeights,
     /// Tier 2 when the blended score is at or above this.
     pub threshold: f64,
+    /// Keep a share of recent traffic at or above the threshold instead
+    /// (`threshold` until enough scores are seen).
+    pub share: ShareConfig,
     /// Scores remembered for repeated texts (0 disables the cache).
     pub cache_capacity: usize,
     /// The static-embedding first stage.
@@ -63,6 +67,7 @@ impl Default for ScorerConfig {
             rules: RuleConfig::default(),
             weights: BlendWeights::default(),
             threshold: DEFAULT_THRESHOLD,
+            share: ShareConfig::default(),
             cache_capacity: 10_000,
             first_stage: FirstStageConfig::default(),
             precision: Precision::F32,
@@ -186,6 +191,7 @@ pub struct Scorer {
     head: RwLock<Arc<HeadSlot>>,
     first_stage: Option<FirstStage>,
     blend: Blend,
+    threshold: TrackedThreshold,
     cache: ScoreCache,
 }
 
@@ -233,6 +239,11 @@ impl Scorer {
         let truncator = Truncator::from_file(&files.tokenizer(), config.max_tokens)?;
         let rules = RuleSet::new(&config.rules)?;
         let blend = Blend::new(config.weights, config.threshold)?;
+        config
+            .share
+            .validate("scoring.share")
+            .map_err(ScoreError::Config)?;
+        let threshold = TrackedThreshold::new(config.threshold, &config.share);
         let cache = ScoreCache::new(config.cache_capacity);
         Ok(Self {
             config,
@@ -242,6 +253,7 @@ impl Scorer {
             head: RwLock::new(Arc::new(slot)),
             first_stage,
             blend,
+            threshold,
             cache,
         })
     }
@@ -251,9 +263,15 @@ impl Scorer {
         &self.config
     }
 
-    /// The blend (weights and threshold).
+    /// The blend (weights and the configured threshold).
     pub fn blend(&self) -> &Blend {
         &self.blend
+    }
+
+    /// The threshold decisions are compared with now: the configured one,
+    /// or the one keeping `share.target` of recent scores.
+    pub fn threshold(&self) -> f64 {
+        self.threshold.current()
     }
 
     /// The loaded model, for benchmarks and distillation.
@@ -303,6 +321,8 @@ impl Scorer {
         let new = Self::slot_for(&self.model, head, slot.generation + 1)?;
         let version = new.version.clone();
         *slot = Arc::new(new);
+        // A new head scores on a scale of its own: the share starts over.
+        self.threshold.reset();
         Ok(version)
     }
 
@@ -473,7 +493,9 @@ impl Scorer {
             reasons.push(format!("truncated:{}", self.truncator.max_tokens()));
         }
         if let Some(rule) = &p.rule {
-            return self.blend.forced_tier2(reasons, rule.reason());
+            // Forced prompts are part of the share kept, as in training.
+            let t = self.threshold.observe(1.0);
+            return self.blend.at(t).forced_tier2(reasons, rule.reason());
         }
         let Some(embedding) = embedding else {
             // Only a rule skips the embedding; anything else is a bug, and
@@ -500,7 +522,13 @@ impl Scorer {
                 None
             }
         };
-        self.blend.decide(embedding.score, llm_value, reasons)
+        let t = self
+            .threshold
+            .observe(self.blend.combine(embedding.score, llm_value));
+        if self.threshold.keeps_share() {
+            reasons.push(format!("share_threshold={t:.4}"));
+        }
+        self.blend.at(t).decide(embedding.score, llm_value, reasons)
     }
 
     /// The whole pipeline for texts, without an LLM (offline scoring and

@@ -28,6 +28,7 @@ use crate::embedding::{EmbedError, MiniLm};
 use crate::head::{HeadError, LogisticHead};
 use crate::prompt_form::{form_features, FORM_DIM, FORM_FEATURES};
 use crate::question_kind::QuestionKind;
+use crate::share_threshold::ShareConfig;
 use crate::truncation::{TokenizedText, Truncator};
 
 /// The weights file's format tag (`/2` added the per-kind heads).
@@ -164,6 +165,11 @@ pub struct VerifierFile {
     pub hard_threshold: f64,
     /// Verify scores at or above this escalate a tier-1 answer.
     pub verify_threshold: f64,
+    /// The traffic shares the two thresholds kept on the training file,
+    /// for deployments that keep shares rather than scores
+    /// (`scoring.share.target`, `verify.share.target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<PolicyShares>,
     /// The head of every question whose kind has none of its own in
     /// `kind_heads`; its `features` is a [`VerifierInput`] tag.
     pub head: LogisticHead,
@@ -171,6 +177,19 @@ pub struct VerifierFile {
     /// with the same calibration (pooled over the training answers).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub kind_heads: BTreeMap<QuestionKind, LogisticHead>,
+}
+
+/// What the combined policy's thresholds sent where on the file they were
+/// chosen on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyShares {
+    /// Share of all requests at or above `hard_threshold` (straight to
+    /// tier 2): the router's `scoring.share.target`.
+    pub direct: f64,
+    /// Share of the answers verified (the rest) at or above
+    /// `verify_threshold`: the worker's `verify.share.target`.
+    pub escalated_of_verified: f64,
 }
 
 /// The `verify` section of a service's configuration.
@@ -188,6 +207,9 @@ pub struct VerifyConfig {
     /// Router scores at or above this go straight to tier 2 in the
     /// combined policy; none: the file's `hard_threshold`.
     pub hard_threshold: Option<f64>,
+    /// Escalate this share of recent verified answers instead of a fixed
+    /// verify score (`threshold` until enough answers are seen).
+    pub share: ShareConfig,
     /// The worker's MiniLM files (model.safetensors, tokenizer.json,
     /// config.json); none: `$TRIAGE_CACHE/models/all-MiniLM-L6-v2`.
     pub model_dir: Option<PathBuf>,
@@ -402,6 +424,19 @@ mod tests {
         let f = v.file();
         assert!(0.0 < f.verify_threshold && f.verify_threshold <= 1.0);
         assert!(0.0 < f.hard_threshold && f.hard_threshold <= 1.0);
+        // Its training shares are ones a share threshold can keep.
+        let shares = f.shares.expect("train-verifier records the shares");
+        let config = crate::share_threshold::ShareConfig {
+            target: Some(shares.escalated_of_verified),
+            ..Default::default()
+        };
+        config.validate("verify.share").unwrap();
+        assert!(0.0 < shares.direct && shares.direct < 1.0);
+        // A file written before shares were recorded still loads.
+        let mut old = serde_json::to_value(f).unwrap();
+        old.as_object_mut().unwrap().remove("shares");
+        let old: VerifierFile = serde_json::from_value(old).unwrap();
+        assert_eq!(old.shares, None);
         let q = "What is 6 x 7?\nA. 36\nB. 42\nC. 48";
         let e = vec![0.0f32; crate::EMBEDDING_DIM];
         let stated = v.score(q, "6 x 7 = 42. The answer is (B).", &[], Some(&e));

@@ -95,6 +95,11 @@ CONFIGURATION (TOML key = default; env TRIAGE_ROUTER_<KEY> with `__` for `.`)
   scoring.max_tokens = 512       model tokens scored, [CLS]/[SEP] included (3..=512)
   scoring.precision = \"f32\"      f32 or int8 (faster with AVX-512 VNNI or AVX2; see the README)
   scoring.threshold = 0.65       tier 2 at or above this blended score
+  scoring.share.target           unset: off. Keep this share (0-1) of recent scored traffic at or above
+                                 the threshold instead (it moves with the traffic's scores; see the README)
+  scoring.share.window = 2000    recent scores the share is kept over
+  scoring.share.min_scores = 200 scores seen (after a start or a head swap) before the share replaces
+                                 scoring.threshold
   scoring.weights.embedding = 0.6  blend weight of the embedding score
   scoring.weights.llm = 0.4      blend weight of the self-rating
   scoring.cache_capacity = 10000 scores remembered for repeated texts (0: off)
@@ -123,6 +128,9 @@ CONFIGURATION (TOML key = default; env TRIAGE_ROUTER_<KEY> with `__` for `.`)
   verify.model_dir = $TRIAGE_CACHE/models/all-MiniLM-L6-v2  its embedding model
   verify.threshold = (file's)    verify score that escalates (score/calibrate's verify_tier)
   verify.hard_threshold = (file's)  router score sent straight to tier 2 by the combined policy
+  verify.share.target            (the worker's: escalate this share of recent verified answers;
+  verify.share.window = 2000     `calibrate` shows what keeping the verifier file's shares does)
+  verify.share.min_scores = 200
   policy.max_prompt_bytes = 262144  larger prompts get prompt_too_large
   policy.allow_tier_override = false  honour every request's `tier`
   policy.tier_override_tenants = []  tenants that may choose the tier
@@ -322,6 +330,12 @@ impl RouterConfig {
                     "policy.tenant_tiers.{tenant} must be 1 or 2, got {tier}"
                 ));
             }
+        }
+        for (key, share) in [
+            ("scoring.share", &self.scoring.share),
+            ("verify.share", &self.verify.share),
+        ] {
+            share.validate(key).map_err(InvalidConfig)?;
         }
         for (name, t) in [
             ("verify.threshold", self.verify.threshold),

@@ -1,5 +1,7 @@
 //! The router's Prometheus metrics (all prefixed `triage_router_`).
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -61,6 +63,9 @@ pub struct RouterMetrics {
     pub head: Family<VersionLabel, Gauge>,
     /// `head_refusals_total`: promoted heads that did not fit the model.
     pub head_refusals: Counter,
+    /// `threshold`: the score threshold of the last scored decision (moves
+    /// with traffic when `scoring.share.target` is set).
+    pub threshold: Gauge<f64, AtomicU64>,
     current_head: std::sync::Mutex<Option<String>>,
 }
 
@@ -137,6 +142,11 @@ impl RouterMetrics {
                 "Promoted heads refused because they do not fit the model",
                 Counter::default(),
             ),
+            threshold: r.add(
+                "threshold",
+                "Score threshold of the last scored decision (a share of recent scores when scoring.share.target is set)",
+                Gauge::default(),
+            ),
             current_head: std::sync::Mutex::new(None),
         }
     }
@@ -161,6 +171,9 @@ impl RouterMetrics {
         let reason = deciding_reason(decision);
         if reason == "score" || reason == "first_stage" {
             self.score.observe(decision.score);
+        }
+        if let Some(t) = decision.threshold {
+            self.threshold.set(t);
         }
         self.decisions
             .get_or_create(&DecisionLabels {
@@ -250,6 +263,7 @@ mod tests {
         d.shadow = true;
         d.shadow_tier = Some(Tier::Small);
         d.tier = Tier::Large;
+        d.threshold = Some(0.5125);
         m.record(
             &d,
             &RouteInfo {
@@ -267,5 +281,6 @@ mod tests {
         assert!(text.contains("triage_router_shadow_disagreements_total 1"));
         assert!(text.contains("triage_router_self_rating_failures_total{kind=\"timeout\"} 1"));
         assert!(text.contains("triage_router_cache_lookups_total{kind=\"miss\"} 1"));
+        assert!(text.contains("triage_router_threshold 0.5125"), "{text}");
     }
 }

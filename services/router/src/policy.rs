@@ -34,7 +34,7 @@ pub fn plan(request: &Request, policy: &PolicyConfig) -> Plan {
 }
 
 /// The routing decision for a scored request.
-pub fn scored(decision: Decision, threshold: f64) -> RoutingDecision {
+pub fn scored(decision: Decision) -> RoutingDecision {
     RoutingDecision {
         tier: if decision.tier2 {
             Tier::Large
@@ -46,7 +46,7 @@ pub fn scored(decision: Decision, threshold: f64) -> RoutingDecision {
         reasons: decision.reasons,
         shadow: false,
         shadow_tier: None,
-        threshold: Some(threshold),
+        threshold: Some(decision.threshold),
     }
 }
 
@@ -139,15 +139,13 @@ mod tests {
 
     #[test]
     fn scored_decision_maps_tiers() {
-        let d = scored(
-            Decision {
-                score: 0.7,
-                tier2: true,
-                confidence: 0.1,
-                reasons: vec!["embedding=0.7000".into()],
-            },
-            0.65,
-        );
+        let d = scored(Decision {
+            score: 0.7,
+            tier2: true,
+            confidence: 0.1,
+            threshold: 0.65,
+            reasons: vec!["embedding=0.7000".into()],
+        });
         assert_eq!(d.tier, Tier::Large);
         assert_eq!(d.threshold, Some(0.65));
     }

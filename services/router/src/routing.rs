@@ -367,7 +367,7 @@ impl Router {
 fn finish(scorer: &Scorer, p: &Prepared, e: Option<EmbeddingScore>, llm: LlmScore) -> Routed {
     let decision = scorer.decide(p, e.as_ref(), &llm);
     Routed {
-        decision: policy::scored(decision, scorer.blend().threshold),
+        decision: policy::scored(decision),
         info: RouteInfo {
             cache_hit: e.as_ref().is_some_and(|e| e.cached),
             first_stage: e.as_ref().is_some_and(|e| e.source == Source::FirstStage),

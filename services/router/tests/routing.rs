@@ -381,3 +381,44 @@ async fn over_the_model_budget_the_first_stage_decides() {
         .remove(0);
     assert!(!third.info.over_budget && third.info.model);
 }
+
+#[tokio::test]
+async fn a_kept_share_moves_the_threshold_to_the_traffic() {
+    let config = ScorerConfig {
+        share: triage_complexity::share_threshold::ShareConfig {
+            target: Some(0.5),
+            window: 6,
+            min_scores: 6,
+        },
+        ..ScorerConfig::default()
+    };
+    let r = Router::new(
+        Ok(Arc::new(Scorer::new(config).unwrap())),
+        None,
+        4,
+        1,
+        PolicyConfig::default(),
+        Duration::from_secs(60),
+    );
+    let requests: Vec<Request> = EVERYDAY.iter().map(|p| Request::from_prompt(*p)).collect();
+    // Warming up: the configured 0.65 decides until the sixth score.
+    let first = r.route(&requests).await;
+    let warming = first.iter().filter(|d| d.decision.threshold == Some(0.65));
+    assert_eq!(warming.count(), 5, "{first:?}");
+    // Warm: each decision is against the share of the six scores before it.
+    let again = r.route(&requests).await;
+    for d in &again {
+        let t = d.decision.threshold.unwrap();
+        assert_ne!(t, 0.65, "{d:?}");
+        assert_eq!(d.decision.tier == Tier::Large, d.decision.score >= t);
+        assert!(d
+            .decision
+            .reasons
+            .iter()
+            .any(|r| r == &format!("share_threshold={t:.4}")));
+    }
+    // The window now holds the six scores again: half are at or above.
+    let mut scores: Vec<f64> = first.iter().map(|d| d.decision.score).collect();
+    scores.sort_by(|a, b| b.total_cmp(a));
+    assert_eq!(r.scorer().unwrap().threshold(), scores[2]);
+}

@@ -486,6 +486,10 @@ CONFIGURATION (TOML key = default; env TRIAGE_WORKER_<KEY> with `__` for `.`)
   escalate_when_unavailable = true  tier 1: republish to tier 2 when exhausted
   verify.enabled = false         tier 1: verify finished stream=false answers before release
   verify.threshold = (file's)    escalate at or above this verify score (0-1; shipped 0.825)
+  verify.share.target            unset: off. Escalate this share (0-1) of the recent answers verified
+                                 instead (the shipped file's training share: 0.117; see the router README)
+  verify.share.window = 2000     recent verify scores the share is kept over
+  verify.share.min_scores = 200  answers verified (after a start) before the share replaces verify.threshold
   verify.head_path = (shipped)   a verifier file written by `triage-router train-verifier`
   verify.model_dir = $TRIAGE_CACHE/models/all-MiniLM-L6-v2  the embedding model's files
   verify.hard_threshold          (router's offline commands only; ignored here)
@@ -612,6 +616,10 @@ impl WorkerConfig {
                 "verify.threshold is a verify score: it must be between 0 and 1.01, got {t}"
             ));
         }
+        self.verify
+            .share
+            .validate("verify.share")
+            .map_err(InvalidConfig)?;
         if self.health.failure_threshold == 0 {
             return bad("health.failure_threshold must be at least 1".into());
         }
@@ -693,6 +701,9 @@ mod tests {
         c.retry.max_attempts = 2;
         c.verify.threshold = Some(1.5);
         assert!(c.validate().unwrap_err().0.contains("verify.threshold"));
+        c.verify.threshold = None;
+        c.verify.share.target = Some(1.2);
+        assert!(c.validate().unwrap_err().0.contains("verify.share.target"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The worker's Prometheus metrics, labelled by tier (and backend where one
 //! is involved). Names start with `triage_worker_`.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -126,6 +128,9 @@ pub struct WorkerMetrics {
     /// Shadow jobs by result (`published`, `failed`: the job was dropped,
     /// the client's answer is unaffected).
     pub shadow_jobs: Family<TierOutcomeLabels, Counter>,
+    /// `verify_threshold`: the verify score that escalates now (moves with
+    /// the answers when `verify.share.target` is set).
+    pub verify_threshold: Family<TierLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl WorkerMetrics {
@@ -222,6 +227,11 @@ impl WorkerMetrics {
             shadow_jobs: r.add(
                 "shadow_jobs",
                 "Answered requests sampled for a shadow answer, by result (published, failed)",
+                Family::default(),
+            ),
+            verify_threshold: r.add(
+                "verify_threshold",
+                "Verify score at or above which tier 1's answers are escalated now",
                 Family::default(),
             ),
         };

@@ -223,7 +223,12 @@ impl Pipeline {
         if !AnswerCheck::applies(self.generate.tier, routed) {
             return None;
         }
-        match check.judge(routed, completion).await {
+        let verdict = check.judge(routed, completion).await;
+        self.metrics
+            .verify_threshold
+            .get_or_create(&self.metrics.tier())
+            .set(check.threshold());
+        match verdict {
             Verdict::Release => None,
             Verdict::Escalate { score } => Some(score),
         }

@@ -3,7 +3,9 @@
 //! is poor) from the question and the finished answer; at or above
 //! `verify.threshold` the request is answered again on tier 2 (reason
 //! `escalated_verify`, attempt + 1), the tier-1 attempt booked like any
-//! other.
+//! other. With `verify.share.target` the threshold instead escalates that
+//! share of the recent answers this worker verified (see
+//! `triage_complexity::share_threshold`).
 //!
 //! The embedding (MiniLM over the answer's end) is the router's own model
 //! and code path, loaded once; scoring runs on the blocking pool. A
@@ -14,6 +16,7 @@
 use std::sync::Arc;
 
 use triage_complexity::prompt_text::text_to_score;
+use triage_complexity::share_threshold::TrackedThreshold;
 use triage_complexity::verifier::{AnswerToVerify, Verifier, VerifyConfig};
 use triage_complexity::{MiniLm, ModelFiles, Truncator};
 use triage_protocol::{Completion, RoutedRequest, Tier};
@@ -51,6 +54,7 @@ pub enum Verdict {
 pub struct AnswerCheck {
     verifier: Verifier,
     model: Option<(MiniLm, Truncator)>,
+    threshold: TrackedThreshold,
 }
 
 impl AnswerCheck {
@@ -68,12 +72,23 @@ impl AnswerCheck {
         } else {
             None
         };
-        Ok(Self { verifier, model })
+        let threshold = TrackedThreshold::new(verifier.verify_threshold(), &config.share);
+        Ok(Self {
+            verifier,
+            model,
+            threshold,
+        })
     }
 
-    /// The escalation threshold in use.
+    /// The escalation threshold in use now: the verify score configured,
+    /// or the one escalating `verify.share.target` of recent answers.
     pub fn threshold(&self) -> f64 {
-        self.verifier.verify_threshold()
+        self.threshold.current()
+    }
+
+    /// Counts `score` as a verified answer and says whether it escalates.
+    pub fn escalates(&self, score: f64) -> bool {
+        score >= self.threshold.observe(score)
     }
 
     /// Whether an answer of `tier` to `routed` is verified: tier 1, not
@@ -115,7 +130,7 @@ impl AnswerCheck {
         let me = Arc::clone(self);
         let scored = tokio::task::spawn_blocking(move || me.score(&question, &answer)).await;
         match scored {
-            Ok(Ok(score)) if score >= self.threshold() => {
+            Ok(Ok(score)) if self.escalates(score) => {
                 tracing::info!(
                     score,
                     threshold = self.threshold(),

@@ -112,3 +112,48 @@ async fn an_answer_that_passes_is_released_as_is() {
     t2.stop().await;
     world.teardown().await;
 }
+
+#[tokio::test]
+async fn a_kept_share_replaces_the_score_threshold_once_warm() {
+    let world = World::new().await;
+    let small = sim("small", 12, 0).await;
+    let large = sim("large", 12, 0).await;
+    let (answer, score) = score_of_answer(&small).await;
+    let mut config = world.config(&[&small]);
+    config.verify.enabled = true;
+    // The fixed threshold releases this answer; the share, once two answers
+    // are seen, escalates the top half of them, ties included.
+    config.verify.threshold = Some(score + 1e-6);
+    config.verify.share.target = Some(0.5);
+    config.verify.share.window = 10;
+    config.verify.share.min_scores = 2;
+    let t1 = world.start(config, Tier::Small).await;
+    let t2 = world.start(world.config(&[&large]), Tier::Large).await;
+
+    let mut first = world.submit(Tier::Small, unstreamed()).await;
+    let got = first.collect(LONG).await;
+    let c = got.completion();
+    assert_eq!(
+        (c.tier, c.attempt),
+        (Tier::Small, 1),
+        "warming up: the score threshold"
+    );
+    assert_eq!(c.text.as_deref(), Some(answer.as_str()));
+    let mut second = world.submit(Tier::Small, unstreamed()).await;
+    let got = second.collect(LONG).await;
+    let c = got.completion();
+    assert_eq!(
+        (c.tier, c.attempt),
+        (Tier::Large, 2),
+        "warm: the share escalates"
+    );
+    assert_eq!(
+        c.routing.as_ref().unwrap().reasons.last().unwrap(),
+        ESCALATED_VERIFY
+    );
+    world.settled().await;
+    assert_eq!(world.usage_of(&second.id).await.len(), 2);
+    t1.stop().await;
+    t2.stop().await;
+    world.teardown().await;
+}
