@@ -22,6 +22,7 @@
 use serde::Serialize;
 
 use crate::calibration::Outcome;
+use crate::share_threshold::ShareThreshold;
 
 /// One point of a quality-at-cost curve.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -292,6 +293,37 @@ pub fn verify_threshold_for_cost(
     })
 }
 
+/// The combined policy's thresholds that keep a pair of traffic shares on
+/// these rows: the router threshold sending `direct` of all rows straight
+/// to tier 2, and the verify threshold escalating `escalated_of_verified`
+/// of the rest — what routers and workers keeping those shares
+/// ([`crate::share_threshold`]) settle at once they have seen this
+/// traffic. `None` on no rows.
+pub fn thresholds_for_shares(
+    router: &[f64],
+    verify: &[f64],
+    direct: f64,
+    escalated_of_verified: f64,
+) -> Option<(f64, f64)> {
+    let hard = share_of(router.iter().copied(), direct)?;
+    let rest = router
+        .iter()
+        .zip(verify)
+        .filter(|(r, _)| **r < hard)
+        .map(|(_, v)| *v);
+    // Everything direct: nothing is verified, nothing escalates.
+    let verify_t = share_of(rest, escalated_of_verified).unwrap_or(f64::INFINITY);
+    Some((hard, verify_t))
+}
+
+/// The threshold keeping `share` of `scores` at or above it.
+fn share_of(scores: impl Iterator<Item = f64>, share: f64) -> Option<f64> {
+    let scores: Vec<f64> = scores.collect();
+    let mut window = ShareThreshold::new(share, scores.len(), 1);
+    scores.into_iter().for_each(|s| window.observe(s));
+    window.threshold()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,5 +461,18 @@ mod tests {
             policy_outcome(&[0.5], &[0.5], &[none], 0.9, 0.9, 8.0).pgr,
             None
         );
+    }
+
+    #[test]
+    fn shares_become_thresholds_on_the_rows_at_hand() {
+        let router = [0.9, 0.1, 0.8, 0.5, 0.3, 0.2];
+        let verify = [0.0, 0.9, 0.0, 0.4, 0.7, 0.1];
+        // A third direct (0.9, 0.8), then half of the other four (0.9, 0.7).
+        let (hard, v) = thresholds_for_shares(&router, &verify, 1.0 / 3.0, 0.5).unwrap();
+        assert_eq!((hard, v), (0.8, 0.7));
+        let p = policy_outcome(&router, &verify, &[o(true, true); 6], hard, v, 8.0);
+        assert!((p.direct_share - 1.0 / 3.0).abs() < 1e-12);
+        assert!((p.escalated_share - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(thresholds_for_shares(&[], &[], 0.3, 0.1), None);
     }
 }

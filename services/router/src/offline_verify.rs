@@ -20,7 +20,8 @@ use triage_complexity::question_kind::QuestionKind;
 use triage_complexity::scorer::{Prepared, Scorer};
 use triage_complexity::vector_file::read_vectors;
 use triage_complexity::verifier::{
-    tail_tokens, AnswerToVerify, Verifier, VerifierFile, VerifierInput, VERIFIER_FORMAT,
+    tail_tokens, AnswerToVerify, PolicyShares, Verifier, VerifierFile, VerifierInput,
+    VERIFIER_FORMAT,
 };
 
 /// Answers embedded per model call.
@@ -321,10 +322,12 @@ pub fn train_verifier(scorer: &Scorer, opts: &TrainVerifierOptions) -> anyhow::R
         t.extend(r);
     }
     head.training = Some(training);
+    let shares = training_shares(&router, &fitted.cv_scores, &data.outcomes, hard, verify_t);
     let file = VerifierFile {
         format: VERIFIER_FORMAT.into(),
         hard_threshold: hard,
         verify_threshold: verify_t,
+        shares,
         head,
         kind_heads: fitted.kind_heads,
     };
@@ -340,7 +343,33 @@ pub fn train_verifier(scorer: &Scorer, opts: &TrainVerifierOptions) -> anyhow::R
         "wrote {}: hard_threshold {hard}, verify_threshold {verify_t:.4}",
         opts.output.display()
     );
+    if let Some(s) = shares {
+        println!(
+            "to keep these shares live instead of the scores: router scoring.share.target = {}, tier-1 workers verify.share.target = {}",
+            s.direct, s.escalated_of_verified
+        );
+    }
     Ok(())
+}
+
+/// The shares the chosen thresholds keep on the training rows (rounded to
+/// four decimals, as they are typed into a configuration); `None` when
+/// either is not a share a threshold can keep (none or all).
+fn training_shares(
+    router: &[f64],
+    verify: &[f64],
+    outcomes: &[Outcome],
+    hard: f64,
+    verify_t: f64,
+) -> Option<PolicyShares> {
+    let at = policy_outcome(router, verify, outcomes, hard, verify_t, 1.0);
+    let round = |v: f64| (v * 1e4).round() / 1e4;
+    let shares = PolicyShares {
+        direct: round(at.direct_share),
+        escalated_of_verified: round(at.escalated_share / (1.0 - at.direct_share)),
+    };
+    let keepable = |v: f64| v > 0.0 && v < 1.0;
+    (keepable(shares.direct) && keepable(shares.escalated_of_verified)).then_some(shares)
 }
 
 /// For each hard threshold of [`HARD_GRID`], the verify threshold that

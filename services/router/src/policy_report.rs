@@ -7,7 +7,8 @@
 use serde::Serialize;
 use triage_complexity::calibration::{roc_auc, Outcome};
 use triage_complexity::cascade::{
-    combined_curve, policy_outcome, prehoc_curve, verify_curve, CostCurve, PolicyOutcome,
+    combined_curve, policy_outcome, prehoc_curve, thresholds_for_shares, verify_curve, CostCurve,
+    PolicyOutcome,
 };
 use triage_complexity::verifier::Verifier;
 
@@ -66,6 +67,47 @@ pub struct PolicyReport {
     pub verify_threshold: f64,
     /// What the configured policy does on these rows.
     pub configured: PolicyOutcome,
+    /// What it does when the verifier file's training shares are kept
+    /// instead of its score thresholds (files with shares only).
+    pub kept_shares: Option<KeptShares>,
+}
+
+/// The combined policy keeping the training file's traffic shares on
+/// these rows (what `scoring.share.target` and `verify.share.target` do
+/// live).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeptShares {
+    /// Share of all rows sent straight to tier 2.
+    pub direct: f64,
+    /// Share of the verified rows escalated.
+    pub escalated_of_verified: f64,
+    /// The router threshold those shares put on these rows.
+    pub hard_threshold: f64,
+    /// The verify threshold.
+    pub verify_threshold: f64,
+    /// What the policy does at them.
+    pub outcome: PolicyOutcome,
+}
+
+impl KeptShares {
+    fn of(
+        verifier: &Verifier,
+        outcomes: &[Outcome],
+        router: &[f64],
+        verify: &[f64],
+        price_ratio: f64,
+    ) -> Option<Self> {
+        let shares = verifier.file().shares?;
+        let (hard, v) =
+            thresholds_for_shares(router, verify, shares.direct, shares.escalated_of_verified)?;
+        Some(Self {
+            direct: shares.direct,
+            escalated_of_verified: shares.escalated_of_verified,
+            hard_threshold: hard,
+            verify_threshold: v,
+            outcome: policy_outcome(router, verify, outcomes, hard, v, price_ratio),
+        })
+    }
 }
 
 impl PolicyReport {
@@ -119,6 +161,7 @@ impl PolicyReport {
                 verifier.verify_threshold(),
                 price_ratio,
             ),
+            kept_shares: KeptShares::of(verifier, outcomes, router, verify, price_ratio),
         }
     }
 
@@ -158,6 +201,20 @@ impl PolicyReport {
             c.cost,
             fmt(c.pgr)
         );
+        if let Some(k) = &self.kept_shares {
+            let c = &k.outcome;
+            out += &format!(
+                "keeping its training shares instead (scoring.share.target {:.4}, verify.share.target {:.4}): router >= {:.4} here, verify >= {:.4}: direct {:.1}%, escalated {:.1}%, cost {:.3}, PGR {}\n",
+                k.direct,
+                k.escalated_of_verified,
+                k.hard_threshold,
+                k.verify_threshold,
+                100.0 * c.direct_share,
+                100.0 * c.escalated_share,
+                c.cost,
+                fmt(c.pgr)
+            );
+        }
         out
     }
 }
@@ -169,7 +226,7 @@ pub(crate) fn fmt(v: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use triage_complexity::verifier::VerifyConfig;
+    use triage_complexity::verifier::{PolicyShares, VerifyConfig};
 
     fn o(small_ok: bool, large_ok: bool) -> Outcome {
         Outcome {
@@ -204,5 +261,30 @@ mod tests {
             r.policies.iter().filter(|p| p.configured).count(),
             usize::from(HARD_GRID[1..].contains(&verifier.hard_threshold()))
         );
+    }
+
+    #[test]
+    fn kept_shares_put_the_thresholds_where_the_shares_fall() {
+        let default = Verifier::from_config(&VerifyConfig::default()).unwrap();
+        let mut file = default.file().clone();
+        file.shares = Some(PolicyShares {
+            direct: 0.25,
+            escalated_of_verified: 0.5,
+        });
+        let verifier = Verifier::new(file, "test").unwrap();
+        let outcomes: Vec<Outcome> = (0..40).map(|i| o(i % 2 == 0, true)).collect();
+        let router: Vec<f64> = (0..40).map(|i| f64::from(i) / 40.0).collect();
+        let verify: Vec<f64> = (0..40)
+            .map(|i| if i % 2 == 0 { 0.1 } else { 0.9 })
+            .collect();
+        let r = PolicyReport::of(&verifier, &outcomes, &router, &verify, 8.0);
+        let k = r.kept_shares.as_ref().expect("the file has shares");
+        // The top 10 of 40 router scores go direct; of the 30 verified,
+        // the 15 poor ones (verify 0.9) are the half escalated.
+        assert_eq!(k.hard_threshold, 0.75);
+        assert_eq!(k.verify_threshold, 0.9);
+        assert!((k.outcome.direct_share - 0.25).abs() < 1e-12);
+        assert!((k.outcome.escalated_share - 0.375).abs() < 1e-12);
+        assert!(r.render().contains("keeping its training shares"));
     }
 }
