@@ -8,6 +8,12 @@ left at its own `scoring.threshold`.
     triage-router calibrate --input data/routing-dev.jsonl --scores-out S
     python3 services/router/analysis/policy_shares.py data S
 
+With `--live L`, L from `TRIAGE_ROUTER_SCORING__SHARE__TARGET=0.3403
+triage-router score --input data/routing-dev.jsonl --output L` (the
+router keeping its share in arrival order, as live), it also replays a
+tier-1 worker's `verify.share` window over those answers in the same
+order (warm-up at the file's verify_threshold included).
+
 The shares are the ones `train-verifier` printed for the shipped pair
 (hard >= 0.75: 34.0% direct, 7.7% escalated) and its runners-up; pass
 others with --shares D:E,D:E.
@@ -76,3 +82,28 @@ for hard in (HARD, ROUTER):
           f"escalated {escalated.mean():.1%}, cost {cost:.3f}, PGR {pgr:.3f}")
 cost, pgr = outcome(router >= ROUTER, np.zeros(n, bool))
 print(f"  router >= {ROUTER}, no verification: cost {cost:.3f}, PGR {pgr:.3f}")
+
+if "--live" in sys.argv:
+    from bisect import bisect_left, insort
+    from collections import deque
+
+    live = {o["id"]: o for o in map(json.loads, open(sys.argv[sys.argv.index("--live") + 1]))}
+    target, window, min_scores = 0.117, 2000, 200  # verify.share as configured
+    arrivals, ordered = deque(), []
+    direct = np.array([live[r["id"]]["tier"] == 2 for r in rows])
+    escalated = np.zeros(n, bool)
+    for i, r in enumerate(rows):
+        if direct[i]:
+            continue
+        v = live[r["id"]]["verify_score"]
+        if len(arrivals) == window:
+            ordered.pop(bisect_left(ordered, arrivals.popleft()))
+        arrivals.append(v)
+        insort(ordered, v)
+        k = len(ordered)
+        cut = ordered[k - min(k, max(1, int(np.ceil(target * k))))] if k >= min_scores else VERIFY
+        escalated[i] = v >= cut
+    cost, pgr = outcome(direct, escalated)
+    print(f"dev in arrival order, router scoring.share.target 0.3403 and worker verify.share.target {target}: "
+          f"direct {direct.mean():.1%}, escalated {escalated.mean():.1%}, cost {cost:.3f}, PGR {pgr:.3f}")
+
