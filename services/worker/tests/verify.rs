@@ -36,18 +36,52 @@ async fn score_of_answer(small: &triage_vllm_sim::SimHandle) -> (String, f64) {
     (answer, score)
 }
 
+/// A tier-1 worker verifying with the settings `verify` makes (given the
+/// verify score of the simulator's answer) and a tier-2 worker, each on a
+/// simulator of its own.
+struct Cascade {
+    world: World,
+    _small: triage_vllm_sim::SimHandle,
+    large: triage_vllm_sim::SimHandle,
+    /// Tier 1's answer to [`QUESTION`].
+    answer: String,
+    t1: RunningWorker,
+    t2: RunningWorker,
+}
+
+impl Cascade {
+    async fn start(verify: impl FnOnce(&mut VerifyConfig, f64)) -> Self {
+        let world = World::new().await;
+        let small = sim("small", 12, 0).await;
+        let large = sim("large", 12, 0).await;
+        let (answer, score) = score_of_answer(&small).await;
+        let mut config = world.config(&[&small]);
+        config.verify.enabled = true;
+        verify(&mut config.verify, score);
+        let t1 = world.start(config, Tier::Small).await;
+        let t2 = world.start(world.config(&[&large]), Tier::Large).await;
+        Self {
+            world,
+            _small: small,
+            large,
+            answer,
+            t1,
+            t2,
+        }
+    }
+
+    async fn stop(self) {
+        self.t1.stop().await;
+        self.t2.stop().await;
+        self.world.teardown().await;
+    }
+}
+
 #[tokio::test]
 async fn an_answer_that_fails_verification_is_answered_by_tier2() {
-    let world = World::new().await;
-    let small = sim("small", 12, 0).await;
-    let large = sim("large", 12, 0).await;
     let reference = sim("large", 12, 0).await;
-    let (_, score) = score_of_answer(&small).await;
-    let mut config = world.config(&[&small]);
-    config.verify.enabled = true;
-    config.verify.threshold = Some(score);
-    let t1 = world.start(config, Tier::Small).await;
-    let t2 = world.start(world.config(&[&large]), Tier::Large).await;
+    let cascade = Cascade::start(|v, score| v.threshold = Some(score)).await;
+    let world = &cascade.world;
 
     let mut replies = world.submit(Tier::Small, unstreamed()).await;
     let got = replies.collect(LONG).await;
@@ -77,22 +111,13 @@ async fn an_answer_that_fails_verification_is_answered_by_tier2() {
     assert!(usage[0].usage.completion_tokens > 0);
     assert!(usage[0].reasons.contains(&ESCALATED_VERIFY.to_string()));
     assert_eq!((usage[1].attempt, usage[1].tier), (2, Tier::Large));
-    t1.stop().await;
-    t2.stop().await;
-    world.teardown().await;
+    cascade.stop().await;
 }
 
 #[tokio::test]
 async fn an_answer_that_passes_is_released_as_is() {
-    let world = World::new().await;
-    let small = sim("small", 12, 0).await;
-    let large = sim("large", 12, 0).await;
-    let (answer, score) = score_of_answer(&small).await;
-    let mut config = world.config(&[&small]);
-    config.verify.enabled = true;
-    config.verify.threshold = Some(score + 1e-6);
-    let t1 = world.start(config, Tier::Small).await;
-    let t2 = world.start(world.config(&[&large]), Tier::Large).await;
+    let cascade = Cascade::start(|v, score| v.threshold = Some(score + 1e-6)).await;
+    let (world, answer) = (&cascade.world, &cascade.answer);
 
     let mut replies = world.submit(Tier::Small, unstreamed()).await;
     let got = replies.collect(LONG).await;
@@ -107,28 +132,22 @@ async fn an_answer_that_passes_is_released_as_is() {
         0,
         "nothing escalated"
     );
-    assert_eq!(large.stats().requests_received, 0);
-    t1.stop().await;
-    t2.stop().await;
-    world.teardown().await;
+    assert_eq!(cascade.large.stats().requests_received, 0);
+    cascade.stop().await;
 }
 
 #[tokio::test]
 async fn a_kept_share_replaces_the_score_threshold_once_warm() {
-    let world = World::new().await;
-    let small = sim("small", 12, 0).await;
-    let large = sim("large", 12, 0).await;
-    let (answer, score) = score_of_answer(&small).await;
-    let mut config = world.config(&[&small]);
-    config.verify.enabled = true;
     // The fixed threshold releases this answer; the share, once two answers
     // are seen, escalates the top half of them, ties included.
-    config.verify.threshold = Some(score + 1e-6);
-    config.verify.share.target = Some(0.5);
-    config.verify.share.window = 10;
-    config.verify.share.min_scores = 2;
-    let t1 = world.start(config, Tier::Small).await;
-    let t2 = world.start(world.config(&[&large]), Tier::Large).await;
+    let cascade = Cascade::start(|v, score| {
+        v.threshold = Some(score + 1e-6);
+        v.share.target = Some(0.5);
+        v.share.window = 10;
+        v.share.min_scores = 2;
+    })
+    .await;
+    let (world, answer) = (&cascade.world, &cascade.answer);
 
     let mut first = world.submit(Tier::Small, unstreamed()).await;
     let got = first.collect(LONG).await;
@@ -153,7 +172,5 @@ async fn a_kept_share_replaces_the_score_threshold_once_warm() {
     );
     world.settled().await;
     assert_eq!(world.usage_of(&second.id).await.len(), 2);
-    t1.stop().await;
-    t2.stop().await;
-    world.teardown().await;
+    cascade.stop().await;
 }
