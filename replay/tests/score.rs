@@ -178,7 +178,8 @@ async fn score_sweep_is_consistent_and_equals_the_routers_scores() {
             std::time::Duration::from_secs(600),
         );
         let verifier = triage_complexity::verifier::Verifier::from_config(&config.verify).unwrap();
-        triage_router::offline::score(&router, &verifier, &data, &routed_path, 32)
+        let share = &config.verify.share;
+        triage_router::offline::score(&router, &verifier, share, &data, &routed_path, 32)
             .await
             .unwrap();
     }

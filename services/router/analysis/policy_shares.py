@@ -12,7 +12,9 @@ With `--live L`, L from `TRIAGE_ROUTER_SCORING__SHARE__TARGET=0.3403
 triage-router score --input data/routing-dev.jsonl --output L` (the
 router keeping its share in arrival order, as live), it also replays a
 tier-1 worker's `verify.share` window over those answers in the same
-order (warm-up at the file's verify_threshold included).
+order (warm-up at the file's verify_threshold included) — a check of
+`score`'s own `verify_tier` with `TRIAGE_ROUTER_VERIFY__SHARE__TARGET=0.117`
+as well, which gives the same row.
 
 The shares are the ones `train-verifier` printed for the shipped pair
 (hard >= 0.75: 34.0% direct, 7.7% escalated) and its runners-up; pass

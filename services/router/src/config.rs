@@ -128,9 +128,9 @@ CONFIGURATION (TOML key = default; env TRIAGE_ROUTER_<KEY> with `__` for `.`)
   verify.model_dir = $TRIAGE_CACHE/models/all-MiniLM-L6-v2  its embedding model
   verify.threshold = (file's)    verify score that escalates (score/calibrate's verify_tier)
   verify.hard_threshold = (file's)  router score sent straight to tier 2 by the combined policy
-  verify.share.target            (the worker's: escalate this share of recent verified answers;
-  verify.share.window = 2000     `calibrate` shows what keeping the verifier file's shares does)
-  verify.share.min_scores = 200
+  verify.share.target            unset: off. score's verify_tier escalates this share of the answers
+  verify.share.window = 2000     verified so far, in input order, as the worker's verify.share does
+  verify.share.min_scores = 200  (`calibrate` shows what keeping the verifier file's shares does)
   policy.max_prompt_bytes = 262144  larger prompts get prompt_too_large
   policy.allow_tier_override = false  honour every request's `tier`
   policy.tier_override_tenants = []  tenants that may choose the tier

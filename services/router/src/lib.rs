@@ -17,8 +17,11 @@
 //! - [`offline_verify`]: `train-verifier` and the verify scores of
 //!   recorded answers;
 //! - [`policy_report`]: the cost-honest table of the pre-hoc,
-//!   verify-only and combined policies.
+//!   verify-only and combined policies;
+//! - [`combined_policy`]: what the configured combined policy does with
+//!   one answered request (`score`'s `verify_tier`).
 
+pub mod combined_policy;
 pub mod config;
 pub mod heads;
 pub mod metrics;

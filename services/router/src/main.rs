@@ -130,7 +130,10 @@ enum Command {
     /// (what the combined policy does with that answer: 1 keep it, 2 not
     /// release it, because the verify score is at or above
     /// `verify.threshold` or the router score at or above
-    /// `verify.hard_threshold`).
+    /// `verify.hard_threshold`; with `scoring.share.target` set, what the
+    /// router sent to tier 2 instead of the hard threshold, and with
+    /// `verify.share.target` the share of the answers verified so far, in
+    /// input order, as live).
     Score {
         /// Requests, one JSON object a line.
         #[arg(long)]
@@ -383,7 +386,15 @@ async fn main() -> anyhow::Result<()> {
                 std::time::Duration::from_secs(600),
             )
             .with_max_batch(batch);
-            offline::score(&router, &verifier, &input, &output, batch).await
+            offline::score(
+                &router,
+                &verifier,
+                &config.verify.share,
+                &input,
+                &output,
+                batch,
+            )
+            .await
         }
         Command::Calibrate {
             input,

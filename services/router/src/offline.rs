@@ -15,14 +15,16 @@ use triage_complexity::dataset::{read_rows, PromptRow};
 use triage_complexity::head::{cross_validated_scores, stratified_folds, FitOptions, LogisticHead};
 use triage_complexity::head_input::HeadInput;
 use triage_complexity::scorer::{Prepared, Scorer, MINILM_FEATURES};
+use triage_complexity::share_threshold::ShareConfig;
 use triage_complexity::static_embedding::{
     content, default_table_path, load_or_distill, FirstStage, StaticTable, STATIC_FEATURES,
 };
 use triage_complexity::vector_file::read_vectors;
 use triage_complexity::verifier::{AnswerToVerify, Verifier, VerifyConfig};
 use triage_complexity::{MiniLm, ModelFiles};
-use triage_protocol::{Request, Tier};
+use triage_protocol::{Request, RoutingDecision, Tier};
 
+use crate::combined_policy::CombinedPolicy;
 use crate::offline_verify::{self, Answered};
 use crate::routing::Router;
 use crate::self_rating::SelfRater;
@@ -525,6 +527,7 @@ fn score_line(
 pub async fn score(
     router: &Router,
     verifier: &Verifier,
+    verify_share: &ShareConfig,
     input: &Path,
     output: &Path,
     batch: usize,
@@ -548,6 +551,11 @@ pub async fn score(
     );
     let (mut tier1, mut tier2, mut errors) = (0usize, 0usize, 0usize);
     let mut rule_forced = 0usize;
+    let scoring_share = router
+        .scorer()
+        .map(|s| s.config().share.clone())
+        .unwrap_or_default();
+    let policy = CombinedPolicy::new(verifier, &scoring_share, verify_share);
     let started = Instant::now();
     for (chunk, responses) in requests
         .chunks(batch.max(1))
@@ -581,16 +589,16 @@ pub async fn score(
             rule_forced += usize::from(r.decision.reasons.iter().any(|x| x.starts_with("rule:")));
             lines[*k] = Some(score_line(&req.id, Ok(&r.decision)));
         }
-        let answers: Vec<(usize, String, String, f64)> = valid
+        let answers: Vec<(usize, String, String, &RoutingDecision)> = valid
             .iter()
             .zip(&routed)
             .filter_map(|((k, req), r)| {
                 let answer = responses[*k].clone()?;
                 let question = triage_complexity::prompt_text::text_to_score(&req.chat_messages());
-                Some((*k, question, answer, r.decision.score))
+                Some((*k, question, answer, &r.decision))
             })
             .collect();
-        add_verify_fields(router, verifier, &answers, &mut lines)?;
+        add_verify_fields(router, verifier, &policy, &answers, &mut lines)?;
         for line in lines.into_iter().flatten() {
             serde_json::to_writer(&mut out, &line)?;
             out.write_all(b"\n")?;
@@ -623,11 +631,12 @@ fn small_response(line: &str) -> Option<String> {
 }
 
 /// Adds `verify_score` and `verify_tier` to the lines of answered requests
-/// `(line index, question, answer, router score)`.
+/// `(line index, question, answer, routing decision)`.
 fn add_verify_fields(
     router: &Router,
     verifier: &Verifier,
-    answers: &[(usize, String, String, f64)],
+    policy: &CombinedPolicy,
+    answers: &[(usize, String, String, &RoutingDecision)],
     lines: &mut [Option<serde_json::Value>],
 ) -> anyhow::Result<()> {
     if answers.is_empty() {
@@ -645,11 +654,10 @@ fn add_verify_fields(
         })
         .collect();
     let scores = offline_verify::score_answers(verifier, scorer, &items)?;
-    for ((k, _, _, router_score), v) in answers.iter().zip(scores) {
-        let keep = v < verifier.verify_threshold() && *router_score < verifier.hard_threshold();
+    for ((k, _, _, routed), v) in answers.iter().zip(scores) {
         if let Some(line) = lines[*k].as_mut() {
             line["verify_score"] = json!(v);
-            line["verify_tier"] = json!(if keep { 1 } else { 2 });
+            line["verify_tier"] = json!(policy.tier(routed, v));
         }
     }
     Ok(())

@@ -39,7 +39,8 @@ async fn score(router: &Router, verifier: &Verifier, lines: &[Value]) -> Vec<Val
     let output = dir.path().join("out.jsonl");
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(&input, text).unwrap();
-    offline::score(router, verifier, &input, &output, 2)
+    let no_share = triage_complexity::share_threshold::ShareConfig::default();
+    offline::score(router, verifier, &no_share, &input, &output, 2)
         .await
         .unwrap();
     std::fs::read_to_string(&output)
