@@ -420,5 +420,9 @@ async fn a_kept_share_moves_the_threshold_to_the_traffic() {
     // The window now holds the six scores again: half are at or above.
     let mut scores: Vec<f64> = first.iter().map(|d| d.decision.score).collect();
     scores.sort_by(|a, b| b.total_cmp(a));
-    assert_eq!(r.scorer().unwrap().threshold(), scores[2]);
+    let scorer = r.scorer().unwrap();
+    assert_eq!(scorer.threshold(), scores[2]);
+    // A swapped-in head scores on a scale of its own: the share starts over.
+    scorer.swap_head(scorer.head().head.clone()).unwrap();
+    assert_eq!(scorer.threshold(), 0.65);
 }
