@@ -118,6 +118,11 @@ enum Command {
         /// numeric, open) beside the general one.
         #[arg(long)]
         one_head: bool,
+        /// Write each answered row's out-of-fold verify score, the router
+        /// score the thresholds were chosen with and the question's kind
+        /// here (JSONL: id, verify, router, kind), for analysis.
+        #[arg(long)]
+        scores_out: Option<PathBuf>,
     },
 
     /// Score a JSONL of requests offline (fields as in routing-dev.jsonl:
@@ -348,6 +353,7 @@ async fn main() -> anyhow::Result<()> {
             limit,
             rescuable,
             one_head,
+            scores_out,
         } => {
             let mut scoring = config.scoring.clone();
             scoring.cache_capacity = 0;
@@ -366,6 +372,7 @@ async fn main() -> anyhow::Result<()> {
                 limit,
                 rescuable,
                 kind_heads: !one_head,
+                scores_out,
             };
             tokio::task::spawn_blocking(move || offline_verify::train_verifier(&scorer, &opts))
                 .await?
@@ -487,6 +494,7 @@ async fn train_command(config: &RouterConfig, args: TrainArgs) -> anyhow::Result
         limit: None,
         rescuable: false,
         kind_heads: true,
+        scores_out: None,
     });
     let opts = offline_db::FromDbOptions {
         database_url: args.database_url,

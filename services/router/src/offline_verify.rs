@@ -200,6 +200,8 @@ pub struct TrainVerifierOptions {
     /// A head per question kind (multiple choice, numeric, open) where the
     /// kind has enough answers, beside the general head.
     pub kind_heads: bool,
+    /// Write each row's out-of-fold verify score, router score and kind.
+    pub scores_out: Option<PathBuf>,
 }
 
 /// The router's score on the training file without its own training
@@ -297,6 +299,9 @@ pub fn train_verifier(scorer: &Scorer, opts: &TrainVerifierOptions) -> anyhow::R
         tag: &tag,
     });
     let router = router_proxy(scorer, &data, opts.folds, opts.seed)?;
+    if let Some(path) = &opts.scores_out {
+        write_scores(path, &data, &fitted.cv_scores, &router, &kinds)?;
+    }
     let (hard, verify_t, policies) =
         choose_policy(&router, &fitted.cv_scores, &data.outcomes, opts);
     let mut head = fitted.head;
@@ -349,6 +354,30 @@ pub fn train_verifier(scorer: &Scorer, opts: &TrainVerifierOptions) -> anyhow::R
             s.direct, s.escalated_of_verified
         );
     }
+    Ok(())
+}
+
+/// One line per answered row: its id, out-of-fold verify score, the
+/// router score the thresholds are chosen with, and the question's kind.
+fn write_scores(
+    path: &Path,
+    data: &Answered,
+    verify: &[f64],
+    router: &[f64],
+    kinds: &[QuestionKind],
+) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for (((row, v), r), k) in data.rows.iter().zip(verify).zip(router).zip(kinds) {
+        let line = json!({"id": row.id, "verify": v, "router": r, "kind": k});
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "wrote {} rows' scores to {}",
+        data.rows.len(),
+        path.display()
+    );
     Ok(())
 }
 

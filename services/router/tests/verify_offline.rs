@@ -139,8 +139,23 @@ fn trained(
         limit: None,
         rescuable: false,
         kind_heads,
+        scores_out: Some(output.with_extension("scores.jsonl")),
     };
     triage_router::offline_verify::train_verifier(scorer, &opts).unwrap();
+    // One line of out-of-fold scores per answered row, for analysis.
+    let rows = std::fs::read_to_string(input).unwrap().lines().count();
+    let scores = std::fs::read_to_string(output.with_extension("scores.jsonl")).unwrap();
+    let scores: Vec<Value> = scores
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(scores.len(), rows);
+    for s in &scores {
+        assert!(
+            s["verify"].is_f64() && s["router"].is_f64() && s["kind"].is_string(),
+            "{s}"
+        );
+    }
     Verifier::load(output).unwrap()
 }
 
