@@ -391,6 +391,7 @@ fn training_shares(
     hard: f64,
     verify_t: f64,
 ) -> Option<PolicyShares> {
+    // Shares only: the price ratio moves the cost, not who goes where.
     let at = policy_outcome(router, verify, outcomes, hard, verify_t, 1.0);
     let round = |v: f64| (v * 1e4).round() / 1e4;
     let shares = PolicyShares {

@@ -158,6 +158,11 @@ async fn a_kept_share_replaces_the_score_threshold_once_warm() {
         "warming up: the score threshold"
     );
     assert_eq!(c.text.as_deref(), Some(answer.as_str()));
+    let gauge = "triage_worker_verify_threshold";
+    let fixed = cascade
+        .t1
+        .metric(gauge)
+        .expect("set after a verified answer");
     let mut second = world.submit(Tier::Small, unstreamed()).await;
     let got = second.collect(LONG).await;
     let c = got.completion();
@@ -169,6 +174,11 @@ async fn a_kept_share_replaces_the_score_threshold_once_warm() {
     assert_eq!(
         c.routing.as_ref().unwrap().reasons.last().unwrap(),
         ESCALATED_VERIFY
+    );
+    let kept = cascade.t1.metric(gauge).unwrap();
+    assert!(
+        kept < fixed,
+        "the gauge shows the share's threshold: {kept} vs {fixed}"
     );
     world.settled().await;
     assert_eq!(world.usage_of(&second.id).await.len(), 2);
