@@ -35,6 +35,7 @@ pub mod answer_check;
 pub mod answer_confidence;
 pub mod answer_form;
 pub(crate) mod attention;
+pub mod band_share;
 pub mod blend;
 pub mod cache;
 pub mod calibration;

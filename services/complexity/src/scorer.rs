@@ -488,6 +488,30 @@ impl Scorer {
         embedding: Option<&EmbeddingScore>,
         llm: &LlmScore,
     ) -> Decision {
+        self.decide_against(p, embedding, llm, None)
+    }
+
+    /// [`Self::decide`] for a text the transformer had no time for, given
+    /// its first-stage score: compared with `band_threshold` (the score
+    /// that keeps the transformer's share of the band, see
+    /// [`crate::band_share`]) when known, else with the routing threshold.
+    /// The text still counts in a kept share's window.
+    pub fn decide_over_budget(
+        &self,
+        p: &Prepared,
+        first_stage: &EmbeddingScore,
+        band_threshold: Option<f64>,
+    ) -> Decision {
+        self.decide_against(p, Some(first_stage), &LlmScore::Off, band_threshold)
+    }
+
+    fn decide_against(
+        &self,
+        p: &Prepared,
+        embedding: Option<&EmbeddingScore>,
+        llm: &LlmScore,
+        band_threshold: Option<f64>,
+    ) -> Decision {
         let mut reasons = Vec::new();
         if p.tokens.truncated {
             reasons.push(format!("truncated:{}", self.truncator.max_tokens()));
@@ -525,9 +549,18 @@ impl Scorer {
         let t = self
             .threshold
             .observe(self.blend.combine(embedding.score, llm_value));
-        if self.threshold.keeps_share() {
-            reasons.push(format!("share_threshold={t:.4}"));
-        }
+        let t = match band_threshold {
+            Some(band) => {
+                reasons.push(format!("band_threshold={band:.4}"));
+                band
+            }
+            None => {
+                if self.threshold.keeps_share() {
+                    reasons.push(format!("share_threshold={t:.4}"));
+                }
+                t
+            }
+        };
         self.blend.at(t).decide(embedding.score, llm_value, reasons)
     }
 

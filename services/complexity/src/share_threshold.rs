@@ -123,11 +123,16 @@ impl ShareThreshold {
     /// The lowest of the top `target` share of remembered scores (at least
     /// one of them), or `None` before `min_scores` have been seen.
     pub fn threshold(&self) -> Option<f64> {
+        self.threshold_at(self.target)
+    }
+
+    /// The same for a `share` other than the target (0–1).
+    pub fn threshold_at(&self, share: f64) -> Option<f64> {
         let n = self.sorted.len();
         if n < self.min_scores {
             return None;
         }
-        let top = ((self.target * n as f64).ceil() as usize).clamp(1, n);
+        let top = ((share * n as f64).ceil() as usize).clamp(1, n);
         Some(self.sorted[n - top])
     }
 }

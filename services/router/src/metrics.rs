@@ -66,6 +66,10 @@ pub struct RouterMetrics {
     /// `threshold`: the score threshold of the last scored decision (moves
     /// with traffic when `scoring.share.target` is set).
     pub threshold: Gauge<f64, AtomicU64>,
+    /// `band_threshold`: the first-stage score threshold of the last text
+    /// decided over `batching.model_budget` (the one keeping the
+    /// transformer's tier-2 share of the band once it has seen enough).
+    pub band_threshold: Gauge<f64, AtomicU64>,
     current_head: std::sync::Mutex<Option<String>>,
 }
 
@@ -147,6 +151,11 @@ impl RouterMetrics {
                 "Score threshold of the last scored decision (a share of recent scores when scoring.share.target is set)",
                 Gauge::default(),
             ),
+            band_threshold: r.add(
+                "band_threshold",
+                "First-stage score threshold of the last text decided over batching.model_budget (keeps the transformer's tier-2 share of the first stage's band)",
+                Gauge::default(),
+            ),
             current_head: std::sync::Mutex::new(None),
         }
     }
@@ -173,7 +182,11 @@ impl RouterMetrics {
             self.score.observe(decision.score);
         }
         if let Some(t) = decision.threshold {
-            self.threshold.set(t);
+            if info.over_budget {
+                self.band_threshold.set(t);
+            } else {
+                self.threshold.set(t);
+            }
         }
         self.decisions
             .get_or_create(&DecisionLabels {
@@ -282,5 +295,19 @@ mod tests {
         assert!(text.contains("triage_router_self_rating_failures_total{kind=\"timeout\"} 1"));
         assert!(text.contains("triage_router_cache_lookups_total{kind=\"miss\"} 1"));
         assert!(text.contains("triage_router_threshold 0.5125"), "{text}");
+        // A text over the model budget moves the band's gauge, not this one.
+        d.threshold = Some(0.47);
+        m.record(
+            &d,
+            &RouteInfo {
+                first_stage: true,
+                over_budget: true,
+                ..RouteInfo::default()
+            },
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("triage_router_threshold 0.5125"), "{text}");
+        assert!(text.contains("triage_router_band_threshold 0.47"), "{text}");
     }
 }

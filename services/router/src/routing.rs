@@ -9,6 +9,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::Semaphore;
+use triage_complexity::band_share::BandShare;
+use triage_complexity::blend::Decision;
 use triage_complexity::prompt_text::text_to_score;
 use triage_complexity::scorer::{EmbeddingScore, LlmScore, Prepared, Scorer, Source};
 use triage_protocol::{Request, RoutingDecision};
@@ -75,6 +77,9 @@ pub struct Router {
     max_batch: usize,
     pass_sizes: Histogram,
     model_budget: Option<Duration>,
+    /// With a budget: the transformer's tier-2 share of the first stage's
+    /// band, which decides the texts it has no time for.
+    band: Option<Arc<BandShare>>,
     /// Started on the first text that needs the model (inside a runtime).
     queue: Arc<OnceLock<ModelQueue>>,
     policy: PolicyConfig,
@@ -100,6 +105,7 @@ impl Router {
             max_batch: DEFAULT_MAX_BATCH,
             pass_sizes: pass_size_histogram(),
             model_budget: None,
+            band: None,
             queue: Arc::new(OnceLock::new()),
             policy,
             score_timeout,
@@ -122,10 +128,21 @@ impl Router {
 
     /// Decide a text with the first stage when the transformer could not
     /// score it within `budget` (see [`crate::model_queue`]); before the
-    /// first scored request.
+    /// first scored request. Such a text goes to tier 2 as often as the
+    /// transformer sends the band's texts there (see
+    /// [`triage_complexity::band_share`]).
     pub fn with_model_budget(mut self, budget: Option<Duration>) -> Self {
         self.model_budget = budget;
+        self.band = budget.map(|_| Arc::new(BandShare::default()));
         self
+    }
+
+    /// The first-stage score at or above which a text over the model
+    /// budget goes to tier 2 now; `None` without a budget, or until the
+    /// transformer has scored enough of the band with the head in force.
+    pub fn band_threshold(&self) -> Option<f64> {
+        let band = self.band.as_ref()?;
+        band.threshold(&self.scorer()?.head().version)
     }
 
     /// The scorer, when loaded.
@@ -215,16 +232,42 @@ impl Router {
             .zip(ratings)
             .map(|(item, llm)| match item {
                 Err(e) => failure(e),
-                Ok(e) => {
-                    let mut routed = finish(&scorer, &e.prepared, e.score, llm);
-                    if e.over_budget {
-                        routed.decision.reasons.push(MODEL_BUDGET.into());
-                        routed.info.over_budget = true;
-                    }
-                    routed
-                }
+                Ok(e) => self.decide_scored(&scorer, e, llm),
             })
             .collect()
+    }
+
+    /// A scored text's decision. With a model budget, the band texts the
+    /// transformer scored teach the band share (their first-stage score
+    /// is recomputed: microseconds against a model pass), and the texts it
+    /// had no time for are decided by it.
+    fn decide_scored(&self, scorer: &Scorer, item: Embedded, llm: LlmScore) -> Routed {
+        let Embedded {
+            prepared,
+            score,
+            over_budget,
+        } = item;
+        let band = self.band.as_deref();
+        let decision = match (&score, band) {
+            (Some(first), Some(band)) if over_budget => {
+                let t = band.threshold(&scorer.head().version);
+                scorer.decide_over_budget(&prepared, first, t)
+            }
+            _ => scorer.decide(&prepared, score.as_ref(), &llm),
+        };
+        if let (Some(e), Some(band), false) = (&score, band, over_budget) {
+            if let (Source::Model, Some(head)) = (e.source, &e.head) {
+                if let Some(first) = scorer.first_stage_score(&prepared) {
+                    band.observe(head, first.score, decision.tier2);
+                }
+            }
+        }
+        let mut routed = routed(decision, score.as_ref(), &llm);
+        if over_budget {
+            routed.decision.reasons.push(MODEL_BUDGET.into());
+            routed.info.over_budget = true;
+        }
+        routed
     }
 
     /// Truncation, rules, cache and first stage off the async threads,
@@ -365,16 +408,18 @@ impl Router {
 
 /// The decision and its metrics from a scored text.
 fn finish(scorer: &Scorer, p: &Prepared, e: Option<EmbeddingScore>, llm: LlmScore) -> Routed {
-    let decision = scorer.decide(p, e.as_ref(), &llm);
+    routed(scorer.decide(p, e.as_ref(), &llm), e.as_ref(), &llm)
+}
+
+/// A scorer's decision with the metrics of how it was scored.
+fn routed(decision: Decision, e: Option<&EmbeddingScore>, llm: &LlmScore) -> Routed {
     Routed {
         decision: policy::scored(decision),
         info: RouteInfo {
-            cache_hit: e.as_ref().is_some_and(|e| e.cached),
-            first_stage: e.as_ref().is_some_and(|e| e.source == Source::FirstStage),
-            model: e
-                .as_ref()
-                .is_some_and(|e| e.source == Source::Model && !e.cached),
-            rating_failure: rating_failure_kind(&llm),
+            cache_hit: e.is_some_and(|e| e.cached),
+            first_stage: e.is_some_and(|e| e.source == Source::FirstStage),
+            model: e.is_some_and(|e| e.source == Source::Model && !e.cached),
+            rating_failure: rating_failure_kind(llm),
             router_failure: false,
             over_budget: false,
         },

@@ -382,6 +382,88 @@ async fn over_the_model_budget_the_first_stage_decides() {
     assert!(!third.info.over_budget && third.info.model);
 }
 
+/// The first `n` dev prompts (under 600 characters, for speed) that the
+/// first stage leaves to the transformer.
+fn band_prompts(n: usize) -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/routing-dev.jsonl");
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .filter(|t| t.len() < 600)
+        .filter(|t| {
+            let p = scorer().prepare(t).unwrap();
+            p.rule.is_none() && scorer().score_without_model(&p).is_none()
+        })
+        .take(n)
+        .collect()
+}
+
+#[tokio::test]
+async fn with_a_budget_the_band_learns_the_transformers_tier2_share() {
+    let prompts = band_prompts(150);
+    assert_eq!(prompts.len(), 150);
+    // A budget the transformer always meets: every band text is scored.
+    let r =
+        router(None, PolicyConfig::default()).with_model_budget(Some(Duration::from_secs(3600)));
+    assert_eq!(r.band_threshold(), None);
+    let requests: Vec<Request> = prompts.iter().map(Request::from_prompt).collect();
+    let routed = r.route(&requests).await;
+    let mut band: Vec<f64> = Vec::new();
+    let mut tier2 = 0;
+    for (prompt, routed) in prompts.iter().zip(&routed) {
+        // (A prompt another test routed is a cache hit of the same head.)
+        let scored = routed.info.model || routed.info.cache_hit;
+        assert!(
+            scored && !routed.info.over_budget,
+            "{:?}",
+            routed.decision.reasons
+        );
+        let p = scorer().prepare(prompt).unwrap();
+        band.push(scorer().first_stage_score(&p).unwrap().score);
+        tier2 += usize::from(routed.decision.tier == Tier::Large);
+    }
+    assert!(
+        tier2 > 0 && tier2 < 150,
+        "the transformer sent {tier2} of 150 to tier 2"
+    );
+    band.sort_by(f64::total_cmp);
+    let expected = band[150 - tier2];
+    assert_eq!(
+        r.band_threshold(),
+        Some(expected),
+        "{tier2} of 150 to tier 2"
+    );
+    // The same share of the band lies at or above it.
+    assert_eq!(band.iter().filter(|s| **s >= expected).count(), tier2);
+}
+
+#[test]
+fn over_the_budget_the_band_threshold_decides() {
+    let prompt = &band_prompts(1)[0];
+    let p = scorer().prepare(prompt).unwrap();
+    let first = scorer().first_stage_score(&p).unwrap();
+    let at = scorer().decide_over_budget(&p, &first, Some(first.score));
+    assert!(at.tier2, "{:?}", at.reasons);
+    assert_eq!(at.threshold, first.score);
+    let reason = format!("band_threshold={:.4}", first.score);
+    assert!(at.reasons.contains(&reason), "{:?}", at.reasons);
+    let above = scorer().decide_over_budget(&p, &first, Some(first.score + 1e-6));
+    assert!(!above.tier2, "{:?}", above.reasons);
+    // Not warm yet: the routing threshold, above the band, as before.
+    let cold = scorer().decide_over_budget(&p, &first, None);
+    assert!(
+        !cold.tier2 && cold.threshold == scorer().threshold(),
+        "{:?}",
+        cold.reasons
+    );
+    assert!(!cold.reasons.iter().any(|r| r.starts_with("band_threshold")));
+}
+
 #[tokio::test]
 async fn a_kept_share_moves_the_threshold_to_the_traffic() {
     let config = ScorerConfig {
