@@ -7,7 +7,7 @@
 //! BENCH_REQUESTS (default 256), TRIAGE_DATA_DIR (default: the repository's data/),
 //! BENCH_MAX_TOKENS (the service's `scoring.max_tokens`, default as shipped),
 //! BENCH_ONLY_DEV=1 (skip the short and long synthetic cases),
-//! BENCH_MODEL_BUDGET_MS (the `batching.model_budget` of the budget rows, default 40).
+//! BENCH_MODEL_BUDGET_MS (the shipped path's `batching.model_budget`, default as shipped).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use triage_complexity::{RuleConfig, Truncator};
 use triage_protocol::{
     decode, encode, Encoding, Namespace, Request, RoutedRequest, StreamKind, Tier,
 };
-use triage_router::config::RouterConfig;
+use triage_router::config::{BatchingConfig, RouterConfig};
 use triage_router::metrics::RouterMetrics;
 use triage_router::service;
 
@@ -82,10 +82,11 @@ struct Path {
 enum Stages {
     /// The transformer for every text.
     TransformerOnly,
-    /// The shipped two-stage path.
-    TwoStage,
-    /// Two-stage with `batching.model_budget`.
-    Budget(Duration),
+    /// The two-stage path without `batching.model_budget` (as shipped
+    /// before it was on by default).
+    NoBudget,
+    /// The shipped two-stage path, with this `batching.model_budget`.
+    TwoStage(Duration),
 }
 
 async fn start_path(url: &str, batch: usize, stages: Stages) -> Path {
@@ -112,9 +113,11 @@ async fn start_path(url: &str, batch: usize, stages: Stages) -> Path {
         ..RouterConfig::default()
     };
     config.batching.max_batch = batch;
-    if let Stages::Budget(budget) = stages {
-        config.batching.model_budget = Some(budget);
-    }
+    config.batching.model_budget = match stages {
+        Stages::TwoStage(budget) => Some(budget),
+        // Zero: off.
+        Stages::TransformerOnly | Stages::NoBudget => Some(Duration::ZERO),
+    };
     let ns = Namespace::new(&prefix).unwrap();
     let client = async_nats::connect(url).await.expect("NATS");
     let js = async_nats::jetstream::new(client.clone());
@@ -394,27 +397,28 @@ async fn main() {
     first_stage(&dev);
     // The shipped configuration (first stage on) on real dev prompts.
     let off = full_path(&url, &dev, "devoff", 16, Stages::TransformerOnly).await;
-    let on = full_path(&url, &dev, "devon", 16, Stages::TwoStage).await;
-    println!("dev prompts, full router path: transformer only {off:.1}/s, with the first stage {on:.1}/s");
-    let budget = Duration::from_millis(env_usize("BENCH_MODEL_BUDGET_MS", 40) as u64);
-    let budgeted = full_path(&url, &dev, "devbudget", 16, Stages::Budget(budget)).await;
+    let unbudgeted = full_path(&url, &dev, "devon", 16, Stages::NoBudget).await;
+    println!("dev prompts, full router path: transformer only {off:.1}/s, with the first stage and no budget {unbudgeted:.1}/s");
+    let default = BatchingConfig::default().model_budget.unwrap_or_default();
+    let budget = Duration::from_millis(env_usize(
+        "BENCH_MODEL_BUDGET_MS",
+        default.as_millis() as usize,
+    ) as u64);
+    let shipped = Stages::TwoStage(budget);
+    let on = full_path(&url, &dev, "devbudget", 16, shipped).await;
     println!(
-        "dev prompts, full router path with model_budget {} ms: {budgeted:.1}/s",
+        "dev prompts, full router path as shipped (model_budget {} ms): {on:.1}/s",
         budget.as_millis()
     );
-    // Both at the shipped path's half rate, then the budgeted one at its own.
+    // Both at the unbudgeted path's half rate, then the shipped one at its own.
     for (label, stages, rate) in [
-        ("with the first stage", Stages::TwoStage, on / 2.0),
         (
-            "with the first stage and the budget",
-            Stages::Budget(budget),
-            on / 2.0,
+            "with the first stage and no budget",
+            Stages::NoBudget,
+            unbudgeted / 2.0,
         ),
-        (
-            "with the first stage and the budget",
-            Stages::Budget(budget),
-            budgeted / 2.0,
-        ),
+        ("as shipped", shipped, unbudgeted / 2.0),
+        ("as shipped", shipped, on / 2.0),
     ] {
         let (p50, p99, mean) = delay_at_rate(&url, &dev, rate, "devdelay", 16, stages).await;
         println!(

@@ -87,9 +87,10 @@ CONFIGURATION (TOML key = default; env TRIAGE_ROUTER_<KEY> with `__` for `.`)
   batching.concurrency = 4       pulled batches in flight at once
   batching.model_threads = 1     model workers, one pass each at a time (a pass uses every core)
   batching.score_timeout = \"10s\" past it the texts go to tier 2 with router_failure
-  batching.model_budget          unset: off. A text the transformer could not score within this
-                                 (tokens queued ahead and its own, at the measured time per token)
-                                 is decided by the first stage instead (reason model_budget)
+  batching.model_budget = \"40ms\" a text the transformer could not score within this (tokens queued
+                                 ahead and its own, at the measured time per token) is decided by
+                                 the first stage instead (reason model_budget); \"0s\": off. Needs
+                                 scoring.first_stage.enabled (off without it)
   scoring.model_dir = $TRIAGE_CACHE/models/all-MiniLM-L6-v2  model.safetensors, tokenizer.json, config.json
   scoring.head_path = (shipped)  the transformer's head (JSON from `train`)
   scoring.max_tokens = 512       model tokens scored, [CLS]/[SEP] included (3..=512)
@@ -203,9 +204,10 @@ pub struct BatchingConfig {
     pub score_timeout: Duration,
     /// A text the transformer could not score within this (the tokens
     /// queued ahead and its own, at the measured time per token) is
-    /// decided by the first stage instead (reason `model_budget`): routing
-    /// delay stays bounded under load. Off (`None`) by default; needs the
-    /// first stage.
+    /// decided by the first stage instead (reason `model_budget`, against
+    /// the score that keeps the transformer's tier-2 share of the band):
+    /// routing delay stays bounded under load. Zero turns it off; it needs
+    /// the first stage and is off without it. See [`Self::budget`].
     #[serde(with = "humantime_serde")]
     pub model_budget: Option<Duration>,
 }
@@ -218,8 +220,19 @@ impl Default for BatchingConfig {
             concurrency: 4,
             model_threads: 1,
             score_timeout: Duration::from_secs(10),
-            model_budget: None,
+            model_budget: Some(DEFAULT_MODEL_BUDGET),
         }
+    }
+}
+
+/// p99 routing delay at half load stays under 60 ms on a 2-core machine
+/// with it (services/router/README.md, "Speed").
+pub const DEFAULT_MODEL_BUDGET: Duration = Duration::from_millis(40);
+
+impl BatchingConfig {
+    /// The model budget in force: `None` when unset or zero.
+    pub fn budget(&self) -> Option<Duration> {
+        self.model_budget.filter(|b| !b.is_zero())
     }
 }
 
@@ -317,10 +330,6 @@ impl RouterConfig {
                 "batching.concurrency and batching.model_threads must be at least 1".into(),
             );
         }
-        if self.batching.model_budget.is_some() && !self.scoring.first_stage.enabled {
-            // Nothing else could decide what the budget refuses.
-            return bad("batching.model_budget needs scoring.first_stage.enabled = true".into());
-        }
         if self.self_rating.max_concurrency == 0 {
             return bad("self_rating.max_concurrency must be at least 1".into());
         }
@@ -387,13 +396,14 @@ mod tests {
     }
 
     #[test]
-    fn a_model_budget_without_the_first_stage_is_refused() {
-        let mut c = RouterConfig::default();
-        c.batching.model_budget = Some(Duration::from_millis(40));
-        c.validate().unwrap();
-        c.scoring.first_stage.enabled = false;
-        let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("batching.model_budget"), "{err}");
+    fn the_model_budget_is_on_by_default_and_zero_turns_it_off() {
+        let c = RouterConfig::default();
+        assert_eq!(c.batching.budget(), Some(DEFAULT_MODEL_BUDGET));
+        assert_eq!(DEFAULT_MODEL_BUDGET, Duration::from_millis(40));
+        let off: BatchingConfig = serde_json::from_str(r#"{"model_budget": "0s"}"#).unwrap();
+        assert_eq!(off.budget(), None);
+        let set: BatchingConfig = serde_json::from_str(r#"{"model_budget": "80ms"}"#).unwrap();
+        assert_eq!(set.budget(), Some(Duration::from_millis(80)));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Routing a batch of valid requests: plan (overrides), score (truncation,
 //! rules, embedding in one model pass, self-rating concurrently), blend,
 //! shadow. The service and the offline `score` command both use this, so
-//! offline and live decisions agree.
+//! offline and live decisions agree — except for the texts the service's
+//! `batching.model_budget` hands to the first stage under load (reason
+//! `model_budget`).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -130,8 +132,11 @@ impl Router {
     /// score it within `budget` (see [`crate::model_queue`]); before the
     /// first scored request. Such a text goes to tier 2 as often as the
     /// transformer sends the band's texts there (see
-    /// [`triage_complexity::band_share`]).
+    /// [`triage_complexity::band_share`]). Without a first stage there is
+    /// nothing to decide it, and the budget is off.
     pub fn with_model_budget(mut self, budget: Option<Duration>) -> Self {
+        let first_stage = self.scorer().is_some_and(|s| s.first_stage().is_some());
+        let budget = budget.filter(|_| first_stage);
         self.model_budget = budget;
         self.band = budget.map(|_| Arc::new(BandShare::default()));
         self
@@ -326,8 +331,7 @@ impl Router {
             .collect()
     }
 
-    /// The model queue, started on first use (inside a runtime). The budget
-    /// applies only with a first stage to decide what it refuses.
+    /// The model queue, started on first use (inside a runtime).
     fn queue(&self, scorer: &Arc<Scorer>) -> &ModelQueue {
         self.queue.get_or_init(|| {
             ModelQueue::start(
@@ -335,7 +339,7 @@ impl Router {
                 self.model_threads,
                 self.max_batch,
                 self.pass_sizes.clone(),
-                self.model_budget.filter(|_| scorer.first_stage().is_some()),
+                self.model_budget,
             )
         })
     }

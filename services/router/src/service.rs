@@ -189,10 +189,13 @@ pub async fn serve(
         ),
         _ => None,
     };
+    if config.batching.budget().is_some() && !config.scoring.first_stage.enabled {
+        info!("batching.model_budget is off: it needs scoring.first_stage.enabled");
+    }
     // The model queue starts with the first scored text, so these apply.
     let router = router
         .with_max_batch(config.batching.max_batch)
-        .with_model_budget(config.batching.model_budget)
+        .with_model_budget(config.batching.budget())
         .with_pass_sizes(metrics.model_pass_size.clone());
     let slots = Arc::new(Semaphore::new(config.batching.concurrency));
     let processor = Arc::new(BatchProcessor {

@@ -855,8 +855,9 @@ fn band_prompts(n: usize) -> Vec<String> {
 async fn with_a_model_budget_the_first_stage_decides_what_the_transformer_has_no_time_for() {
     let env = Env::new().await;
     let mut config = env.config.clone();
-    // Nothing fits a zero budget once the first pass has been timed.
-    config.batching.model_budget = Some(Duration::ZERO);
+    // Nothing fits a budget of 1 ns once the first pass has been timed
+    // (zero turns the budget off).
+    config.batching.model_budget = Some(Duration::from_nanos(1));
     let mut registry = Registry::default();
     let metrics = Arc::new(RouterMetrics::register(&mut registry));
     let (stop, task) = env.start_with(&config, scorer(), metrics).await;
