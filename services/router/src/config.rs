@@ -87,7 +87,7 @@ CONFIGURATION (TOML key = default; env TRIAGE_ROUTER_<KEY> with `__` for `.`)
   batching.concurrency = 4       pulled batches in flight at once
   batching.model_threads = 1     model workers, one pass each at a time (a pass uses every core)
   batching.score_timeout = \"10s\" past it the texts go to tier 2 with router_failure
-  batching.model_budget = \"40ms\" a text the transformer could not score within this (tokens queued
+  batching.model_budget = \"30ms\" a text the transformer could not score within this (tokens queued
                                  ahead and its own, at the measured time per token) is decided by
                                  the first stage instead (reason model_budget); \"0s\": off. Needs
                                  scoring.first_stage.enabled (off without it)
@@ -227,7 +227,7 @@ impl Default for BatchingConfig {
 
 /// p99 routing delay at half load stays under 60 ms on a 2-core machine
 /// with it (services/router/README.md, "Speed").
-pub const DEFAULT_MODEL_BUDGET: Duration = Duration::from_millis(40);
+pub const DEFAULT_MODEL_BUDGET: Duration = Duration::from_millis(30);
 
 impl BatchingConfig {
     /// The model budget in force: `None` when unset or zero.
@@ -399,7 +399,7 @@ mod tests {
     fn the_model_budget_is_on_by_default_and_zero_turns_it_off() {
         let c = RouterConfig::default();
         assert_eq!(c.batching.budget(), Some(DEFAULT_MODEL_BUDGET));
-        assert_eq!(DEFAULT_MODEL_BUDGET, Duration::from_millis(40));
+        assert_eq!(DEFAULT_MODEL_BUDGET, Duration::from_millis(30));
         let off: BatchingConfig = serde_json::from_str(r#"{"model_budget": "0s"}"#).unwrap();
         assert_eq!(off.budget(), None);
         let set: BatchingConfig = serde_json::from_str(r#"{"model_budget": "80ms"}"#).unwrap();
