@@ -241,6 +241,10 @@ async fn routes_a_mixed_set_like_the_offline_scorer() {
     let mut config = env.config.clone();
     config.policy.tenant_tiers.insert("pinned-small".into(), 1);
     config.policy.tier_override_untenanted = true;
+    // The model budget makes decisions depend on load (a loaded CI machine
+    // would hand band texts to the first stage); this compares with the
+    // unloaded offline router.
+    config.batching.model_budget = Some(Duration::ZERO);
     let (stop, task) = env.start(&config).await;
 
     let mut sent = Vec::new();
