@@ -142,6 +142,15 @@ impl Router {
         self
     }
 
+    /// Use `band` for the model budget's band share instead of a new one
+    /// (after [`Self::with_model_budget`]; a test can start it warm).
+    pub fn with_band_share(mut self, band: Arc<BandShare>) -> Self {
+        if self.model_budget.is_some() {
+            self.band = Some(band);
+        }
+        self
+    }
+
     /// The first-stage score at or above which a text over the model
     /// budget goes to tier 2 now; `None` without a budget, or until the
     /// transformer has scored enough of the band with the head in force.

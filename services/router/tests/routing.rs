@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use triage_complexity::band_share::BandShare;
 use triage_complexity::scorer::Prepared;
 use triage_complexity::scorer::{Scorer, ScorerConfig};
 use triage_complexity::static_embedding::FirstStageConfig;
@@ -440,6 +441,53 @@ async fn with_a_budget_the_band_learns_the_transformers_tier2_share() {
     );
     // The same share of the band lies at or above it.
     assert_eq!(band.iter().filter(|s| **s >= expected).count(), tier2);
+}
+
+#[tokio::test]
+async fn a_router_decides_a_text_over_the_budget_by_its_warm_band() {
+    // Past the 150 the band-learning test routes: no cached scores here,
+    // so the first text really takes a (timed) pass.
+    let prompts = &band_prompts(152)[150..];
+    // A band where the transformer sent everything to tier 2: its
+    // threshold is the lowest score, 0, where the routing threshold (0.65,
+    // above the band) would send the budgeted text to tier 1.
+    let band = Arc::new(BandShare::new(100, 1));
+    let version = scorer().head().version.clone();
+    for _ in 0..3 {
+        band.observe(&version, 0.0, true);
+    }
+    let r = router(None, PolicyConfig::default())
+        .with_model_budget(Some(Duration::from_nanos(1)))
+        .with_band_share(band);
+    // The first pass times the model (and teaches the band one text).
+    let first = r
+        .route(&[Request::from_prompt(&prompts[0])])
+        .await
+        .remove(0);
+    assert!(
+        first.info.model || first.info.cache_hit,
+        "{:?}",
+        first.decision.reasons
+    );
+    assert_eq!(r.band_threshold(), Some(0.0));
+    let over = r
+        .route(&[Request::from_prompt(&prompts[1])])
+        .await
+        .remove(0);
+    assert!(over.info.over_budget, "{:?}", over.decision.reasons);
+    assert_eq!(
+        over.decision.tier,
+        Tier::Large,
+        "{:?}",
+        over.decision.reasons
+    );
+    assert_eq!(over.decision.threshold, Some(0.0));
+    let reason = "band_threshold=0.0000".to_string();
+    assert!(
+        over.decision.reasons.contains(&reason),
+        "{:?}",
+        over.decision.reasons
+    );
 }
 
 #[test]
