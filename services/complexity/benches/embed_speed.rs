@@ -16,7 +16,7 @@
 //! `--profile` prints where a pass spends its time instead (the encoder's
 //! TRACE spans, summed). Env: `BENCH_PROMPTS` prompts per case (64),
 //! `BENCH_DEV` dev prompts (384), `BENCH_PRECISION` the encoder's
-//! precision (`f32`, the default, or `int8`), `TRIAGE_DATA_DIR`.
+//! precision (`auto`, the router's default, `f32` or `int8`), `TRIAGE_DATA_DIR`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -29,7 +29,7 @@ use tracing_subscriber::registry::LookupSpan;
 use triage_complexity::dataset::{data_dir, prompts_of_length, read_rows};
 use triage_complexity::scorer::{Scorer, ScorerConfig};
 use triage_complexity::static_embedding::FirstStageConfig;
-use triage_complexity::{ModelFiles, Precision, RuleConfig, Truncator};
+use triage_complexity::{ModelFiles, PrecisionSetting, RuleConfig, Truncator};
 
 const LENGTHS: [usize; 3] = [32, 128, 512];
 const BATCHES: [usize; 2] = [1, 32];
@@ -50,11 +50,12 @@ fn arg_value(name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-fn precision() -> Precision {
+fn precision() -> PrecisionSetting {
     match std::env::var("BENCH_PRECISION").as_deref() {
-        Ok("int8") => Precision::Int8,
-        Ok("f32") | Err(_) => Precision::F32,
-        Ok(other) => panic!("BENCH_PRECISION={other:?}: use f32 or int8"),
+        Ok("int8") => PrecisionSetting::Int8,
+        Ok("f32") => PrecisionSetting::F32,
+        Ok("auto") | Err(_) => PrecisionSetting::Auto,
+        Ok(other) => panic!("BENCH_PRECISION={other:?}: use auto, f32 or int8"),
     }
 }
 
@@ -177,10 +178,11 @@ fn main() {
     };
     let transformer = scorer(false);
     println!(
-        "embed_speed: {} cores, rayon threads {}, precision {:?}",
+        "embed_speed: {} cores, rayon threads {}, precision {:?} ({:?})",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         rayon::current_num_threads(),
-        precision()
+        precision(),
+        precision().resolve()
     );
     for c in &cases {
         let t = Truncator::from_file(&ModelFiles::default_minilm().tokenizer(), c.tokens)

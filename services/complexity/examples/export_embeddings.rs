@@ -22,6 +22,7 @@ use triage_complexity::scorer::{Scorer, ScorerConfig};
 use triage_complexity::static_embedding::content;
 use triage_complexity::vector_file::{write_vectors, VectorRow};
 use triage_complexity::verifier::{tail_tokens, VerifierInput};
+use triage_complexity::PrecisionSetting;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -42,7 +43,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if flag == "--answer-form" {
         return export_answer_form(&rows, &mut out);
     }
-    let scorer = Scorer::new(ScorerConfig::default())?;
+    // Exported vectors feed head fitting (train --vectors), always in f32.
+    let scorer = Scorer::new(ScorerConfig {
+        precision: PrecisionSetting::F32,
+        ..ScorerConfig::default()
+    })?;
     if flag == "--answers" {
         return export_answers(&scorer, &rows, &mut out);
     }

@@ -64,9 +64,46 @@ pub enum Precision {
     Int8,
 }
 
+/// The precision a configuration asks for: one of the two, or `auto`
+/// (int8 where this CPU has a SIMD int8 kernel, f32 elsewhere).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionSetting {
+    /// int8 with AVX-512 VNNI or AVX2, else f32 (the scalar int8 loop is
+    /// slower than f32).
+    #[default]
+    Auto,
+    /// Always f32.
+    F32,
+    /// Always int8, even computed by the scalar loop.
+    Int8,
+}
+
+impl PrecisionSetting {
+    /// The precision this setting computes in on this CPU.
+    pub fn resolve(self) -> Precision {
+        match self {
+            Self::F32 => Precision::F32,
+            Self::Int8 => Precision::Int8,
+            Self::Auto if crate::int8_has_fast_kernel() => Precision::Int8,
+            Self::Auto => Precision::F32,
+        }
+    }
+}
+
+impl From<Precision> for PrecisionSetting {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::F32 => Self::F32,
+            Precision::Int8 => Self::Int8,
+        }
+    }
+}
+
 /// The loaded model. Load once and share: it is read-only and `Sync`.
 pub struct MiniLm {
     encoder: Encoder,
+    precision: Precision,
 }
 
 impl MiniLm {
@@ -96,7 +133,13 @@ impl MiniLm {
             .map_err(config_error)?;
         Ok(Self {
             encoder: Encoder::load(&files.weights(), config, precision)?,
+            precision,
         })
+    }
+
+    /// How the dense layers compute.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Embedding width (384 for MiniLM-L6).
@@ -216,6 +259,23 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_precision_is_int8_only_with_a_simd_kernel() {
+        let want = if crate::int8_has_fast_kernel() {
+            Precision::Int8
+        } else {
+            Precision::F32
+        };
+        assert_eq!(PrecisionSetting::Auto.resolve(), want);
+        assert_eq!(PrecisionSetting::F32.resolve(), Precision::F32);
+        assert_eq!(PrecisionSetting::Int8.resolve(), Precision::Int8);
+        assert_eq!(PrecisionSetting::default(), PrecisionSetting::Auto);
+        assert_eq!(
+            PrecisionSetting::from(Precision::Int8),
+            PrecisionSetting::Int8
+        );
+    }
 
     #[test]
     fn pooling_averages_then_normalises() {

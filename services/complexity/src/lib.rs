@@ -68,7 +68,7 @@ pub fn int8_has_fast_kernel() -> bool {
     int8_dense::has_vnni() || int8_dense::has_avx2()
 }
 pub use cache::ScoreCache;
-pub use embedding::{EmbedError, MiniLm, Precision, EMBEDDING_DIM};
+pub use embedding::{EmbedError, MiniLm, Precision, PrecisionSetting, EMBEDDING_DIM};
 pub use head::LogisticHead;
 pub use model_files::ModelFiles;
 pub use rules::{RuleConfig, RuleMatch, RuleSet};

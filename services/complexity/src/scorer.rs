@@ -6,13 +6,13 @@
 //! this type, so offline and live decisions agree.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::{Deserialize, Serialize};
 
 use crate::blend::{Blend, BlendError, BlendWeights, Decision};
 use crate::cache::{cache_key, CacheKey, CachedScore, ScoreCache};
-use crate::embedding::{EmbedError, MiniLm, Precision};
+use crate::embedding::{EmbedError, MiniLm, Precision, PrecisionSetting};
 use crate::head::{HeadError, LogisticHead};
 use crate::head_input::HeadInput;
 use crate::model_files::ModelFiles;
@@ -49,9 +49,11 @@ pub struct ScorerConfig {
     pub cache_capacity: usize,
     /// The static-embedding first stage.
     pub first_stage: FirstStageConfig,
-    /// How the encoder computes: `f32` (sentence-transformers' vectors) or
-    /// `int8` (faster; see the router README for how many decisions move).
-    pub precision: Precision,
+    /// How the encoder computes: `auto` (int8 where the CPU has a SIMD int8
+    /// kernel), `f32` (sentence-transformers' vectors) or `int8` (faster;
+    /// see the router README for how many decisions move). Fitting
+    /// (training heads, distilling the static table) is always done in f32.
+    pub precision: PrecisionSetting,
 }
 
 /// The threshold shipped as the default; see the router README for the
@@ -70,7 +72,7 @@ impl Default for ScorerConfig {
             share: ShareConfig::default(),
             cache_capacity: 10_000,
             first_stage: FirstStageConfig::default(),
-            precision: Precision::F32,
+            precision: PrecisionSetting::Auto,
         }
     }
 }
@@ -188,6 +190,9 @@ pub struct Scorer {
     truncator: Truncator,
     rules: RuleSet,
     model: MiniLm,
+    files: ModelFiles,
+    /// The model in f32 when `model` is not, loaded on first use.
+    f32_model: OnceLock<MiniLm>,
     head: RwLock<Arc<HeadSlot>>,
     first_stage: Option<FirstStage>,
     blend: Blend,
@@ -207,7 +212,7 @@ impl Scorer {
             .clone()
             .map(ModelFiles::new)
             .unwrap_or_else(ModelFiles::default_minilm);
-        let model = MiniLm::load_with(&files, config.precision)?;
+        let model = MiniLm::load_with(&files, config.precision.resolve())?;
         let (head, _) = match &config.head_path {
             Some(p) => LogisticHead::load_input(p, MINILM_FEATURES)?,
             None => LogisticHead::from_json_input(SHIPPED_HEAD, MINILM_FEATURES)?,
@@ -250,6 +255,8 @@ impl Scorer {
             truncator,
             rules,
             model,
+            files: files.clone(),
+            f32_model: OnceLock::new(),
             head: RwLock::new(Arc::new(slot)),
             first_stage,
             blend,
@@ -274,9 +281,24 @@ impl Scorer {
         self.threshold.current()
     }
 
-    /// The loaded model, for benchmarks and distillation.
+    /// The loaded model, in the configured precision.
     pub fn model(&self) -> &MiniLm {
         &self.model
+    }
+
+    /// The model in f32: the scorer's own when it computes in f32, else
+    /// loaded once on first use. Vectors that must match what heads were
+    /// fit on outside the router (the verifier's answers, which the worker
+    /// embeds in f32) come from it.
+    pub fn f32_model(&self) -> Result<&MiniLm, EmbedError> {
+        if self.model.precision() == Precision::F32 {
+            return Ok(&self.model);
+        }
+        if let Some(m) = self.f32_model.get() {
+            return Ok(m);
+        }
+        let model = MiniLm::load(&self.files)?;
+        Ok(self.f32_model.get_or_init(|| model))
     }
 
     /// Checks `head` against the model and wraps it.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::embedding::{normalise, EmbedError, MiniLm};
+use crate::embedding::{normalise, EmbedError, MiniLm, Precision};
 use crate::head::{HeadError, LogisticHead};
 use crate::head_input::HeadInput;
 use crate::model_files::ModelFiles;
@@ -214,7 +214,10 @@ pub fn default_table_path(files: &ModelFiles) -> PathBuf {
 }
 
 /// Loads the table at `path`, distilling it from `model` first (and saving
-/// it there) when the file does not exist.
+/// it there) when the file does not exist. The table is always distilled
+/// in f32 (from a model loaded for it when `model` is int8): the shipped
+/// first-stage head was fit on an f32 table, and a table saved by an int8
+/// router would otherwise be the one every later f32 run loads.
 pub fn load_or_distill(
     model: &MiniLm,
     files: &ModelFiles,
@@ -228,6 +231,13 @@ pub fn load_or_distill(
         reason,
     };
     let (vocab, cls, sep) = vocabulary(files).map_err(table_err)?;
+    let f32_model;
+    let model = if model.precision() == Precision::F32 {
+        model
+    } else {
+        f32_model = MiniLm::load(files)?;
+        &f32_model
+    };
     let table = StaticTable::distill(model, vocab, cls, sep)?;
     // A read-only model directory (a container's mount) is no reason to
     // fail: the table is in memory, and is distilled again next start.

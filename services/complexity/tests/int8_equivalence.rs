@@ -9,8 +9,8 @@
 use triage_complexity::calibration::roc_auc;
 use triage_complexity::dataset::{data_dir, read_rows};
 use triage_complexity::scorer::{Scorer, ScorerConfig};
-use triage_complexity::static_embedding::FirstStageConfig;
-use triage_complexity::Precision;
+use triage_complexity::static_embedding::{load_or_distill, FirstStageConfig, StaticTable};
+use triage_complexity::{ModelFiles, Precision};
 
 /// Transformer-path prompts compared (all of them take minutes unoptimised).
 const TRANSFORMER_PROMPTS: usize = 300;
@@ -23,7 +23,7 @@ const SCALAR_TRANSFORMER_PROMPTS: usize = 100;
 
 fn scorer(precision: Precision, first_stage: bool) -> Scorer {
     Scorer::new(ScorerConfig {
-        precision,
+        precision: precision.into(),
         cache_capacity: 0,
         first_stage: FirstStageConfig {
             enabled: first_stage,
@@ -79,4 +79,63 @@ fn int8_gives_the_same_tier_and_auc_as_f32_on_dev_prompts() {
     compare("shipped scorer", true, &texts[..s], &labels[..s]);
     let n = transformer.min(texts.len());
     compare("transformer path", false, &texts[..n], &labels[..n]);
+}
+
+/// What is fit outside the router (the verifier's answer vectors, which the
+/// worker embeds in f32) comes from `Scorer::f32_model`: an int8 scorer's
+/// is a separate f32 model giving exactly the f32 scorer's vectors, and an
+/// f32 scorer's is its own model.
+#[test]
+fn an_int8_scorer_embeds_answers_in_f32() {
+    let f32 = scorer(Precision::F32, false);
+    let int8 = scorer(Precision::Int8, false);
+    assert_eq!(int8.model().precision(), Precision::Int8);
+    let answer = int8
+        .prepare("The answer is (C): the mitochondria.")
+        .unwrap();
+    let ids = [answer.tokens.ids.as_slice()];
+    let from_int8 = int8.f32_model().unwrap();
+    assert_eq!(from_int8.precision(), Precision::F32);
+    assert_eq!(
+        from_int8.embed(&ids).unwrap(),
+        f32.model().embed(&ids).unwrap()
+    );
+    assert_ne!(
+        int8.model().embed(&ids).unwrap(),
+        f32.model().embed(&ids).unwrap(),
+        "the int8 vectors should differ, or this test shows nothing"
+    );
+    assert!(std::ptr::eq(f32.f32_model().unwrap(), f32.model()));
+    assert!(
+        std::ptr::eq(int8.f32_model().unwrap(), from_int8),
+        "loaded once"
+    );
+}
+
+/// The static table is always distilled in f32: one distilled through an
+/// int8 model holds the f32 model's token vectors (the ones the shipped
+/// first-stage head was fit on), not the int8 model's, so an int8 router
+/// that finds no table never saves a different one for later runs.
+#[test]
+fn an_int8_model_distils_the_f32_static_table() {
+    let files = ModelFiles::default_minilm();
+    let f32 = scorer(Precision::F32, false);
+    let int8 = scorer(Precision::Int8, false);
+    let ids = f32.prepare("hello").unwrap().tokens.ids;
+    let (cls, sep) = (ids[0], ids[ids.len() - 1]);
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = load_or_distill(int8.model(), &files, &dir.path().join("table.bin")).unwrap();
+    // The first tokens through each model, as reference.
+    let first = 2000;
+    let by_f32 = StaticTable::distill(f32.model(), first, cls, sep).unwrap();
+    let by_int8 = StaticTable::distill(int8.model(), first, cls, sep).unwrap();
+    let mut differs = 0;
+    for t in 0..first as u32 {
+        assert_eq!(fresh.embed(&[t]), by_f32.embed(&[t]), "token {t}");
+        differs += usize::from(by_int8.embed(&[t]) != by_f32.embed(&[t]));
+    }
+    assert!(
+        differs > first / 2,
+        "int8 and f32 rows should differ, or this test shows nothing ({differs})"
+    );
 }

@@ -94,7 +94,9 @@ CONFIGURATION (TOML key = default; env TRIAGE_ROUTER_<KEY> with `__` for `.`)
   scoring.model_dir = $TRIAGE_CACHE/models/all-MiniLM-L6-v2  model.safetensors, tokenizer.json, config.json
   scoring.head_path = (shipped)  the transformer's head (JSON from `train`)
   scoring.max_tokens = 512       model tokens scored, [CLS]/[SEP] included (3..=512)
-  scoring.precision = \"f32\"      f32 or int8 (faster with AVX-512 VNNI or AVX2; see the README)
+  scoring.precision = \"auto\"     auto: int8 where the CPU has AVX-512 VNNI or AVX2, else f32; or
+                                 f32 (sentence-transformers' vectors) or int8. train, train-verifier
+                                 and calibrate always fit in f32 (see the README)
   scoring.threshold = 0.65       tier 2 at or above this blended score
   scoring.share.target           unset: off. Keep this share (0-1) of recent scored traffic at or above
                                  the threshold instead (it moves with the traffic's scores; see the README)
@@ -404,6 +406,25 @@ mod tests {
         assert_eq!(off.budget(), None);
         let set: BatchingConfig = serde_json::from_str(r#"{"model_budget": "80ms"}"#).unwrap();
         assert_eq!(set.budget(), Some(Duration::from_millis(80)));
+    }
+
+    #[test]
+    fn the_precision_is_auto_by_default_and_a_wrong_one_is_named() {
+        use triage_complexity::PrecisionSetting;
+        let c = RouterConfig::default();
+        assert_eq!(c.scoring.precision, PrecisionSetting::Auto);
+        for (text, want) in [
+            ("auto", PrecisionSetting::Auto),
+            ("f32", PrecisionSetting::F32),
+            ("int8", PrecisionSetting::Int8),
+        ] {
+            let s: ScorerConfig =
+                serde_json::from_str(&format!(r#"{{"precision": "{text}"}}"#)).unwrap();
+            assert_eq!(s.precision, want, "{text}");
+        }
+        let err = serde_json::from_str::<ScorerConfig>(r#"{"precision": "fp16"}"#).unwrap_err();
+        assert!(err.to_string().contains("fp16"), "{err}");
+        assert!(err.to_string().contains("auto"), "{err}");
     }
 
     #[test]

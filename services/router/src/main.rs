@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use triage_complexity::scorer::Scorer;
+use triage_complexity::scorer::{Scorer, ScorerConfig};
 use triage_complexity::verifier::Verifier;
+use triage_complexity::PrecisionSetting;
 use triage_router::config::{RouterConfig, CONFIG_HELP, ENV_PREFIX};
 use triage_router::heads;
 use triage_router::offline::{self, CalibrateOptions, TrainOptions};
@@ -355,9 +356,7 @@ async fn main() -> anyhow::Result<()> {
             one_head,
             scores_out,
         } => {
-            let mut scoring = config.scoring.clone();
-            scoring.cache_capacity = 0;
-            let scorer = Scorer::new(scoring)?;
+            let scorer = Scorer::new(fitting_scoring(&config.scoring))?;
             let opts = TrainVerifierOptions {
                 input,
                 output,
@@ -422,9 +421,7 @@ async fn main() -> anyhow::Result<()> {
             if self_rating {
                 config.self_rating.enabled = true;
             }
-            let mut scoring = config.scoring.clone();
-            scoring.cache_capacity = 0;
-            let scorer = Arc::new(Scorer::new(scoring)?);
+            let scorer = Arc::new(Scorer::new(fitting_scoring(&config.scoring))?);
             let rater = rater(&config)?;
             let opts = CalibrateOptions {
                 input,
@@ -449,6 +446,20 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The scorer configuration of the commands that fit and evaluate heads and
+/// thresholds: no score cache (every text is scored), and f32 whatever
+/// `scoring.precision` says. The shipped heads and thresholds were fit on
+/// f32 vectors, and a verifier's answer vectors must match the worker's,
+/// which are f32; int8's effect on decisions is measured separately
+/// (`tests/int8_equivalence.rs`).
+fn fitting_scoring(scoring: &ScorerConfig) -> ScorerConfig {
+    ScorerConfig {
+        cache_capacity: 0,
+        precision: PrecisionSetting::F32,
+        ..scoring.clone()
+    }
+}
+
 async fn train_command(config: &RouterConfig, args: TrainArgs) -> anyhow::Result<()> {
     if !args.from_db && args.input.len() != 1 {
         anyhow::bail!("train needs exactly one --input (or --from-db, with any number)");
@@ -459,10 +470,9 @@ async fn train_command(config: &RouterConfig, args: TrainArgs) -> anyhow::Result
             args.holdout
         );
     }
-    let mut scoring = config.scoring.clone();
+    let mut scoring = fitting_scoring(&config.scoring);
     // The head being trained must not need the one it replaces; the
     // verifier needs the first stage for the router's score.
-    scoring.cache_capacity = 0;
     scoring.first_stage.enabled = args.verifier_output.is_some();
     let scorer = Scorer::new(scoring)?;
     let train = TrainOptions {

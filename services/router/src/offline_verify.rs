@@ -78,7 +78,7 @@ impl Answered {
 
 /// The answer-tail vectors of `data`, read from `path` (written by
 /// `export_embeddings --answers`, checked against the truncation) or
-/// computed with the router's model.
+/// computed with the model in f32 (as the worker embeds them).
 pub fn answer_vectors(
     scorer: &Scorer,
     data: &Answered,
@@ -92,7 +92,7 @@ pub fn answer_vectors(
         let mut out = Vec::with_capacity(tokens.len());
         for chunk in tokens.chunks(CHUNK) {
             let ids: Vec<&[u32]> = chunk.iter().map(|t| t.ids.as_slice()).collect();
-            out.extend(scorer.model().embed(&ids)?);
+            out.extend(scorer.f32_model()?.embed(&ids)?);
             eprint!(
                 "\rembedded {}/{} answers ({:.0} s)",
                 out.len(),
@@ -165,7 +165,8 @@ pub fn score_answers(
     scorer: &Scorer,
     items: &[AnswerToVerify],
 ) -> anyhow::Result<Vec<f64>> {
-    Ok(verifier.score_batch(scorer.model(), scorer.truncator(), items)?)
+    // In f32, as the worker embeds answers, whatever the router computes in.
+    Ok(verifier.score_batch(scorer.f32_model()?, scorer.truncator(), items)?)
 }
 
 /// Options of `train-verifier`.

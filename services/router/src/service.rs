@@ -105,8 +105,9 @@ pub async fn build_router(config: &RouterConfig) -> anyhow::Result<Router> {
         .map(Arc::new)
         .map_err(|e| e.to_string());
     match &scorer {
-        Ok(_) => info!(
+        Ok(s) => info!(
             ms = started.elapsed().as_millis() as u64,
+            precision = ?s.model().precision(),
             "scoring model loaded"
         ),
         Err(e) => {
