@@ -13,8 +13,9 @@
 //!   are, so a text's vector does not depend on its batch companions.
 //!
 //! CPUs with AVX2 but not VNNI run the same sums with `vpmaddubsw` on
-//! signed activations (`|x|` times `w` signed by `x`, which cannot
-//! saturate: |x|, |w| ≤ 127) and `vpmaddwd`, adding the shift back; others
+//! `|w|` (kept beside the weights) times the signed activation signed by
+//! `w` (which cannot saturate: |x|, |w| ≤ 127) and `vpmaddwd`, adding the
+//! shift back; others
 //! run scalar code (the reference the unit tests compare against). All
 //! three give bit for bit the same result.
 
@@ -34,6 +35,9 @@ pub(crate) struct Int8Dense {
     /// VNNI-ordered weights: `outputs_padded / 16` blocks of
     /// `inputs_padded / 4` groups of 64 bytes.
     packed: Vec<i8>,
+    /// `|packed|`, for the AVX2 kernel (its multiply takes one unsigned
+    /// operand).
+    magnitude: Vec<u8>,
     /// Per output: the weight scale.
     scale: Vec<f32>,
     /// Per output: 128 × the sum of its quantised weights (the shift).
@@ -75,8 +79,10 @@ impl Int8Dense {
             }
             shift[o] = 128 * sum;
         }
+        let magnitude = packed.iter().map(|w| w.unsigned_abs()).collect();
         Self {
             packed,
+            magnitude,
             scale,
             shift,
             bias,
@@ -245,19 +251,23 @@ impl Int8Dense {
 
     /// The same sums with AVX2: per block of 16 outputs (two registers),
     /// up to 4 rows of accumulators sharing each weight load. `x - 128`
-    /// (a sign flip of the top bit) is the signed activation; `|x|` times
-    /// `w` signed by `x` is `x·w` in `vpmaddubsw`, whose pair sums stay
-    /// within `i16` (2 × 127 × 127); the shift `128 · Σw` is added back so
-    /// the sums are those of the unsigned activations, as in the others.
+    /// (a flip of the top bit, once per tile) is the signed activation;
+    /// `|w|` times `x` signed by `w` is `x·w` in `vpmaddubsw`, whose pair
+    /// sums stay within `i16` (2 × 127 × 127); the shift `128 · Σw` is
+    /// added back so the sums are those of the unsigned activations, as in
+    /// the others. Taking the sign from the weights (fixed, so `|w|` is
+    /// stored) rather than from the activations saves recomputing `|x|`
+    /// for every block of outputs.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn sums_avx2(&self, q: &[u8], rows: usize) -> Vec<i32> {
+        let signed: Vec<u8> = q.iter().map(|b| b ^ 0x80).collect();
         let mut sums = vec![0i32; TILE_ROWS * self.outputs_padded];
         match rows {
-            1 => self.tile_avx2::<1>(q, &mut sums),
-            2 => self.tile_avx2::<2>(q, &mut sums),
-            3 => self.tile_avx2::<3>(q, &mut sums),
-            _ => self.tile_avx2::<TILE_ROWS>(q, &mut sums),
+            1 => self.tile_avx2::<1>(&signed, &mut sums),
+            2 => self.tile_avx2::<2>(&signed, &mut sums),
+            3 => self.tile_avx2::<3>(&signed, &mut sums),
+            _ => self.tile_avx2::<TILE_ROWS>(&signed, &mut sums),
         }
         for r in 0..rows.min(TILE_ROWS) {
             let row = &mut sums[r * self.outputs_padded..][..self.outputs_padded];
@@ -268,32 +278,33 @@ impl Int8Dense {
         sums
     }
 
-    /// [`Self::sums_avx2`] for `R` rows, before the shift.
+    /// [`Self::sums_avx2`] for `R` rows of signed activations (as bytes),
+    /// before the shift.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn tile_avx2<const R: usize>(&self, q: &[u8], sums: &mut [i32]) {
+    unsafe fn tile_avx2<const R: usize>(&self, signed: &[u8], sums: &mut [i32]) {
         use std::arch::x86_64::*;
         let groups = self.inputs_padded / GROUP;
         let block_bytes = groups * BLOCK * GROUP;
         let ones = _mm256_set1_epi16(1);
-        let top_bit = _mm256_set1_epi8(i8::MIN);
-        let x = q.as_ptr();
+        let x = signed.as_ptr();
         for block in 0..self.outputs_padded / BLOCK {
             let w = self.packed.as_ptr().add(block * block_bytes);
+            let m = self.magnitude.as_ptr().add(block * block_bytes);
             let mut acc = [[_mm256_setzero_si256(); 2]; R];
             for g in 0..groups {
-                let at = w.add(g * BLOCK * GROUP);
-                let wv = [
-                    _mm256_loadu_si256(at as *const __m256i),
-                    _mm256_loadu_si256(at.add(32) as *const __m256i),
+                let o = g * BLOCK * GROUP;
+                let load = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
+                let sign = [
+                    load(w.add(o) as *const u8),
+                    load(w.add(o + 32) as *const u8),
                 ];
+                let size = [load(m.add(o)), load(m.add(o + 32))];
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let xr = x.add(r * self.inputs_padded + g * GROUP) as *const i32;
-                    let signed = _mm256_xor_si256(_mm256_set1_epi32(xr.read_unaligned()), top_bit);
-                    let magnitude = _mm256_abs_epi8(signed);
+                    let xv = _mm256_set1_epi32(xr.read_unaligned());
                     for h in 0..2 {
-                        let pairs =
-                            _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(wv[h], signed));
+                        let pairs = _mm256_maddubs_epi16(size[h], _mm256_sign_epi8(xv, sign[h]));
                         acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(pairs, ones));
                     }
                 }
