@@ -8,7 +8,8 @@
 //! BENCH_REQUESTS (default 256), TRIAGE_DATA_DIR (default: the repository's data/),
 //! BENCH_MAX_TOKENS (the service's `scoring.max_tokens`, default as shipped),
 //! BENCH_ONLY_DEV=1 (skip the short and long synthetic cases),
-//! BENCH_MODEL_BUDGET_MS (the shipped path's `batching.model_budget`, default as shipped).
+//! BENCH_MODEL_BUDGET_MS (the shipped path's `batching.model_budget`, default as shipped),
+//! BENCH_PRECISION (`scoring.precision`: auto as shipped, f32 or int8).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use triage_bus::{NatsConfig, StreamsConfig};
 use triage_complexity::dataset::read_rows;
 use triage_complexity::scorer::{Scorer, ScorerConfig};
-use triage_complexity::{RuleConfig, Truncator};
+use triage_complexity::{PrecisionSetting, RuleConfig, Truncator};
 use triage_protocol::{
     decode, encode, Encoding, Namespace, Request, RoutedRequest, StreamKind, Tier,
 };
@@ -110,7 +111,7 @@ async fn start_path(url: &str, batch: usize, stages: Stages) -> Path {
                 transformer_only()
             },
             max_tokens: env_usize("BENCH_MAX_TOKENS", ScorerConfig::default().max_tokens),
-            ..ScorerConfig::default()
+            ..bench_scoring()
         },
         ..RouterConfig::default()
     };
@@ -300,7 +301,7 @@ fn first_stage(texts: &[String]) {
         cache_capacity: 0,
         rules: RuleConfig::none(),
         first_stage: transformer_only(),
-        ..ScorerConfig::default()
+        ..bench_scoring()
     })
     .unwrap();
     let rate = |scorer: &Scorer| {
@@ -337,7 +338,7 @@ fn first_stage(texts: &[String]) {
                 upper,
                 ..Default::default()
             },
-            ..ScorerConfig::default()
+            ..bench_scoring()
         })
         .expect("static table (run `triage-router train --first-stage-output ...` once)");
         let (r, settled) = rate(&fs);
@@ -349,6 +350,21 @@ fn first_stage(texts: &[String]) {
     }
 }
 
+/// The shipped scorer configuration, in `BENCH_PRECISION` (`auto`, the
+/// default, `f32` or `int8`).
+fn bench_scoring() -> ScorerConfig {
+    let precision = match std::env::var("BENCH_PRECISION").as_deref() {
+        Ok("f32") => PrecisionSetting::F32,
+        Ok("int8") => PrecisionSetting::Int8,
+        Ok("auto") | Err(_) => PrecisionSetting::Auto,
+        Ok(other) => panic!("BENCH_PRECISION={other:?}: use auto, f32 or int8"),
+    };
+    ScorerConfig {
+        precision,
+        ..ScorerConfig::default()
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let url = triage_bus::default_nats_url();
@@ -356,12 +372,13 @@ async fn main() {
     let scorer = Scorer::new(ScorerConfig {
         cache_capacity: 0,
         first_stage: transformer_only(),
-        ..ScorerConfig::default()
+        ..bench_scoring()
     })
     .expect("model (run the set-up)");
     println!(
-        "router speed, {} cores, {n} prompts per case",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "router speed, {} cores, {n} prompts per case, precision {:?}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        scorer.model().precision()
     );
     let only_dev = std::env::var("BENCH_ONLY_DEV").is_ok_and(|v| v == "1");
     let cases = [("short (32 tokens)", 32usize), ("long (302 tokens)", 302)];
