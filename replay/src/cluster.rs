@@ -54,16 +54,44 @@ impl ClusterPorts {
         }
     }
 
-    /// Nine ports free right now (the OS's choice).
+    /// Nine ports free right now, below Linux's ephemeral range
+    /// (32768–60999 by default). Ports the OS hands out for `bind(0)` are
+    /// also the ones it gives outgoing connections, so between releasing
+    /// them and nats-server binding them another process's connection (a
+    /// second cluster's routes, in a parallel test) could take one: a node
+    /// then fails with "address already in use" or joins the wrong cluster.
     pub fn free() -> std::io::Result<Self> {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32);
+        let mut candidates = (0..).scan(seed, |s, _| {
+            *s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            Some(FREE_PORTS.start + ((*s >> 33) % u64::from(FREE_PORTS.len() as u16)) as u16)
+        });
         // Hold all nine listeners at once so no two are the same.
-        let listeners: Vec<TcpListener> = (0..3 * NODES)
-            .map(|_| TcpListener::bind("127.0.0.1:0"))
-            .collect::<Result<_, _>>()?;
-        let mut ports = Vec::with_capacity(listeners.len());
-        for l in &listeners {
-            ports.push(l.local_addr()?.port());
+        let mut listeners: Vec<TcpListener> = Vec::with_capacity(3 * NODES);
+        for _ in 0..FREE_PORT_TRIES {
+            if listeners.len() == 3 * NODES {
+                break;
+            }
+            let port = candidates.next().expect("endless");
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                listeners.push(l);
+            }
         }
+        if listeners.len() < 3 * NODES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("fewer than {} free ports in {FREE_PORTS:?}", 3 * NODES),
+            ));
+        }
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<Result<_, _>>()?;
         let pick = |k: usize| [ports[k * NODES], ports[k * NODES + 1], ports[k * NODES + 2]];
         Ok(Self {
             client: pick(0),
@@ -72,6 +100,12 @@ impl ClusterPorts {
         })
     }
 }
+
+/// Where [`ClusterPorts::free`] looks: below the ephemeral range, above
+/// the well-known services.
+const FREE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+/// Ports tried before giving up.
+const FREE_PORT_TRIES: usize = 1_000;
 
 /// Where the node configuration files and the server binary are.
 #[derive(Debug, Clone)]
@@ -275,5 +309,6 @@ mod tests {
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), 9);
+        assert!(all.iter().all(|p| FREE_PORTS.contains(p)), "{all:?}");
     }
 }

@@ -165,8 +165,14 @@ pub fn score_answers(
     scorer: &Scorer,
     items: &[AnswerToVerify],
 ) -> anyhow::Result<Vec<f64>> {
-    // In f32, as the worker embeds answers, whatever the router computes in.
-    Ok(verifier.score_batch(scorer.f32_model()?, scorer.truncator(), items)?)
+    // In f32, as the worker embeds answers, whatever the router computes
+    // in (loading an f32 model only for a verifier that embeds).
+    let model = if verifier.needs_embedding() {
+        scorer.f32_model()?
+    } else {
+        scorer.model()
+    };
+    Ok(verifier.score_batch(model, scorer.truncator(), items)?)
 }
 
 /// Options of `train-verifier`.
