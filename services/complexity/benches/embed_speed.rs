@@ -51,12 +51,9 @@ fn arg_value(name: &str) -> Option<String> {
 }
 
 fn precision() -> PrecisionSetting {
-    match std::env::var("BENCH_PRECISION").as_deref() {
-        Ok("int8") => PrecisionSetting::Int8,
-        Ok("f32") => PrecisionSetting::F32,
-        Ok("auto") | Err(_) => PrecisionSetting::Auto,
-        Ok(other) => panic!("BENCH_PRECISION={other:?}: use auto, f32 or int8"),
-    }
+    std::env::var("BENCH_PRECISION")
+        .map_or(Ok(PrecisionSetting::Auto), |v| v.parse())
+        .unwrap_or_else(|e| panic!("BENCH_PRECISION: {e}"))
 }
 
 fn scorer(first_stage: bool) -> Scorer {

@@ -91,6 +91,21 @@ impl PrecisionSetting {
     }
 }
 
+impl std::str::FromStr for PrecisionSetting {
+    type Err = String;
+
+    /// `auto`, `f32` or `int8`, as in the configuration (benchmarks read
+    /// it from the environment).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "f32" => Ok(Self::F32),
+            "int8" => Ok(Self::Int8),
+            other => Err(format!("precision {other:?}: use auto, f32 or int8")),
+        }
+    }
+}
+
 impl From<Precision> for PrecisionSetting {
     fn from(p: Precision) -> Self {
         match p {
@@ -275,6 +290,10 @@ mod tests {
             PrecisionSetting::from(Precision::Int8),
             PrecisionSetting::Int8
         );
+        assert_eq!("int8".parse(), Ok(PrecisionSetting::Int8));
+        assert_eq!("auto".parse(), Ok(PrecisionSetting::Auto));
+        let err = "fp16".parse::<PrecisionSetting>().unwrap_err();
+        assert!(err.contains("fp16") && err.contains("auto"), "{err}");
     }
 
     #[test]

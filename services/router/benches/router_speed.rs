@@ -353,12 +353,9 @@ fn first_stage(texts: &[String]) {
 /// The shipped scorer configuration, in `BENCH_PRECISION` (`auto`, the
 /// default, `f32` or `int8`).
 fn bench_scoring() -> ScorerConfig {
-    let precision = match std::env::var("BENCH_PRECISION").as_deref() {
-        Ok("f32") => PrecisionSetting::F32,
-        Ok("int8") => PrecisionSetting::Int8,
-        Ok("auto") | Err(_) => PrecisionSetting::Auto,
-        Ok(other) => panic!("BENCH_PRECISION={other:?}: use auto, f32 or int8"),
-    };
+    let precision = std::env::var("BENCH_PRECISION")
+        .map_or(Ok(PrecisionSetting::Auto), |v| v.parse())
+        .unwrap_or_else(|e| panic!("BENCH_PRECISION: {e}"));
     ScorerConfig {
         precision,
         ..ScorerConfig::default()

@@ -543,3 +543,23 @@ async fn live_head(config: &RouterConfig) -> Option<Vec<u8>> {
     println!("live head: the shipped one");
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fitting_is_in_f32_without_a_cache_whatever_the_config_says() {
+        for precision in [PrecisionSetting::Auto, PrecisionSetting::Int8] {
+            let configured = ScorerConfig {
+                precision,
+                threshold: 0.5,
+                ..ScorerConfig::default()
+            };
+            let fitting = fitting_scoring(&configured);
+            assert_eq!(fitting.precision, PrecisionSetting::F32);
+            assert_eq!(fitting.cache_capacity, 0);
+            assert_eq!(fitting.threshold, 0.5, "the rest is kept");
+        }
+    }
+}
